@@ -1,0 +1,104 @@
+"""Batched generation with the prefix: left-padded prompts, KV cache, every row stops at its own end id.
+
+Written by hand rather than through `model.generate` because transformers' generation loop derives position
+ids from the attention mask and cache positions from the cache length: with P prefix slots in the cache it
+would offset every query position by P and slice P tokens off the prompt. Here the prefix is computed once
+per batch, the prompt is prefilled with 0-based positions (`[0]*pad + range(n)`, as the ChatGLM tokenizers
+give them), and each new token takes the next position of its own row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicCache
+
+from ptune.model import PrefixTunedLM, positions_from_mask
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    top_p: float = 0.7
+    temperature: float = 0.95
+
+
+def _next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, generator) -> torch.Tensor:
+    """logits [B, V] float32 → token ids [B]."""
+    if not settings.do_sample:
+        return logits.argmax(-1)
+    logits = warpers(None, logits)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: PrefixTunedLM,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    stop_ids: list[int],
+    pad_id: int,
+    settings: GenerationSettings = GenerationSettings(),
+    generator: torch.Generator | None = None,
+) -> torch.LongTensor:
+    """Generate after left-padded prompts.
+
+    input_ids, attention_mask: [B, S] (pads on the left). Returns the new tokens [B, T], T <= max_new_tokens,
+    each row cut after its first stop id and filled with `pad_id` from there on (the stop id itself is kept,
+    so callers can tell a finished answer from one cut by the length limit).
+    """
+    batch = input_ids.shape[0]
+    decoder, head = model.base.get_decoder(), model.base.get_output_embeddings()
+    positions = positions_from_mask(attention_mask, input_ids.shape[1], input_ids.device)
+    cache = model.prefix_past(batch, read_only=False)
+    if cache is None:
+        cache = DynamicCache()
+    mask = model.extend_mask(attention_mask)
+    hidden = decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+    next_pos = positions[:, -1:] + 1
+    stops = torch.tensor(stop_ids, device=input_ids.device)
+    warpers = LogitsProcessorList(
+        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
+    )
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    out = []
+    for step in range(settings.max_new_tokens):
+        logits = head(hidden).float()
+        if step < settings.min_new_tokens:
+            logits[:, stops] = float("-inf")
+        token = _next_tokens(logits, settings, warpers, generator)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        out.append(token)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()) or step + 1 == settings.max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
+        hidden = decoder(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        next_pos = next_pos + 1
+    return torch.stack(out, dim=1) if out else input_ids.new_zeros(batch, 0)
+
+
+def strip_answer(tokens: list[int], stop_ids: list[int]) -> list[int]:
+    """The answer part of one generated row: everything before the first stop id."""
+    for i, t in enumerate(tokens):
+        if t in stop_ids:
+            return tokens[:i]
+    return tokens

@@ -1,0 +1,314 @@
+"""`load_model`: a frozen base model plus an optional float32 P-Tuning v2 prefix, behind one `forward`.
+
+`PrefixTunedLM.forward(input_ids [B, S], attention_mask [B, S] | None, labels [B, S] | None)` returns
+`.logits` [B, S, V] and `.loss`, applying the prefix exactly as the original ChatGLM code does: prefix
+keys/values as a read-only cache, query positions 0-based from the first real token, a mask P columns wider.
+The one rule for what trains and what is saved lives here too: `trainable_state_dict`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ptune.convert import PREFIX_KEY, load_glm, read_json
+from ptune.errors import UserError
+from ptune.prefix import PrefixConfig, PrefixEncoder, prefix_cache
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, device) -> torch.Tensor:
+    """Position ids [B, S] counting from 0 at the first real token, as the ChatGLM tokenizers return them
+    for left padding (`[0]*pad + range(n)`); right padding keeps `arange(S)` over the real tokens."""
+    if attention_mask is None:
+        return torch.arange(seq_len, device=device).unsqueeze(0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def resolve_dtype(name: str | torch.dtype, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
+    """`auto`: on a GPU, bf16 where supported (fp16 overflows more easily), else the checkpoint's half
+    precision; on the CPU float32, since half-precision CPU kernels are slow or missing."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name != "auto":
+        if name not in _DTYPES:
+            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(_DTYPES)}")
+        return _DTYPES[name]
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return _DTYPES.get(checkpoint_dtype or "float16", torch.float16)
+    return torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PrefixTunedLM(nn.Module):
+    """A frozen causal LM (`base`) with an optional trainable `prefix_encoder` (float32).
+
+    `family` is "chatglm2" | "chatglm3" | "glm4" for original chatglm folders and "native" otherwise.
+    """
+
+    def __init__(self, base: PreTrainedModel, prefix_encoder: PrefixEncoder | None, source: dict):
+        super().__init__()
+        self.base = base
+        self.prefix_encoder = prefix_encoder
+        self.source = source  # where the base came from: path, model_type, dtype (saved with checkpoints)
+        base.requires_grad_(False)
+        if prefix_encoder is not None:
+            prefix_encoder.float().requires_grad_(True)
+
+    @property
+    def config(self):
+        return self.base.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def pre_seq_len(self) -> int:
+        return 0 if self.prefix_encoder is None else self.prefix_encoder.config.pre_seq_len
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What trains is what is saved: the prefix encoder's parameters, under THUDM's key names."""
+        if self.prefix_encoder is None:
+            return {}
+        return {PREFIX_KEY + n: p for n, p in self.prefix_encoder.named_parameters()}
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
+    ):
+        """Checkpoint each decoder layer while keeping the prefix cache (exact with the read-only cache).
+
+        Non-reentrant checkpointing is required: the reentrant variant cannot backpropagate into the prefix
+        cache ("backward through the graph a second time"). No input-embedding grad hook is needed either.
+        """
+        kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
+        self.base._set_gradient_checkpointing(
+            enable=True,
+            gradient_checkpointing_func=functools.partial(checkpoint, **kwargs),
+            every_n_layers=every_n_layers,
+        )
+        for module in self.base.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module._can_checkpoint_with_cache = True  # safe: the training cache never stores anything
+
+    def activation_checkpointing_disable(self):
+        self.base._set_gradient_checkpointing(enable=False)
+
+    def prefix_past(self, batch_size: int, read_only: bool):
+        """The prefix as a cache ([B, G, P, hn] per layer), or None without a prefix."""
+        if self.prefix_encoder is None:
+            return None
+        return prefix_cache(self.prefix_encoder(batch_size, self.dtype), read_only=read_only)
+
+    def extend_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, S] → [B, P + S]: every query sees all P prefix slots. A mask without those columns would be
+        right-padded with zeros by transformers and silently hide the last P real tokens."""
+        if attention_mask is None or self.prefix_encoder is None:
+            return attention_mask
+        ones = attention_mask.new_ones(attention_mask.shape[0], self.pre_seq_len)
+        return torch.cat([ones, attention_mask], dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        return_logits: bool | None = None,
+        **_,
+    ) -> CausalLMOutputWithPast:
+        """Logits [B, S, V] (by default only outside training) and the mean next-token loss over labels != -100.
+
+        With `num_items_in_batch` (the Trainer passes it under gradient accumulation) the loss is the sum over
+        this micro-batch divided by that count, so accumulated steps weigh every answer token equally.
+        """
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, seq, input_ids.device)
+        hidden = self.base.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=self.extend_mask(attention_mask),
+            position_ids=position_ids,
+            past_key_values=self.prefix_past(batch, read_only=True),
+            use_cache=False,
+        ).last_hidden_state
+        head = self.base.get_output_embeddings()
+        loss = None
+        if labels is not None:
+            loss = answer_loss(head, hidden, labels, num_items_in_batch)
+        want_logits = (not self.training) if return_logits is None else return_logits
+        logits = head(hidden) if want_logits else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def answer_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
+    """Next-token cross entropy over supervised positions only.
+
+    hidden [B, S, H], labels [B, S] (-100 = ignored). Only the rows whose next label is supervised go through
+    the output layer, so the full [B, S, V] float32 logits (V = 65,024 or 151,552) are never materialized.
+    """
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = head(hidden[:, :-1][keep]).float()  # [N, V]
+    total = F.cross_entropy(logits, target[keep], reduction="sum")
+    count = keep.sum() if num_items is None else num_items
+    if isinstance(count, torch.Tensor):
+        return total / count.to(total.device).clamp(min=1)
+    return total / max(int(count), 1)
+
+
+def _prefix_config_for(base: PreTrainedModel, pre_seq_len: int, prefix_projection: bool) -> PrefixConfig:
+    """Prefix dimensions read off any decoder config (Glm, Llama, Qwen2, ...)."""
+    cfg = base.config.get_text_config()
+    heads = cfg.num_attention_heads
+    return PrefixConfig(
+        pre_seq_len=pre_seq_len,
+        num_layers=cfg.num_hidden_layers,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        hidden_size=cfg.hidden_size,
+        prefix_projection=prefix_projection,
+    )
+
+
+def load_base(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, dict, dict[str, torch.Tensor]]:
+    """Load the frozen base: original chatglm folders through `convert.load_glm`, anything else through
+    `AutoModelForCausalLM`. Returns (model, source description, prefix tensors found in the checkpoint)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(
+            f"{folder}: model folder not found (ptune never downloads weights; pass a local folder)"
+        )
+    cfg = read_json(folder / "config.json")
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = resolve_dtype(dtype, cfg.get("torch_dtype") or cfg.get("dtype"), device)
+    source = {
+        "path": str(folder.resolve()),
+        "model_type": cfg.get("model_type"),
+        "dtype": str(torch_dtype)[6:],
+    }
+    if cfg.get("model_type") == "chatglm":
+        model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
+        return model, source, prefix
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except (ValueError, OSError, KeyError) as e:
+        raise UserError(f"{folder}: cannot load with transformers ({str(e).splitlines()[0][:300]})") from None
+    return model.to(device).eval(), source, {}
+
+
+def load_model(
+    model_name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    pre_seq_len: int | None = None,
+    prefix_projection: bool = False,
+    ptuning_checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    prefix_dropout: float = 0.1,
+    trust_remote_code: bool = False,
+) -> PrefixTunedLM:
+    """Load a base model folder and, optionally, a P-Tuning v2 prefix.
+
+    - `pre_seq_len` set, no checkpoint: a fresh prefix (normal init, like `nn.Embedding`) to train.
+    - `ptuning_checkpoint`: a ptune or THUDM prefix folder/file; pre_seq_len and prefix_projection are read
+      from its tensors (a conflicting `pre_seq_len`/`prefix_projection` is an error naming both values).
+    The base is frozen; the prefix is float32 whatever the base dtype.
+    """
+    from ptune.checkpoint import read_prefix_state
+
+    base, source, carried = load_base(
+        model_name_or_path,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
+    state, where = carried, str(model_name_or_path)
+    if ptuning_checkpoint is not None:
+        state, where = read_prefix_state(ptuning_checkpoint), str(ptuning_checkpoint)
+    encoder = None
+    if state:
+        encoder = prefix_from_state(base, state, where, pre_seq_len, prefix_projection, prefix_dropout)
+    elif pre_seq_len:
+        if pre_seq_len < 1:
+            raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
+        encoder = PrefixEncoder(_prefix_config_for(base, pre_seq_len, prefix_projection), prefix_dropout)
+    if encoder is not None:
+        encoder.to(base.device)
+    return PrefixTunedLM(base, encoder, source).eval()
+
+
+def prefix_from_state(
+    base: PreTrainedModel,
+    state: dict[str, torch.Tensor],
+    where: str,
+    pre_seq_len: int | None,
+    prefix_projection: bool | None,
+    dropout: float,
+) -> PrefixEncoder:
+    """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
+    their shapes fit this base model and the user's flags."""
+    if "embedding.weight" not in state:
+        raise UserError(f"{where}: no prefix encoder weights (expected {PREFIX_KEY}embedding.weight)")
+    rows, width = state["embedding.weight"].shape
+    has_projection = "trans.0.weight" in state
+    if pre_seq_len is not None and pre_seq_len != rows:
+        raise UserError(
+            f"{where}: the checkpoint has pre_seq_len {rows}, but --pre_seq_len {pre_seq_len} was given"
+        )
+    if prefix_projection and not has_projection:
+        raise UserError(
+            f"{where}: the checkpoint has no prefix projection, but --prefix_projection was given"
+        )
+    config = _prefix_config_for(base, rows, has_projection)
+    if width != config.kv_size:
+        raise UserError(
+            f"{where}: prefix width {width} does not fit this model (needs {config.kv_size} = "
+            f"{config.num_layers} layers x 2 x {config.num_kv_heads} kv heads x {config.head_dim}); "
+            "was it trained on another model family?"
+        )
+    if has_projection:
+        config = PrefixConfig(**{**config.to_dict(), "hidden_size": state["trans.0.weight"].shape[0]})
+    encoder = PrefixEncoder(config, dropout)
+    expected = set(encoder.state_dict())
+    if set(state) != expected:
+        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        raise UserError(f"{where}: prefix tensors do not match (unexpected {extra}, missing {missing})")
+    try:
+        encoder.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as e:
+        raise UserError(f"{where}: {str(e).splitlines()[-1].strip()}") from None
+    return encoder

@@ -1,0 +1,91 @@
+"""P-Tuning v2: the prefix encoder and the read-only cache that injects its keys/values at every layer.
+
+Shapes (P = pre_seq_len, L = layers, G = key/value heads, hn = head dim, B = batch):
+- `PrefixEncoder.embedding.weight`: [P, L·2·G·hn] (THUDM's name and layout, so their checkpoints load as is);
+  with `prefix_projection`: `trans.0` Linear(L·2·G·hn → hidden), Tanh, `trans.2` Linear(hidden → L·2·G·hn).
+- `PrefixEncoder(B, dtype)` → L pairs (key, value), each [B, G, P, hn]; layer i takes slot 2i as key and slot
+  2i+1 as value of the `L·2` axis, exactly as the original `get_prompt` orders them.
+
+The prefix keys are raw cache entries (no RoPE) and query positions stay 0-based: the model wrapper passes
+position ids and a mask P columns wider. See shared/reference/architecture.md §4 and §7.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """Everything needed to rebuild a `PrefixEncoder`; saved beside every checkpoint (`prefix_config.json`)."""
+
+    pre_seq_len: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    prefix_projection: bool = False
+
+    @property
+    def kv_size(self) -> int:
+        """Width of one prefix row: a key and a value for every layer and KV head."""
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PrefixEncoder(nn.Module):
+    """P learned prefix rows → per-layer key/value prefixes (float32 parameters, cast to the model's dtype)."""
+
+    def __init__(self, config: PrefixConfig, dropout: float = 0.1):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.pre_seq_len, config.kv_size)
+        if config.prefix_projection:
+            self.trans = nn.Sequential(
+                nn.Linear(config.kv_size, config.hidden_size),
+                nn.Tanh(),
+                nn.Linear(config.hidden_size, config.kv_size),
+            )
+        # The reference applies Dropout(0.1) to the prefix keys/values in training; keep that regime.
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Return L pairs (key, value), each [B, G, P, hn] in `dtype`."""
+        c = self.config
+        rows = self.embedding.weight  # [P, kv]: the same values the reference looks up with arange(P)
+        if c.prefix_projection:
+            rows = self.trans(rows)
+        # Expand before dropout so each sample gets its own dropout mask, as in the reference.
+        kv = rows.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+        kv = self.dropout(kv.reshape(batch_size, c.pre_seq_len, c.num_layers * 2, c.num_kv_heads, c.head_dim))
+        kv = kv.permute(2, 0, 3, 1, 4)  # [L·2, B, G, P, hn]
+        return [(kv[2 * i], kv[2 * i + 1]) for i in range(c.num_layers)]
+
+
+class ReadOnlyPrefixLayer(DynamicLayer):
+    """A cache layer holding the prefix that returns `cat(prefix, new)` without storing the new states.
+
+    Training needs this: activation checkpointing replays each layer in the backward pass, and a cache
+    that appended on every call would see the sequence twice (the stock `DynamicCache` fails this way).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def prefix_cache(prefix: list[tuple[torch.Tensor, torch.Tensor]], read_only: bool) -> Cache:
+    """A cache pre-filled with the prefix: read-only for a training/scoring forward, growing for generation."""
+    if read_only:
+        return Cache(layers=[ReadOnlyPrefixLayer(k, v) for k, v in prefix])
+    return DynamicCache(ddp_cache_data=[(k, v) for k, v in prefix])

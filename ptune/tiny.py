@@ -1,0 +1,329 @@
+"""Tiny checkpoints in the exact real format of each family, made deterministically from a seed.
+
+No real weights can be downloaded here, so tests and the demo use folders that look exactly like the real
+ones — same file names, key names, config fields, tokenizer files — only small:
+- chatglm2 / chatglm3: config.json (every field of the real one), `pytorch_model-0000N-of-0000M.bin` shards
+  + `pytorch_model.bin.index.json`, a SentencePiece `tokenizer.model` with the special tokens appended after
+  its vocabulary, tokenizer_config.json;
+- glm4: the same with `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json`, a tiktoken ranks
+  `tokenizer.model`, GLM-4's tokenizer_config.json (specials renumbered) and generation_config.json;
+- llama: a native transformers folder (`save_pretrained`) with a small BPE tokenizer and a chat template.
+Usage: `python scripts/make_tiny.py OUT --family chatglm3` or `make_tiny_checkpoint(out, "chatglm3")`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("chatglm2", "chatglm3", "glm4", "llama")
+
+# Small but with every structural feature of the real models: GQA (4 heads, 2 KV groups), head_dim 16
+# independent of hidden/heads, SwiGLU, QKV bias.
+TINY_DIMS = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 96,
+    "kv_channels": 16,
+    "num_attention_heads": 4,
+}
+
+_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
+
+GLM4_SPECIALS = [
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+]
+
+
+def chatglm_config(family: str, vocab: int) -> dict:
+    """config.json with every field the real ChatGLM2/3 / GLM-4 config has, at tiny dimensions."""
+    glm4 = family == "glm4"
+    cfg = {
+        "_name_or_path": f"ptune/tiny-{family}",
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "auto_map": dict(_AUTO_MAP),
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "apply_query_key_layer_scaling": True,
+        "apply_residual_connection_post_layernorm": False,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": True,
+        "bias_dropout_fusion": True,
+        "ffn_hidden_size": TINY_DIMS["ffn_hidden_size"],
+        "fp32_residual_connection": False,
+        "hidden_dropout": 0.0,
+        "hidden_size": TINY_DIMS["hidden_size"],
+        "kv_channels": TINY_DIMS["kv_channels"],
+        "layernorm_epsilon": 1.5625e-07 if glm4 else 1e-05,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "num_attention_heads": TINY_DIMS["num_attention_heads"],
+        "num_layers": TINY_DIMS["num_layers"],
+        "original_rope": True,
+        "padded_vocab_size": vocab,
+        "post_layer_norm": True,
+        "rmsnorm": True,
+        "seq_length": 8192 if family == "chatglm3" else (131072 if glm4 else 32768),
+        "use_cache": True,
+        "torch_dtype": "bfloat16" if glm4 else "float16",
+        "transformers_version": "4.44.0" if glm4 else "4.30.2",
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    if glm4:
+        cfg["attn_implementation"] = "sdpa"
+        cfg["num_hidden_layers"] = cfg["num_layers"]
+        cfg["rope_ratio"] = 500
+    return cfg
+
+
+def random_chatglm_weights(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Original-format weights (THUDM key names and shapes), normal(0, 0.02) matrices, norm weights near 1."""
+    g = torch.Generator().manual_seed(seed)
+    h, hn, heads, groups = (
+        cfg["hidden_size"],
+        cfg["kv_channels"],
+        cfg["num_attention_heads"],
+        cfg["multi_query_group_num"],
+    )
+    qkv = heads * hn + 2 * groups * hn
+
+    def normal(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    def norm_weight():
+        return 1.0 + normal(h, std=0.1)
+
+    sd = {"transformer.embedding.word_embeddings.weight": normal(cfg["padded_vocab_size"], h)}
+    sd["transformer.rotary_pos_emb.inv_freq"] = 1.0 / (
+        10000 ** (torch.arange(0, hn // 2, 2).float() / (hn // 2))
+    )
+    for i in range(cfg["num_layers"]):
+        p = f"transformer.encoder.layers.{i}."
+        sd[p + "input_layernorm.weight"] = norm_weight()
+        sd[p + "self_attention.query_key_value.weight"] = normal(qkv, h)
+        sd[p + "self_attention.query_key_value.bias"] = normal(qkv)
+        sd[p + "self_attention.dense.weight"] = normal(h, heads * hn)
+        sd[p + "post_attention_layernorm.weight"] = norm_weight()
+        sd[p + "mlp.dense_h_to_4h.weight"] = normal(2 * cfg["ffn_hidden_size"], h)
+        sd[p + "mlp.dense_4h_to_h.weight"] = normal(h, cfg["ffn_hidden_size"])
+    sd["transformer.encoder.final_layernorm.weight"] = norm_weight()
+    sd["transformer.output_layer.weight"] = normal(cfg["padded_vocab_size"], h)
+    return sd
+
+
+def _shards(names: list[str], num_layers: int) -> list[list[str]]:
+    """Split like the real index: embeddings with the first layers, the final norm and head in the last shard."""
+    first = [
+        n for n in names if ".layers." not in n and "output_layer" not in n and "final_layernorm" not in n
+    ]
+    layers = [[n for n in names if f".layers.{i}." in n] for i in range(num_layers)]
+    last = [n for n in names if "output_layer" in n or "final_layernorm" in n]
+    return (
+        [first + layers[0], *layers[1:-1], layers[-1] + last]
+        if num_layers > 1
+        else [first + layers[0] + last]
+    )
+
+
+def write_sharded(
+    folder: Path, state: dict[str, torch.Tensor], num_layers: int, safetensors: bool, dtype
+) -> None:
+    """Write `state` as real-style shards plus the index file that lists every weight name."""
+    from safetensors.torch import save_file
+
+    groups = _shards(list(state), num_layers)
+    n = len(groups)
+    stem, ext = ("model", "safetensors") if safetensors else ("pytorch_model", "bin")
+    weight_map, total = {}, 0
+    for i, names in enumerate(groups, start=1):
+        fname = f"{stem}-{i:05d}-of-{n:05d}.{ext}"
+        part = {k: state[k].to(dtype).contiguous() for k in names}
+        if safetensors:
+            save_file(part, str(folder / fname), metadata={"format": "pt"})
+        else:
+            torch.save(part, folder / fname)
+        for k, t in part.items():
+            weight_map[k] = fname
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _pad_vocab(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _chatglm_tokenizer(folder: Path, family: str, seed: int) -> int:
+    """Write tokenizer.model + tokenizer_config.json; return the number of ids the tokenizer can emit."""
+    from ptune.tokenizer import train_tiny_sentencepiece
+
+    train_tiny_sentencepiece(folder / "tokenizer.model", seed=seed)
+    import sentencepiece as spm
+
+    n_words = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size()
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "name_or_path": f"ptune/tiny-{family}",
+            "remove_space": False,
+            "do_lower_case": False,
+            "tokenizer_class": "ChatGLMTokenizer",
+            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+        },
+    )
+    return n_words + (9 if family == "chatglm3" else 5)
+
+
+def _glm4_tokenizer(folder: Path) -> int:
+    """Write a small tiktoken ranks file and GLM-4's tokenizer_config.json with the specials renumbered."""
+    from ptune.tokenizer import write_tiny_tiktoken
+
+    write_tiny_tiktoken(folder / "tokenizer.model")
+    n_ranks = sum(1 for line in (folder / "tokenizer.model").read_text(encoding="utf-8").splitlines() if line)
+    decoder = {
+        str(n_ranks + i): {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, tok in enumerate(GLM4_SPECIALS)
+    }
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
+            "added_tokens_decoder": decoder,
+            "additional_special_tokens": GLM4_SPECIALS,
+            "clean_up_tokenization_spaces": False,
+            "chat_template": GLM4_CHAT_TEMPLATE,
+            "do_lower_case": False,
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "model_max_length": 128000,
+            "padding_side": "left",
+            "remove_space": False,
+            "tokenizer_class": "ChatGLM4Tokenizer",
+        },
+    )
+    return n_ranks + len(GLM4_SPECIALS)
+
+
+# GLM-4's chat template without the tool-use branch (which tiny models never see).
+GLM4_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}"
+    "\n{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tiny_checkpoint(out_dir: str | Path, family: str = "chatglm3", seed: int = 0) -> Path:
+    """Write a tiny checkpoint folder of `family` (see FAMILIES) into `out_dir`; same seed → same files."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "llama":
+        return _make_tiny_llama(folder, seed)
+    torch.manual_seed(seed)
+    if family == "glm4":
+        n_ids = _glm4_tokenizer(folder)
+    else:
+        n_ids = _chatglm_tokenizer(folder, family, seed)
+    cfg = chatglm_config(family, _pad_vocab(n_ids))
+    if family == "glm4":
+        eos = [n_ids - len(GLM4_SPECIALS) + i for i in (0, 7, 9)]  # <|endoftext|>, <|user|>, <|observation|>
+        cfg["eos_token_id"], cfg["pad_token_id"] = eos, eos[0]
+        _write_json(
+            folder / "generation_config.json",
+            {"eos_token_id": eos, "pad_token_id": eos[0], "do_sample": True, "temperature": 0.8,
+             "max_length": 128000, "top_p": 0.8, "transformers_version": "4.44.0"},
+        )  # fmt: skip
+    _write_json(folder / "config.json", cfg)
+    dtype = torch.bfloat16 if family == "glm4" else torch.float16
+    write_sharded(folder, random_chatglm_weights(cfg, seed), cfg["num_layers"], family == "glm4", dtype)
+    return folder
+
+
+def _make_tiny_llama(folder: Path, seed: int) -> Path:
+    """A native transformers Llama folder with a small byte-level BPE tokenizer and a chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_bpe_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=_pad_vocab(len(tok)),
+        hidden_size=TINY_DIMS["hidden_size"],
+        intermediate_size=TINY_DIMS["ffn_hidden_size"],
+        num_hidden_layers=TINY_DIMS["num_layers"],
+        num_attention_heads=TINY_DIMS["num_attention_heads"],
+        num_key_value_heads=2,
+        head_dim=TINY_DIMS["kv_channels"],
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+LLAMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _tiny_bpe_tokenizer(folder: Path):
+    """Train a byte-level BPE (tokenizers library) on the shipped corpus and save it as a fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = (Path(__file__).parent / "assets" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        padding_side="left",
+    )  # fmt: skip
+    tok.chat_template = LLAMA_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return tok
