@@ -59,11 +59,15 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def is_glm4(cfg: dict) -> bool:
-    """GLM-4 checkpoints share model_type `chatglm`; their 151,552-row vocabulary and rope_ratio base tell them apart."""
-    return cfg.get("padded_vocab_size") == 151552 or (
-        isinstance(cfg.get("eos_token_id"), list) and 151329 in cfg["eos_token_id"]
-    )
+def is_glm4(cfg: dict, folder: Path | None = None) -> bool:
+    """GLM-4 shares model_type `chatglm` with ChatGLM2/3. Its config differs in signs, any of which decides:
+    three end ids, the 151,552-row vocabulary, a `num_hidden_layers` alias, or a ChatGLM4Tokenizer."""
+    if isinstance(cfg.get("eos_token_id"), list) or cfg.get("padded_vocab_size") == 151552:
+        return True
+    if "num_hidden_layers" in cfg:
+        return True
+    tok_cfg = folder / "tokenizer_config.json" if folder is not None else None
+    return bool(tok_cfg and tok_cfg.is_file() and "ChatGLM4Tokenizer" in tok_cfg.read_text(encoding="utf-8"))
 
 
 def _rope_parameters(cfg: dict, folder: Path) -> dict:
@@ -77,7 +81,7 @@ def _rope_parameters(cfg: dict, folder: Path) -> dict:
     params = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
     if ratio in (1, 1.0, None):
         return params
-    if is_glm4(cfg):
+    if is_glm4(cfg, folder):
         params["rope_theta"] = 10000.0 * ratio
         return params
     source = folder / "modeling_chatglm.py"

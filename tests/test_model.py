@@ -20,7 +20,7 @@ VOCAB = 128
 
 def _folder(tmp_path, family="chatglm3", safetensors=False, **overrides):
     cfg = {**tiny.chatglm_config(family, VOCAB), **overrides}
-    state = tiny.random_chatglm_weights(cfg, seed=1)
+    state = tiny.random_chatglm_weights(cfg, seed=1, std=0.2)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     tiny.write_sharded(tmp_path, state, cfg["num_layers"], safetensors, torch.float32)
     return cfg, state
