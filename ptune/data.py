@@ -73,9 +73,11 @@ def load_rows(path: str | Path, cache_dir: str | None = None):
         raise UserError(f"{path}: cannot read as {kind} ({cause[:300]})") from None
 
 
-def check_columns(dataset, path: Path | str, columns: Columns) -> None:
+def check_columns(dataset, path: Path | str, columns: Columns, require_response: bool = True) -> None:
     """Every configured column must exist in the file; name the missing one and what exists."""
-    wanted = {"--prompt_column": columns.prompt, "--response_column": columns.response}
+    wanted = {"--prompt_column": columns.prompt}
+    if require_response or columns.response in dataset.column_names:
+        wanted["--response_column"] = columns.response
     if columns.history:
         wanted["--history_column"] = columns.history
     for flag, name in wanted.items():
@@ -103,16 +105,30 @@ def _text(value, path, row: int, column: str) -> str:
     return value
 
 
-def make_encoder(tokenizer, columns: Columns, max_source: int, max_target: int, source_prefix: str, path):
-    """The batched `datasets.map` function: rows → input_ids / labels (empty lists for rows to drop)."""
+def make_encoder(
+    tokenizer,
+    columns: Columns,
+    max_source: int,
+    max_target: int,
+    source_prefix: str,
+    path,
+    require_response=True,
+):
+    """The batched `datasets.map` function: rows → input_ids / labels (empty lists for rows to drop).
+
+    Without `require_response` (predict), a row without a response is kept: its answer is just the end id,
+    so it gets a prediction but no reference.
+    """
 
     def encode(batch, indices):
         out = {"input_ids": [], "labels": []}
         for i, row in enumerate(indices):
             prompt = _text(batch[columns.prompt][i], path, row, columns.prompt)
-            response = _text(batch[columns.response][i], path, row, columns.response)
+            response = ""
+            if columns.response in batch:
+                response = _text(batch[columns.response][i], path, row, columns.response)
             history = _history(batch[columns.history][i], path, row) if columns.history else []
-            if not prompt.strip() or not response.strip():
+            if not prompt.strip() or (require_response and not response.strip()):
                 out["input_ids"].append([])
                 out["labels"].append([])
                 continue
@@ -126,15 +142,24 @@ def make_encoder(tokenizer, columns: Columns, max_source: int, max_target: int, 
     return encode
 
 
-def build_dataset(path, tokenizer, columns: Columns, data_args, max_target: int, max_samples: int | None):
+def build_dataset(
+    path,
+    tokenizer,
+    columns: Columns,
+    data_args,
+    max_target: int,
+    max_samples: int | None,
+    require_response=True,
+):
     """Load, validate, encode and filter one split; logs how many rows were dropped as empty."""
     dataset = load_rows(path)
-    check_columns(dataset, path, columns)
+    check_columns(dataset, path, columns, require_response)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     encoder = make_encoder(
-        tokenizer, columns, data_args.max_source_length, max_target, data_args.source_prefix or "", str(path)
-    )
+        tokenizer, columns, data_args.max_source_length, max_target, data_args.source_prefix or "", str(path),
+        require_response,
+    )  # fmt: skip
     encoded = dataset.map(
         encoder,
         batched=True,

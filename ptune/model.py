@@ -239,23 +239,33 @@ def load_model(
     attn_implementation: str = "sdpa",
     prefix_dropout: float = 0.1,
     trust_remote_code: bool = False,
+    quantization_bit: int | None = None,
 ) -> PrefixTunedLM:
     """Load a base model folder and, optionally, a P-Tuning v2 prefix.
 
     - `pre_seq_len` set, no checkpoint: a fresh prefix (normal init, like `nn.Embedding`) to train.
     - `ptuning_checkpoint`: a ptune or THUDM prefix folder/file; pre_seq_len and prefix_projection are read
       from its tensors (a conflicting `pre_seq_len`/`prefix_projection` is an error naming both values).
+    - `quantization_bit` 4 or 8: the decoder's linear layers become bitsandbytes NF4 / int8 layers.
     The base is frozen; the prefix is float32 whatever the base dtype.
     """
     from ptune.checkpoint import read_prefix_state
 
+    target = torch.device(device) if device is not None else default_device()
     base, source, carried = load_base(
         model_name_or_path,
-        dtype=dtype,
-        device=device,
+        # Quantized bases are built on the host and moved layer by layer, so the device never holds them whole.
+        dtype=resolve_dtype(dtype, None, target) if quantization_bit else dtype,
+        device="cpu" if quantization_bit else target,
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
     )
+    if quantization_bit:
+        from ptune.quantize import quantize_decoder
+
+        quantize_decoder(base, quantization_bit, target)
+        base.to(target)
+        source["quantization_bit"] = quantization_bit
     state, where = carried, str(model_name_or_path)
     if ptuning_checkpoint is not None:
         state, where = read_prefix_state(ptuning_checkpoint), str(ptuning_checkpoint)

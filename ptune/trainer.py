@@ -141,10 +141,11 @@ def decode_rows(tokenizer, rows: np.ndarray, stop_ids: list[int] | None) -> list
     return texts
 
 
-def make_compute_metrics(tokenizer, sink: list | None = None):
+def make_compute_metrics(tokenizer, sink: list | None = None, score: bool = True):
     """`compute_metrics` for the Trainer: decode, then ROUGE/BLEU as THUDM computes them.
 
-    `sink`, when given, receives the decoded (predictions, labels) so the caller can write them to disk.
+    `sink`, when given, receives the decoded (prediction, label) pairs so the caller can write them to disk;
+    with `score=False` only that happens (predict scores afterwards, and only when every row has a label).
     """
 
     def compute(eval_pred) -> dict[str, float]:
@@ -153,6 +154,6 @@ def make_compute_metrics(tokenizer, sink: list | None = None):
         if sink is not None:
             sink.clear()
             sink.extend(zip(preds, labels, strict=True))
-        return compute_metrics(preds, labels)
+        return compute_metrics(preds, labels) if score else {}
 
     return compute

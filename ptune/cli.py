@@ -1,0 +1,338 @@
+"""`ptune VERB ...`: each verb is one typed function; `main(argv) -> int` maps errors to exit codes.
+
+    ptune train   CONFIG.json [--flag value ...]   P-tune a prefix (THUDM's main.py --do_train)
+    ptune eval    CONFIG.json [...]                 eval_loss (+ ROUGE/BLEU with --predict_with_generate)
+    ptune predict CONFIG.json [...]                 generated_predictions.txt + predict_results.json
+    ptune score   PREDICTIONS.txt                    re-score a predictions file
+    ptune chat / export / plot / bench              see `ptune VERB --help`
+
+Bad input ends in one line on stderr and exit code 2 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ptune.errors import UserError
+
+logger = logging.getLogger("ptune")
+
+
+def _setup_logging(training_args=None) -> None:
+    level = logging.INFO
+    if training_args is not None and not training_args.should_log:
+        level = logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+
+
+def _run_dir_holds_run(folder: Path) -> bool:
+    return folder.is_dir() and (
+        any(folder.glob("checkpoint-*"))
+        or (folder / "trainer_state.json").exists()
+        or (folder / "all_results.json").exists()
+    )
+
+
+def _resume_target(training_args) -> str | None:
+    """`resume_from_checkpoint`: a path, or true/"true" for the newest complete checkpoint in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value in (None, False, "false", "False", ""):
+        return None
+    if value in (True, "true", "True"):
+        last = (
+            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        )
+        if last is None:
+            raise UserError(
+                f"--resume_from_checkpoint true: no checkpoint-* folder in {training_args.output_dir}"
+            )
+        return last
+    if not Path(value).is_dir():
+        raise UserError(f"--resume_from_checkpoint {value}: folder not found")
+    return str(value)
+
+
+def _load(model_args, training_args, pre_seq_len_needed: bool):
+    """Tokenizer and model for any verb, reading prefix settings from the checkpoint where there is one."""
+    from ptune.model import load_model
+    from ptune.tokenizer import load_tokenizer
+
+    if pre_seq_len_needed and not model_args.pre_seq_len and not model_args.ptuning_checkpoint:
+        raise UserError("ptune train needs --pre_seq_len N (the prefix length; THUDM's recipes use 128)")
+    tokenizer = load_tokenizer(
+        model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format
+    )
+    model = load_model(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        pre_seq_len=model_args.pre_seq_len,
+        prefix_projection=model_args.prefix_projection,
+        ptuning_checkpoint=model_args.ptuning_checkpoint,
+        device=training_args.device,
+        attn_implementation=model_args.attn_implementation,
+        prefix_dropout=model_args.prefix_dropout,
+        trust_remote_code=model_args.trust_remote_code,
+        quantization_bit=model_args.quantization_bit,
+    )
+    model.source["family"] = tokenizer.family
+    return tokenizer, model
+
+
+def _dataset(path, tokenizer, data_args, training_args, max_target: int, max_samples, require_response=True):
+    from ptune.data import Columns, build_dataset
+
+    if path is None:
+        return None
+    columns = Columns(data_args.prompt_column, data_args.response_column, data_args.history_column)
+    with training_args.main_process_first(desc=f"tokenizing {path}"):
+        return build_dataset(path, tokenizer, columns, data_args, max_target, max_samples, require_response)
+
+
+def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=None, sink=None, score=True):
+    from transformers import EarlyStoppingCallback
+
+    from ptune.data import Collator
+    from ptune.generate import GenerationSettings
+    from ptune.trainer import PrefixTrainer, make_compute_metrics
+
+    training_args.remove_unused_columns = False  # our datasets hold exactly what the collator needs
+    training_args.apply_logging_dir()  # THUDM-era --logging_dir: where TensorBoard logs go
+    callbacks = []
+    if training_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+    folder = Path(model.source["path"])
+    return PrefixTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=Collator(tokenizer.pad_token_id, with_prompts=training_args.predict_with_generate),
+        compute_metrics=make_compute_metrics(tokenizer, sink, score)
+        if training_args.predict_with_generate
+        else None,
+        callbacks=callbacks,
+        chat_tokenizer=tokenizer,
+        tokenizer_files=[folder / f for f in tokenizer.files],
+        generation=GenerationSettings(
+            max_new_tokens=gen_args.max_new_tokens,
+            do_sample=gen_args.do_sample,
+            top_p=gen_args.top_p,
+            temperature=gen_args.temperature,
+        ),
+    )
+
+
+def train(argv: list[str]) -> int:
+    """P-tune a prefix; always ends with a final checkpoint and the prefix saved in output_dir itself."""
+    from transformers import set_seed
+
+    from ptune.config import parse_args
+
+    model_args, data_args, training_args, gen_args = parse_args("train", argv)
+    _setup_logging(training_args)
+    resume = _resume_target(training_args)
+    out = Path(training_args.output_dir)
+    if resume is None and _run_dir_holds_run(out) and not training_args.overwrite_output_dir:
+        raise UserError(
+            f"{out}: already holds a run; pass --overwrite_output_dir to train over it, "
+            "or --resume_from_checkpoint true to continue it"
+        )
+    if data_args.train_file is None:
+        raise UserError("ptune train needs --train_file")
+    set_seed(training_args.seed)
+    tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=True)
+    train_ds = _dataset(
+        data_args.train_file,
+        tokenizer,
+        data_args,
+        training_args,
+        data_args.max_target_length,
+        data_args.max_train_samples,
+    )
+    eval_ds = None
+    if training_args.eval_strategy != "no":
+        eval_ds = _dataset(
+            data_args.validation_file, tokenizer, data_args, training_args,
+            data_args.val_max_target_length, data_args.max_eval_samples,
+        )  # fmt: skip
+    trainer = _trainer(model, tokenizer, training_args, gen_args, train_ds, eval_ds)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final_checkpoint()
+    trainer.save_model()
+    metrics = {**result.metrics, "train_samples": len(train_ds)}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    _plot(training_args)
+    return 0
+
+
+def _plot(training_args) -> None:
+    if not training_args.should_save:
+        return
+    try:
+        from ptune.plot import plot_run
+    except ImportError:  # the plot module is optional
+        return
+    plot_run(training_args.output_dir)
+
+
+def _refuse_overwrite(training_args, name: str) -> None:
+    path = Path(training_args.output_dir) / name
+    if path.exists() and not training_args.overwrite_output_dir:
+        raise UserError(f"{path}: already exists; pass --overwrite_output_dir to replace it")
+
+
+def evaluate(argv: list[str]) -> int:
+    """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU."""
+    from ptune.config import parse_args
+
+    model_args, data_args, training_args, gen_args = parse_args("eval", argv)
+    _setup_logging(training_args)
+    if data_args.validation_file is None:
+        raise UserError("ptune eval needs --validation_file")
+    _refuse_overwrite(training_args, "eval_results.json")
+    tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
+    eval_ds = _dataset(
+        data_args.validation_file, tokenizer, data_args, training_args,
+        data_args.val_max_target_length, data_args.max_eval_samples,
+    )  # fmt: skip
+    trainer = _trainer(model, tokenizer, training_args, gen_args, eval_ds=eval_ds)
+    metrics = trainer.evaluate(metric_key_prefix="eval")
+    metrics["eval_samples"] = len(eval_ds)
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return 0
+
+
+def predict(argv: list[str]) -> int:
+    """Generate answers for test_file (or validation_file): generated_predictions.txt + predict_results.json."""
+    from ptune.config import parse_args
+    from ptune.metrics import compute_metrics
+
+    model_args, data_args, training_args, gen_args = parse_args("predict", argv)
+    _setup_logging(training_args)
+    path = data_args.test_file or data_args.validation_file
+    if path is None:
+        raise UserError("ptune predict needs --test_file (or --validation_file)")
+    _refuse_overwrite(training_args, "generated_predictions.txt")
+    tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
+    test_ds = _dataset(
+        path, tokenizer, data_args, training_args, data_args.val_max_target_length,
+        data_args.max_predict_samples, require_response=False,
+    )  # fmt: skip
+    pairs: list = []
+    trainer = _trainer(model, tokenizer, training_args, gen_args, sink=pairs, score=False)
+    output = trainer.predict(test_ds, metric_key_prefix="predict")
+    metrics = dict(output.metrics)
+    if all(label for _, label in pairs):
+        metrics.update({f"predict_{k}": v for k, v in compute_metrics(*zip(*pairs, strict=True)).items()})
+    metrics["predict_samples"] = len(test_ds)
+    if trainer.is_world_process_zero():
+        write_predictions(Path(training_args.output_dir) / "generated_predictions.txt", pairs)
+    trainer.log_metrics("predict", metrics)
+    trainer.save_metrics("predict", metrics)
+    return 0
+
+
+def write_predictions(path: Path, pairs: list[tuple[str, str]]) -> None:
+    """One JSON object per line, `{"labels": ..., "predict": ...}`, UTF-8, not escaped (THUDM's format)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for pred, label in pairs:
+            f.write(json.dumps({"labels": label, "predict": pred}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def score(argv: list[str]) -> int:
+    """Re-score a generated_predictions.txt: prints the metrics as JSON."""
+    import argparse
+
+    from ptune.metrics import compute_metrics
+
+    parser = argparse.ArgumentParser(prog="ptune score", description="Re-score a predictions file.")
+    parser.add_argument(
+        "file", help="generated_predictions.txt: one JSON object per line with labels and predict"
+    )
+    args = parser.parse_args(argv)
+    preds, labels = read_predictions(Path(args.file))
+    print(json.dumps(compute_metrics(preds, labels), ensure_ascii=False, indent=2))
+    return 0
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    preds, labels = [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("predict"), str)
+            or not isinstance(row.get("labels"), str)
+        ):
+            raise UserError(f"{path}:{lineno}: expected an object with string 'labels' and 'predict'")
+        preds.append(row["predict"])
+        labels.append(row["labels"])
+    return preds, labels
+
+
+VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
+
+
+def _extra_verbs() -> dict:
+    verbs = {}
+    for name, module, func in [
+        ("chat", "ptune.chat", "main"),
+        ("export", "ptune.export", "main"),
+        ("plot", "ptune.plot", "main"),
+        ("bench", "ptune.bench", "main"),
+    ]:
+        verbs[name] = (module, func)
+    return verbs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ptune` and `python -m ptune`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    extra = _extra_verbs()
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] not in VERBS and argv[0] not in extra):
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"ptune: error: unknown verb {argv[0]!r}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb in VERBS:
+            return VERBS[verb](rest)
+        import importlib
+
+        module, func = extra[verb]
+        return getattr(importlib.import_module(module), func)(rest)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"ptune {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ptune {verb}: interrupted", file=sys.stderr)
+        return 130
