@@ -181,11 +181,12 @@ def train(argv: list[str]) -> int:
 def _plot(training_args) -> None:
     if not training_args.should_save:
         return
+    from ptune.plot import plot_run
+
     try:
-        from ptune.plot import plot_run
-    except ImportError:  # the plot module is optional
-        return
-    plot_run(training_args.output_dir)
+        plot_run(training_args.output_dir)
+    except UserError as e:  # a finished run must not fail over its picture
+        logger.warning("no training_curves.png: %s", e)
 
 
 def _refuse_overwrite(training_args, name: str) -> None:

@@ -1,0 +1,148 @@
+"""`ptune train / eval / predict / score` end to end on a tiny checkpoint, through `ptune.cli.main`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from ptune.cli import main
+from ptune.metrics import compute_metrics
+from ptune.tiny import make_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+COMMON = ["--prompt_column", "content", "--response_column", "summary", "--max_source_length", "48",
+          "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm3", "chatglm3")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
+            "--output_dir", str(out), "--overwrite_output_dir", "--max_target_length", "32",
+            "--per_device_train_batch_size", "8", "--max_steps", "6", "--save_steps", "4",
+            "--learning_rate", "2e-2", "--pre_seq_len", "4", "--logging_steps", "2", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_train_writes_prefix_only_checkpoints(trained, tiny):
+    top = {p.name for p in trained.iterdir()}
+    assert {"checkpoint-4", "checkpoint-6", "model.safetensors", "prefix_config.json", "trainer_state.json",
+            "train_results.json", "all_results.json", "tokenizer.model", "tokenizer_config.json"} <= top  # fmt: skip
+    for ckpt in ("checkpoint-4", "checkpoint-6"):  # a final checkpoint even though 6 is not a save step
+        files = {p.name for p in (trained / ckpt).iterdir()}
+        assert files == {"model.safetensors", "prefix_config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                         "trainer_state.json", "tokenizer.model", "tokenizer_config.json"}  # fmt: skip
+        weights = load_file(str(trained / ckpt / "model.safetensors"))
+        assert set(weights) == {"transformer.prefix_encoder.embedding.weight"}
+        assert weights["transformer.prefix_encoder.embedding.weight"].shape == (4, 2 * 2 * 2 * 16)
+    config = json.loads((trained / "prefix_config.json").read_text())
+    assert config["pre_seq_len"] == 4 and config["prefix_projection"] is False
+    assert config["family"] == "chatglm3" and config["base_model_name_or_path"] == str(tiny.resolve())
+    biggest = max(p.stat().st_size for p in trained.rglob("*") if p.is_file())
+    assert biggest < min(p.stat().st_size for p in tiny.glob("pytorch_model-*.bin"))  # no base weights copied
+
+
+def test_predict_writes_predictions_and_score_reproduces_metrics(trained, tiny, capsys):
+    argv = ["predict", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(trained),
+            "--test_file", str(DEMO / "dev.json"), "--output_dir", str(trained), "--max_target_length", "16",
+            "--per_device_eval_batch_size", "16", "--max_predict_samples", "20", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    lines = (trained / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20
+    rows = [json.loads(line) for line in lines]
+    assert all(set(r) == {"labels", "predict"} for r in rows)
+    dev = [
+        json.loads(x)["summary"] for x in (DEMO / "dev.json").read_text(encoding="utf-8").splitlines()[:20]
+    ]
+    assert lines[0].startswith('{"labels": "' + dev[0] + '", "predict": "')  # UTF-8, not escaped
+    assert [r["labels"] for r in rows] == dev
+    results = json.loads((trained / "predict_results.json").read_text())
+    expected = compute_metrics([r["predict"] for r in rows], dev)
+    for key in ("rouge-1", "rouge-2", "rouge-l", "bleu-4"):
+        assert results[f"predict_{key}"] == expected[key]
+    capsys.readouterr()
+    assert main(["score", str(trained / "generated_predictions.txt")]) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+    # A second predict refuses to overwrite the predictions file.
+    assert main(argv) == 2
+
+
+def test_eval_reports_loss_and_generation_metrics(trained, tiny):
+    out = trained / "eval"
+    argv = ["eval", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(trained / "checkpoint-6"),
+            "--validation_file", str(DEMO / "dev.json"), "--output_dir", str(out), "--max_target_length", "16",
+            "--per_device_eval_batch_size", "20", "--predict_with_generate", "true", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {
+        "eval_loss",
+        "eval_rouge-1",
+        "eval_rouge-2",
+        "eval_rouge-l",
+        "eval_bleu-4",
+        "eval_samples",
+    } <= set(results)
+    assert results["eval_samples"] == 40
+
+
+def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
+            "--output_dir", str(trained), "--pre_seq_len", "4", "--max_steps", "1", *COMMON]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "\n" not in err
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
+def test_bad_model_folder_and_unknown_verb(tmp_path, capsys):
+    assert main(["frobnicate"]) == 2
+    argv = ["train", "--model_name_or_path", str(tmp_path / "missing"), "--train_file", str(DEMO / "train.json"),
+            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4", *COMMON]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing" in err
+
+
+def test_thudm_train_and_evaluate_scripts_run_unchanged(tiny, tmp_path):
+    """THUDM's train.sh / evaluate.sh arguments with only the model and data paths swapped (and the step
+    counts cut at the end, so CI stays fast), including --quantization_bit 4 (bitsandbytes NF4 on the CPU)."""
+    data = tmp_path / "AdvertiseGen"
+    data.mkdir()
+    shutil.copy(DEMO / "train.json", data / "train.json")
+    shutil.copy(DEMO / "dev.json", data / "dev.json")
+    out = tmp_path / "output" / "adgen-chatglm2-6b-pt-128-2e-2"
+    train_sh = (
+        f"--do_train --train_file {data}/train.json --validation_file {data}/dev.json "
+        "--preprocessing_num_workers 10 --prompt_column content --response_column summary --overwrite_cache "
+        f"--model_name_or_path {tiny} --output_dir {out} --overwrite_output_dir --max_source_length 64 "
+        "--max_target_length 128 --per_device_train_batch_size 1 --per_device_eval_batch_size 1 "
+        "--gradient_accumulation_steps 16 --predict_with_generate --max_steps 3000 --logging_steps 10 "
+        "--save_steps 1000 --learning_rate 2e-2 --pre_seq_len 128 --quantization_bit 4"
+    ).split()
+    assert (
+        main(["train", *train_sh, "--max_steps", "2", "--save_steps", "1000", "--disable_tqdm", "true"]) == 0
+    )
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()
+    evaluate_sh = (
+        f"--do_predict --validation_file {data}/dev.json --test_file {data}/dev.json --overwrite_cache "
+        f"--prompt_column content --response_column summary --model_name_or_path {tiny} "
+        f"--ptuning_checkpoint {out}/checkpoint-2 --output_dir {out} --overwrite_output_dir "
+        "--max_source_length 64 --max_target_length 64 --per_device_eval_batch_size 1 --predict_with_generate "
+        "--pre_seq_len 128 --quantization_bit 4"
+    ).split()
+    assert main(["predict", *evaluate_sh, "--max_predict_samples", "3", "--max_new_tokens", "8",
+                 "--disable_tqdm", "true"]) == 0  # fmt: skip
+    assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 3
