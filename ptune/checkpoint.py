@@ -77,6 +77,7 @@ def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()
     }
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "producer": "ptune"})
+    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~_umask())  # safetensors writes owner-only files
     from ptune import __version__
 
     config = {
@@ -108,6 +109,7 @@ class _AtomicDir:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.target.name}-", dir=self.target.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; publish with normal permissions
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -126,6 +128,12 @@ class _AtomicDir:
             os.replace(self.tmp, self.target)
         _fsync_dir(self.target.parent)
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -163,6 +163,33 @@ def convert_tensor(name: str, tensor: torch.Tensor, config: GlmConfig) -> list[t
     raise KeyError(name)
 
 
+def to_chatglm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_tensor`: Glm weights back to the original key names (q/k/v fused again).
+
+    Used by the tiny-checkpoint maker to write a briefly pretrained demo model in the original format."""
+    top = {v: k for k, v in _TOP_MAP.items()}
+    layer = {v: k for k, v in _LAYER_MAP.items()}
+    out = {}
+    for name, tensor in state.items():
+        if name in top:
+            out[top[name]] = tensor
+            continue
+        m = re.match(r"^model\.layers\.(\d+)\.(.+)$", name)
+        if not m:
+            raise KeyError(name)
+        idx, rest = m.groups()
+        prefix = f"transformer.encoder.layers.{idx}."
+        if rest in layer:
+            out[prefix + layer[rest]] = tensor
+        elif rest.startswith("self_attn.q_proj."):
+            kind = rest.rsplit(".", 1)[1]
+            parts = [state[f"model.layers.{idx}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"{prefix}self_attention.query_key_value.{kind}"] = torch.cat(parts, dim=0)
+        elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+            raise KeyError(name)
+    return out
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint's weight files in index order: sharded (with an index) or single, safetensors or .bin."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):

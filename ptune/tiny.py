@@ -248,8 +248,57 @@ GLM4_CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_checkpoint(out_dir: str | Path, family: str = "chatglm3", seed: int = 0) -> Path:
-    """Write a tiny checkpoint folder of `family` (see FAMILIES) into `out_dir`; same seed → same files."""
+def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
+    """Teach a tiny chatglm-format model the language of `texts` (plain next-token prediction of every
+    weight, a few seconds on a CPU) and rewrite its shards in place, still in the original format.
+
+    The demo uses this so that P-tuning starts from a model that knows the words, as it does with a real
+    checkpoint; the task mapping itself (attributes → description) is left for the prefix to learn.
+    """
+    from ptune.convert import read_json, to_chatglm_state_dict
+    from ptune.model import load_model
+    from ptune.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    tok = load_tokenizer(folder)
+    model = load_model(folder, dtype="float32", device="cpu").base
+    model.requires_grad_(True).train()
+    rows = [
+        [tok.special_ids["[gMASK]"], tok.special_ids["sop"], *tok.encode(t), tok.eos_token_id] for t in texts
+    ]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = [rows[i] for i in torch.randint(len(rows), (32,), generator=g).tolist()]
+        width = max(map(len, batch))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in batch])
+        labels = torch.tensor([r + [-100] * (width - len(r)) for r in batch])
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cfg = read_json(folder / "config.json")
+    state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})
+    for old in list(folder.glob("pytorch_model*")) + list(folder.glob("model-*.safetensors")):
+        old.unlink()
+    glm4 = family_uses_safetensors(cfg)
+    write_sharded(folder, state, cfg["num_layers"], glm4, torch.bfloat16 if glm4 else torch.float16)
+
+
+def family_uses_safetensors(cfg: dict) -> bool:
+    return "num_hidden_layers" in cfg  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
+
+
+def make_tiny_checkpoint(
+    out_dir: str | Path,
+    family: str = "chatglm3",
+    seed: int = 0,
+    pretrain_texts: list[str] | None = None,
+    pretrain_steps: int = 0,
+) -> Path:
+    """Write a tiny checkpoint folder of `family` (see FAMILIES) into `out_dir`; same seed → same files.
+
+    With `pretrain_texts`, the weights are first trained `pretrain_steps` steps on them (see pretrain_tiny)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     folder = Path(out_dir)
@@ -273,6 +322,8 @@ def make_tiny_checkpoint(out_dir: str | Path, family: str = "chatglm3", seed: in
     _write_json(folder / "config.json", cfg)
     dtype = torch.bfloat16 if family == "glm4" else torch.float16
     write_sharded(folder, random_chatglm_weights(cfg, seed), cfg["num_layers"], family == "glm4", dtype)
+    if pretrain_texts:
+        pretrain_tiny(folder, pretrain_texts, pretrain_steps, seed)
     return folder
 
 

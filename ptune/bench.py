@@ -1,0 +1,581 @@
+"""Speed and memory benchmark on the ADGEN-shaped workload (shared/reference/performance.md).
+
+Builds a ChatGLM3-shaped `GlmForCausalLM` with random weights directly on the target device (nothing is
+written to disk), wraps it exactly as `load_model` does (`PrefixTunedLM` + `PrefixEncoder`), and measures:
+- train: the real `PrefixTrainer` (the tool's Seq2SeqTrainer subclass) with the tool's `Collator` on a
+  `datasets.Dataset` of synthetic samples; timed between optimizer steps after warm-up;
+- predict: the real `ptune.generate.generate` on left-padded prompts (the Collator's `prompt_ids`), batches
+  sorted by prompt length; whole generate calls timed after one warm-up batch.
+Prints one aligned table (and optionally writes it as JSON).
+
+Usage: `python scripts/bench.py --shape tiny` (CPU, seconds) or `--shape 6b --micro_batch 1,4,16,32`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptune.convert import glm_config
+from ptune.errors import UserError
+from ptune.tiny import TINY_DIMS, chatglm_config
+
+# The real ChatGLM2/3 vocabulary and special ids (performance.md). Smaller vocabularies keep each special id
+# at the same distance from the top, so the tiny shape has the same layout: content ids, then [MASK], [gMASK]...
+REAL_VOCAB = 65024
+REAL_GMASK, REAL_SOP, REAL_MASK = 64790, 64792, 64789
+EOS_ID, PAD_ID = 2, 0
+FIRST_CONTENT_ID = 3  # 0 <unk>/pad, 1 <s>, 2 </s>
+
+SOURCE_LEN = (20, 63)  # uniform, inclusive
+TARGET_LEN = (40, 126)
+PROMPT_LEN = (40, 64)  # generation prompts: [gMASK, sop] + this many tokens
+
+# Overrides of the chatglm3 config.json fields; the rest comes from `tiny.chatglm_config`.
+SHAPES = {
+    "tiny": {**TINY_DIMS, "multi_query_group_num": 2, "padded_vocab_size": 1024},
+    "6b": {
+        "num_layers": 28,
+        "hidden_size": 4096,
+        "ffn_hidden_size": 13696,
+        "num_attention_heads": 32,
+        "multi_query_group_num": 2,
+        "kv_channels": 128,
+        "padded_vocab_size": REAL_VOCAB,
+    },
+}
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, matched on the CUDA device name, first hit wins.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0))
+
+HEADER = (
+    "mode",
+    "batch",
+    "pre_seq_len",
+    "samples/s",
+    "tokens/s",
+    "TFLOP/s",
+    "of peak",
+    "peak GiB",
+)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    gmask: int
+    sop: int
+    eos: int
+    pad: int
+    content_end: int  # content tokens are drawn from [FIRST_CONTENT_ID, content_end)
+
+
+def special_ids(vocab: int) -> SpecialIds:
+    """The ChatGLM3 special ids for a vocabulary of `vocab` rows (the real ones at 65,024)."""
+    shift = REAL_VOCAB - vocab
+    if REAL_MASK - shift <= FIRST_CONTENT_ID + 1:
+        raise UserError(f"vocabulary of {vocab} rows is too small for the ChatGLM special ids")
+    return SpecialIds(REAL_GMASK - shift, REAL_SOP - shift, EOS_ID, PAD_ID, REAL_MASK - shift)
+
+
+# ------------------------------------------------------------------------------------------------ samples
+def make_samples(
+    n: int, seed: int, ids: SpecialIds, source_len=SOURCE_LEN, target_len=TARGET_LEN
+) -> list[dict[str, list[int]]]:
+    """`n` ADGEN-shaped training samples, deterministic in `seed` (the first k of n are the k-sample set).
+
+    input_ids = [gMASK, sop] + source + target + [eos]; labels are -100 over [gMASK, sop] + source and equal
+    input_ids after it, exactly as THUDM's preprocessing builds them.
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        s = int(rng.integers(source_len[0], source_len[1] + 1))
+        t = int(rng.integers(target_len[0], target_len[1] + 1))
+        tokens = rng.integers(FIRST_CONTENT_ID, ids.content_end, size=s + t).tolist()
+        prompt = [ids.gmask, ids.sop] + tokens[:s]
+        answer = tokens[s:] + [ids.eos]
+        samples.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    return samples
+
+
+def make_prompt_samples(n: int, seed: int, ids: SpecialIds) -> list[dict[str, list[int]]]:
+    """Samples whose prompt is [gMASK, sop] + 40..64 tokens (the generation workload), sorted by prompt length
+    so that each batch pads little."""
+    samples = make_samples(n, seed, ids, source_len=PROMPT_LEN)
+    return sorted(samples, key=lambda r: r["labels"].count(-100))
+
+
+# --------------------------------------------------------------------------------------------------- model
+def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int):
+    """(base GlmForCausalLM, config dict) with random weights made directly on `device` in `dtype`.
+
+    Every matrix, bias and embedding is normal(0, 0.02), norm weights are 1 (performance.md); seeded, so the
+    same seed gives the same weights on the same device. The base is built on the meta device first, so the
+    6B shape never exists in float32 nor on the host.
+    """
+    from transformers import GlmForCausalLM
+
+    cfg = chatglm_config("chatglm3", SHAPES[shape]["padded_vocab_size"])
+    cfg.update(SHAPES[shape])
+    config = glm_config(cfg, Path(f"<random {shape}>"))
+    config._attn_implementation = "sdpa"  # as load_glm does
+    with torch.device("meta"):
+        base = GlmForCausalLM(config)
+    base = base.to(dtype).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    # The rotary inverse frequencies are a non-persistent float32 buffer: rebuild it for real, as load_glm does.
+    base.model.rotary_emb = type(base.model.rotary_emb)(config=config).to(device)
+    return base.eval(), cfg
+
+
+def wrap(base, pre_seq_len: int, shape: str, seed: int):
+    """`PrefixTunedLM` around `base` with a fresh prefix, exactly as `load_model(pre_seq_len=...)` builds it."""
+    from ptune.model import PrefixTunedLM, _prefix_config_for
+    from ptune.prefix import PrefixEncoder
+
+    torch.manual_seed(seed)
+    encoder = PrefixEncoder(_prefix_config_for(base, pre_seq_len, False)).to(base.device)
+    source = {"path": f"<random {shape}>", "model_type": "chatglm", "dtype": str(base.dtype)[6:]}
+    return PrefixTunedLM(base, encoder, source).eval()
+
+
+def matmul_params(base) -> int:
+    """N: parameters that cost 2 FLOP per token in a forward pass (all but the input embedding, a lookup).
+    5.98e9 at the 6B shape, the figure performance.md uses."""
+    embed = base.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in base.parameters()) - embed
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA only: the CPU's peak RSS cannot be reset)."""
+    if device.type == "cuda":
+        gc.collect()  # free the previous row's Trainer, optimizer state and cache before measuring
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(GiB, kind): CUDA peak allocated since the last reset, or the process's peak RSS on the CPU (which
+    never resets, so CPU rows show the high-water mark of the whole run so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+    return rss_bytes / 2**30, "rss"
+
+
+def device_peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Dense bf16/fp16 peak of the device when its name is known, else None."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+@dataclass
+class Row:
+    mode: str  # "train" | "predict"
+    micro_batch: int  # predict: the generation batch
+    grad_accum: int  # predict: 1
+    pre_seq_len: int
+    samples: int  # timed samples (predict: prompts)
+    tokens: int  # train: real (non-pad) tokens; predict: new tokens
+    seconds: float
+    samples_per_s: float
+    tokens_per_s: float
+    tflops: float
+    peak_fraction: float | None
+    peak_gib: float
+    memory_kind: str
+    timed_steps: int  # optimizer steps (train) or generate calls (predict)
+    step_seconds: float  # train: sum of on_step_begin → on_step_end (without data loading); predict: seconds
+
+
+class StepTimer:
+    """Trainer callback: wall time at each optimizer step's begin and end (after a CUDA sync)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.begin: list[float] = []
+        self.end: list[float] = []
+
+    def as_callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                sync(timer.device)
+                timer.begin.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kwargs):
+                sync(timer.device)
+                timer.end.append(time.perf_counter())
+
+        return _Callback()
+
+
+class CountingCollator:
+    """The tool's Collator, recording the real (non-pad) token count of every batch in collation order.
+
+    Batches are consumed in collation order (accelerate may collate one batch ahead), so optimizer step k
+    trained on batches [k·accum, (k+1)·accum) of `tokens`.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.tokens: list[int] = []
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        self.tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+
+def train_row(model, samples, args, micro_batch: int, n_params: int, peak: float | None) -> Row:
+    """Train `args.warmup_steps + args.steps` optimizer steps with PrefixTrainer; time the last `args.steps`.
+
+    The time of a step is measured from the end of the previous step to its own end, so it includes the
+    data loader and collation as well as forward, backward and the optimizer (the wall time a run spends).
+    """
+    import datasets
+    from transformers import PrinterCallback, Seq2SeqTrainingArguments
+
+    from ptune.data import Collator
+    from ptune.trainer import PrefixTrainer
+
+    device = model.device
+    total_steps = args.warmup_steps + args.steps
+    per_step = micro_batch * args.grad_accum
+    rows = samples[: total_steps * per_step]
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": [r["input_ids"] for r in rows],
+            "labels": [r["labels"] for r in rows],
+            "length": [len(r["input_ids"]) for r in rows],  # read by the group_by_length sampler
+        }
+    )
+    collator = CountingCollator(Collator(pad_id=PAD_ID))
+    timer = StepTimer(device)
+    reset_peak(device)
+    with tempfile.TemporaryDirectory(prefix="ptune-bench-") as out:
+        training_args = Seq2SeqTrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=micro_batch,
+            gradient_accumulation_steps=args.grad_accum,
+            max_steps=total_steps,
+            learning_rate=2e-2,  # THUDM's P-Tuning v2 rate
+            activation_checkpointing=args.activation_checkpointing == "on",
+            train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+            remove_unused_columns=False,
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=device.type == "cpu",
+            seed=args.seed,
+        )
+        if device.type == "cuda":
+            # One GPU, as measured: with several visible the stock Trainer would wrap the model in DataParallel.
+            _ = training_args.device  # sets up the device and _n_gpu first
+            training_args._n_gpu = 1
+        trainer = PrefixTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[timer.as_callback()],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints the end-of-training metrics dict
+        trainer.train()
+        del trainer
+    model.activation_checkpointing_disable()
+    model.eval()
+    gib, kind = peak_memory(device)
+    if len(timer.end) != total_steps:
+        raise RuntimeError(f"the Trainer ran {len(timer.end)} optimizer steps, expected {total_steps}")
+    w = args.warmup_steps
+    start = timer.end[w - 1] if w > 0 else timer.begin[0]
+    seconds = timer.end[-1] - start
+    step_seconds = sum(e - b for b, e in zip(timer.begin[w:], timer.end[w:], strict=True))
+    tokens = sum(collator.tokens[w * args.grad_accum : total_steps * args.grad_accum])
+    samples_timed = args.steps * per_step
+    # Model FLOPs of a frozen-base prefix step: forward 2·N per token plus the backward pass through the
+    # activations 2·N per token (no weight gradients: the base is frozen) = 4·N per real token. The usual
+    # 6·N counts weight gradients that are never computed here; attention score FLOPs and the
+    # recomputation under activation checkpointing are not counted (model FLOPs, not hardware FLOPs).
+    flops = 4 * n_params * tokens
+    return _row("train", micro_batch, args.grad_accum, model.pre_seq_len, samples_timed, tokens, seconds,
+                flops, peak, gib, kind, args.steps, step_seconds)  # fmt: skip
+
+
+def predict_row(model, args, batch_size: int, n_params: int, peak: float | None, ids: SpecialIds) -> Row:
+    """Generate exactly `args.new_tokens` tokens (sampling, top_p 0.7, temperature 0.95) for
+    `args.predict_steps` batches of prompts sorted by length; time whole generate calls after a warm-up call
+    on the longest batch."""
+    from ptune.data import Collator
+    from ptune.generate import GenerationSettings, generate
+
+    device = model.device
+    samples = make_prompt_samples(batch_size * args.predict_steps, args.seed + 1, ids)
+    collate = Collator(pad_id=ids.pad, with_prompts=True)
+    batches = [collate(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    settings = GenerationSettings(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=True,
+        top_p=0.7,
+        temperature=0.95,
+    )
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    model.eval()
+
+    def run(batch) -> torch.Tensor:
+        return generate(
+            model,
+            batch["prompt_ids"].to(device),
+            batch["prompt_mask"].to(device),
+            stop_ids=[ids.eos],
+            pad_id=ids.pad,
+            settings=settings,
+            generator=g,
+        )
+
+    reset_peak(device)
+    run(batches[-1])
+    sync(device)
+    seconds, new_tokens, prompt_tokens = 0.0, 0, 0
+    for batch in batches:
+        start = time.perf_counter()
+        out = run(batch)
+        sync(device)
+        seconds += time.perf_counter() - start
+        new_tokens += out.numel()
+        prompt_tokens += int(batch["prompt_mask"].sum())
+    gib, kind = peak_memory(device)
+    # Model FLOPs of inference: 2·N per token through the model, prompt (prefill) and new tokens alike.
+    flops = 2 * n_params * (prompt_tokens + new_tokens)
+    return _row("predict", batch_size, 1, model.pre_seq_len, len(samples), new_tokens, seconds, flops,
+                peak, gib, kind, len(batches), seconds)  # fmt: skip
+
+
+def _row(mode, mb, accum, psl, samples, tokens, seconds, flops, peak, gib, kind, steps, step_seconds) -> Row:
+    seconds = max(seconds, 1e-9)
+    tflops = flops / seconds / 1e12
+    return Row(
+        mode=mode,
+        micro_batch=mb,
+        grad_accum=accum,
+        pre_seq_len=psl,
+        samples=samples,
+        tokens=tokens,
+        seconds=seconds,
+        samples_per_s=samples / seconds,
+        tokens_per_s=tokens / seconds,
+        tflops=tflops,
+        peak_fraction=None if peak is None else tflops / peak,
+        peak_gib=gib,
+        memory_kind=kind,
+        timed_steps=steps,
+        step_seconds=step_seconds,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- output
+def _num(x: float) -> str:
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 0.01:
+        return f"{x:.2f}"
+    return f"{x:.2e}"
+
+
+def format_table(rows: list[Row]) -> str:
+    """One aligned plain-text table: header, rule, one line per row."""
+    cells = [list(HEADER)]
+    for r in rows:
+        batch = f"{r.micro_batch} x {r.grad_accum}" if r.mode == "train" else str(r.micro_batch)
+        fraction = "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%"
+        memory = f"{r.peak_gib:.2f}" + (" RSS" if r.memory_kind == "rss" else "")
+        cells.append(
+            [
+                r.mode,
+                batch,
+                str(r.pre_seq_len),
+                _num(r.samples_per_s),
+                _num(r.tokens_per_s),
+                _num(r.tflops),
+                fraction,
+                memory,
+            ]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
+        "workload (random weights; see shared/reference/performance.md).",
+    )
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--micro_batch", type=_int_list, default=[4], help="training micro-batches, e.g. 1,4,16")
+    p.add_argument("--grad_accum", type=_positive, default=1, help="gradient accumulation steps")
+    p.add_argument("--pre_seq_len", type=_int_list, default=[128], help="prefix lengths, e.g. 32,128,512")
+    p.add_argument("--steps", type=_positive, default=10, help="timed optimizer steps")
+    p.add_argument("--warmup_steps", type=_non_negative, default=2, help="untimed optimizer steps first")
+    p.add_argument("--predict_batch", type=_int_list, default=[16], help="generation batches, e.g. 1,16")
+    p.add_argument("--predict_steps", type=_positive, default=2, help="timed generate calls per row")
+    p.add_argument("--new_tokens", type=_positive, default=64, help="tokens generated for every prompt")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="auto: bfloat16 on CUDA (float16 without bf16 support), float32 on the CPU")  # fmt: skip
+    p.add_argument("--activation_checkpointing", choices=("on", "off"), default="off")
+    p.add_argument("--group_by_length", action="store_true", help="train_sampling_strategy group_by_length")
+    p.add_argument("--no_train", action="store_true")
+    p.add_argument("--no_predict", action="store_true")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
+    """Every requested configuration: for each pre_seq_len, a train row per micro-batch, then a predict row
+    per generation batch. Returns the rows and a description of the run."""
+    from ptune.model import resolve_dtype
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: CUDA is not available")
+        if device.index not in (None, 0):  # the Trainer always trains on cuda:0
+            raise UserError(f"--device {args.device}: use CUDA_VISIBLE_DEVICES={device.index} --device cuda")
+        device = torch.device("cuda", 0)
+    dtype = resolve_dtype(args.dtype, "float16", device)
+    peak = args.peak_tflops if args.peak_tflops is not None else device_peak_tflops(device, dtype)
+    base, cfg = build_model(args.shape, dtype, device, args.seed)
+    ids = special_ids(cfg["padded_vocab_size"])
+    n_params = matmul_params(base)
+    most = max(args.micro_batch) * args.grad_accum * (args.warmup_steps + args.steps)
+    samples = [] if args.no_train else make_samples(most, args.seed, ids)
+    rows: list[Row] = []
+    for psl in args.pre_seq_len:
+        model = wrap(base, psl, args.shape, args.seed)
+        if not args.no_train:
+            for mb in args.micro_batch:
+                rows.append(train_row(model, samples, args, mb, n_params, peak))
+        if not args.no_predict:
+            for pb in args.predict_batch:
+                rows.append(predict_row(model, args, pb, n_params, peak, ids))
+        del model
+    meta = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype)[6:],
+        "matmul_params": n_params,
+        "peak_tflops": peak,
+        "activation_checkpointing": args.activation_checkpointing,
+        "group_by_length": args.group_by_length,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "grad_accum": args.grad_accum,
+        "predict_steps": args.predict_steps,
+        "new_tokens": args.new_tokens,
+        "seed": args.seed,
+        "torch": torch.__version__,
+    }
+    return rows, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the Trainer's info/warnings would interleave with the table
+    try:
+        rows, meta = run(args)
+    except UserError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    print(
+        f"shape {meta['shape']} (N = {meta['matmul_params']:.3e} matmul params), {meta['device']}, "
+        f"{meta['dtype']}, activation checkpointing {meta['activation_checkpointing']}, group_by_length "
+        f"{'on' if meta['group_by_length'] else 'off'}; train: {meta['steps']} steps timed after "
+        f"{meta['warmup_steps']}; predict: {meta['predict_steps']} batches x {meta['new_tokens']} new tokens"
+    )
+    print(format_table(rows))
+    print(
+        "tokens/s: real (non-pad) tokens for train, new tokens for predict. TFLOP/s: model FLOPs, "
+        "4·N per real token for train (frozen base: no weight gradients), 2·N per prompt and new token for "
+        "predict."
+    )
+    if args.json:
+        payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0

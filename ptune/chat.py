@@ -1,0 +1,345 @@
+"""`ptune chat`: multi-turn chat in the terminal with a base model and, optionally, a P-Tuning v2 prefix.
+
+    ptune chat --model_name_or_path DIR [--ptuning_checkpoint CKPT] [--max_length 2048] [--max_new_tokens 512]
+
+Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
+stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
+history, `exit` / `quit` / end of input (Ctrl-D) ends the chat (exit code 0), Ctrl-C stops the answer
+being written (Ctrl-C at the prompt ends ptune: `ptune.cli` prints "interrupted" and exits 130).
+
+Each prompt holds the question and as many of the latest turns as fit in max_length - max_new_tokens
+tokens; older turns are forgotten for good (said once), so the conversation the model sees only ever loses
+its oldest turns and never gets one back when a later question happens to be shorter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicCache
+from transformers.hf_argparser import string_to_bool
+
+from ptune.chat_format import decode_response, encode_prompt, prompt_ids
+from ptune.config import CHAT_FORMATS, GenerationArguments
+from ptune.errors import UserError
+from ptune.generate import GenerationSettings, _next_tokens
+from ptune.model import PrefixTunedLM, positions_from_mask
+
+CLEAR_COMMANDS = ("clear",)
+EXIT_COMMANDS = ("exit", "quit")
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
+GREEDY = GenerationSettings()
+
+
+@torch.inference_mode()
+def stream_generate(
+    model: PrefixTunedLM,
+    prompt: Sequence[int],
+    stop_ids: Sequence[int],
+    settings: GenerationSettings = GREEDY,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield the answer to one prompt token by token: `ptune.generate.generate` for a batch of one.
+
+    Same prefix cache, mask (P prefix columns + the prompt), 0-based positions and token choice as
+    `generate`, so greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop
+    id that ends the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the
+    iterator early (Ctrl-C) simply drops the cache.
+    """
+    device = model.device
+    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # [1, S]
+    mask = model.extend_mask(torch.ones_like(input_ids))  # [1, P + S]
+    cache = model.prefix_past(1, read_only=False)
+    if cache is None:
+        cache = DynamicCache()
+    positions = positions_from_mask(torch.ones_like(input_ids), input_ids.shape[1], device)  # [[0..S-1]]
+    hidden = _step(model, input_ids, mask, positions, cache)
+    position = input_ids.shape[1]  # the next token's position (positions count from the first prompt token)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    warpers = LogitsProcessorList(
+        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
+    )
+    head = model.base.get_output_embeddings()
+    for step in range(settings.max_new_tokens):
+        logits = head(hidden).float()  # [1, V]
+        if step < settings.min_new_tokens:
+            logits[:, stops] = float("-inf")
+        token = _next_tokens(logits, settings, warpers, generator)  # [1]
+        yield int(token)
+        if bool(torch.isin(token, stops)) or step + 1 == settings.max_new_tokens:
+            return
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=-1)
+        hidden = _step(model, token[:, None], mask, torch.tensor([[position]], device=device), cache)
+        position += 1
+
+
+def _step(model: PrefixTunedLM, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+    """One decoder pass over `ids` [1, n] that extends `cache`; the last position's hidden state [1, H]."""
+    return model.base.get_decoder()(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    ).last_hidden_state[:, -1]
+
+
+class TextStream:
+    """Turns a growing list of answer ids into the text to print next.
+
+    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
+    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
+    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
+    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
+    not printed.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def push(self, token: int) -> str:
+        """Add one answer id; return the new text to print (possibly empty)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if text.endswith(REPLACEMENT_CHAR):
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
+        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
+
+    def _advance(self, text: str) -> str:
+        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
+        # offset on, which at worst repeats or skips a character of spacing.
+        new = text[len(self.printed) :]
+        self.printed += new
+        return new
+
+
+@dataclass
+class ChatSession:
+    """The conversation state: history (question, answer) pairs, oldest first, and the length budget."""
+
+    tokenizer: object
+    max_source_length: int
+    source_prefix: str = ""
+    history: list[tuple[str, str]] = field(default_factory=list)
+    told_about_dropping: bool = False
+
+    def clear(self) -> None:
+        self.history = []
+        self.told_about_dropping = False
+
+    def prompt(self, query: str) -> tuple[list[int], list[str]]:
+        """The prompt ids for `query` and the notes to show the user (dropped turns, a cut question).
+
+        Turns are dropped oldest first until the prompt fits, by the same rule as `encode_prompt`, and the
+        dropped ones are removed from the history for good.
+        """
+        tok, limit, notes = self.tokenizer, self.max_source_length, []
+        kept = list(self.history)
+        while kept and len(prompt_ids(tok, query, kept, self.source_prefix)) > limit:
+            kept = kept[1:]
+        if len(kept) < len(self.history) and not self.told_about_dropping:
+            notes.append(
+                f"(the conversation no longer fits in --max_length - --max_new_tokens = {limit} tokens: "
+                "the oldest turns are forgotten from now on)"
+            )
+            self.told_about_dropping = True
+        self.history = kept
+        if not kept and len(prompt_ids(tok, query, [], self.source_prefix)) > limit:
+            notes.append(f"(the question is longer than {limit} tokens: only its beginning is used)")
+        return encode_prompt(tok, query, kept, limit, self.source_prefix), notes
+
+
+def bot_name(family: str) -> str:
+    return "Assistant" if family == "native" else "ChatGLM"
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _read_line() -> str | None:
+    """One line from stdin without its newline; None at end of input."""
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    return line.rstrip("\r\n")
+
+
+def answer(model, session: ChatSession, query: str, settings: GenerationSettings, name: str) -> str:
+    """Stream one answer to stdout and add the turn to the history; returns the answer text.
+
+    Ctrl-C stops the answer: what was printed so far stays in the history, as the user saw it.
+    """
+    tok = session.tokenizer
+    ids, notes = session.prompt(query)
+    for note in notes:
+        _write(note + "\n")
+    _write(f"\n{name}: ")
+    stream, tokens, stopped = TextStream(tok), [], False
+    stops = set(tok.stop_token_ids)
+    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    try:
+        for token in pieces:
+            if token in stops:
+                break
+            tokens.append(token)
+            _write(stream.push(token))
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        pieces.close()
+    _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
+    text = decode_response(tok, tokens)
+    session.history.append((query, text))
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ptune chat",
+        description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
+        "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    )
+    parser.add_argument("--model_name_or_path", required=True, help="Base model folder.")
+    parser.add_argument(
+        "--ptuning_checkpoint",
+        help="Prefix checkpoint folder (ptune or THUDM); pre_seq_len and prefix_projection are read from it.",
+    )
+    parser.add_argument(
+        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=2048,
+        help="Most tokens of prompt (question + history) plus answer; older turns are dropped to fit "
+        "(default %(default)s).",
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=512, help="Most tokens per answer (default %(default)s)."
+    )
+    parser.add_argument(
+        "--do_sample",
+        nargs="?",
+        const=True,
+        default=False,
+        type=string_to_bool,
+        help="Sample answers (top_p, temperature) instead of greedy decoding.",
+    )
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=GenerationArguments.top_p,
+        help="Nucleus sampling mass (with --do_sample; default %(default)s).",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=GenerationArguments.temperature,
+        help="Sampling temperature (with --do_sample; default %(default)s).",
+    )
+    parser.add_argument(
+        "--source_prefix", default="", help="Text put in front of every question, as in training."
+    )
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are a one-line UserError (the CLI prints it and exits 2), not a usage dump."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see ptune chat --help)")
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    gen = GenerationArguments(  # validates top_p / temperature / max_new_tokens as eval and predict do
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        top_p=args.top_p,
+        temperature=args.temperature,
+    )
+    if args.max_length <= gen.max_new_tokens:
+        raise UserError(
+            f"--max_length {args.max_length} must be larger than --max_new_tokens {gen.max_new_tokens}: "
+            "the difference is what the question and history may take"
+        )
+    return GenerationSettings(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        top_p=gen.top_p,
+        temperature=gen.temperature,
+    )
+
+
+def _device(name: str | None) -> torch.device | None:
+    if name is None:
+        return None
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
+
+
+def main(argv: list[str]) -> int:
+    """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
+    from ptune.model import load_model
+    from ptune.tokenizer import load_tokenizer
+
+    args = build_parser().parse_args(argv)
+    settings = _settings(args)
+    tok = load_tokenizer(args.model_name_or_path, args.chat_format)
+    session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix)
+    bare = len(prompt_ids(tok, "", [], args.source_prefix))
+    if bare > session.max_source_length:  # fail now, not at the first question
+        raise UserError(
+            f"--max_length {args.max_length} is too small: minus --max_new_tokens {settings.max_new_tokens} it "
+            f"leaves {session.max_source_length} tokens for the prompt, but the chat template and "
+            f"--source_prefix alone take {bare}"
+        )
+    model = load_model(
+        args.model_name_or_path,
+        dtype=args.dtype,
+        ptuning_checkpoint=args.ptuning_checkpoint,
+        device=_device(args.device),
+    )
+    model.source["family"] = tok.family
+    name = bot_name(tok.family)
+    prefix = f" + a {model.pre_seq_len}-token prefix" if model.pre_seq_len else ""
+    _write(
+        f"ptune chat: {tok.family} model{prefix} on {model.device}. Type a question and press Enter; "
+        "'clear' forgets the history, 'exit' or Ctrl-D ends, Ctrl-C stops an answer.\n"
+    )
+    echo = not sys.stdin.isatty()  # piped input is not echoed by a terminal: show it so the transcript reads
+    while True:
+        _write("\n用户: ")
+        query = _read_line()
+        if query is None:
+            _write("\n")
+            return 0
+        if echo:
+            _write(query + "\n")
+        query = query.strip()
+        if not query:
+            continue
+        if query in EXIT_COMMANDS:
+            return 0
+        if query in CLEAR_COMMANDS:
+            session.clear()
+            _write("(history cleared)\n")
+            continue
+        answer(model, session, query, settings, name)

@@ -1,0 +1,272 @@
+"""`ptune export CHECKPOINT --format thudm|safetensors`: a prefix checkpoint in the layout another loader reads.
+
+- `thudm` (default): what THUDM's ChatGLM2/3 `ptuning/main.py` and web demos load — `pytorch_model.bin`, a
+  `torch.save` dict holding only the `transformer.prefix_encoder.*` float32 tensors (they `torch.load` it and
+  strip that prefix), and `config.json` = the base model's own config.json with `pre_seq_len` and
+  `prefix_projection` set (what `AutoConfig.from_pretrained(base, pre_seq_len=...)` produces, and what
+  their Trainer saved), plus the tokenizer files and the base's remote-code `.py` files where they exist —
+  the same files a THUDM training checkpoint holds, without optimizer state.
+- `safetensors`: the ptune layout (`model.safetensors` + `prefix_config.json` + tokenizer files), e.g. to
+  turn a THUDM checkpoint into a ptune one, or to strip a `checkpoint-N` of its optimizer state.
+The output folder is staged and renamed into place (`checkpoint.atomic_dir`); an existing one is replaced
+only with `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from ptune.checkpoint import (
+    PREFIX_CONFIG_NAME,
+    THUDM_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    atomic_dir,
+    read_prefix_config,
+    read_prefix_state,
+)
+from ptune.convert import PREFIX_KEY, read_json
+from ptune.errors import UserError
+
+FORMATS = ("thudm", "safetensors")
+# The tensors a PrefixEncoder holds (keys without `transformer.prefix_encoder.`), without / with projection.
+PLAIN_KEYS = {"embedding.weight"}
+PROJECTION_KEYS = PLAIN_KEYS | {"trans.0.weight", "trans.0.bias", "trans.2.weight", "trans.2.bias"}
+
+
+def tokenizer_file_names() -> list[str]:
+    """Every file name a ChatGLM or native tokenizer may consist of."""
+    from ptune.tokenizer import CHATGLM_TOKENIZER_FILES, NATIVE_TOKENIZER_FILES
+
+    return list(dict.fromkeys([*CHATGLM_TOKENIZER_FILES, *NATIVE_TOKENIZER_FILES]))
+
+
+def prefix_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The prefix of `checkpoint` (keys without `transformer.prefix_encoder.`), float32, compact, on the CPU.
+
+    Refuses anything a PrefixEncoder could not load: no `embedding.weight` [P, width], or stray tensors.
+    """
+    state = read_prefix_state(checkpoint)
+    allowed = PROJECTION_KEYS if "trans.0.weight" in state else PLAIN_KEYS
+    if "embedding.weight" not in state or state["embedding.weight"].dim() != 2:
+        raise UserError(f"{checkpoint}: no 2-D {PREFIX_KEY}embedding.weight (not a P-Tuning v2 prefix)")
+    if set(state) != allowed:
+        extra, missing = sorted(set(state) - allowed), sorted(allowed - set(state))
+        raise UserError(f"{checkpoint}: unexpected prefix tensors {extra}, missing {missing}")
+    # clone(): a compact copy, so torch.save never writes a larger storage that a tensor merely views.
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
+
+
+def _base_folder(prefix_config: dict) -> Path | None:
+    base = prefix_config.get("base_model_name_or_path")
+    if base and (Path(base) / "config.json").is_file():
+        return Path(base)
+    return None
+
+
+def _tokenizer_class(*folders: Path | None) -> str | None:
+    for folder in folders:
+        if folder is not None and (folder / "tokenizer_config.json").is_file():
+            return read_json(folder / "tokenizer_config.json").get("tokenizer_class")
+    return None
+
+
+def is_glm4(prefix_config: dict, base_config: dict, tokenizer_class: str | None) -> bool:
+    """GLM-4 (whose original code has no PrefixEncoder): by the recorded family, its tokenizer class, or the
+    padded vocabulary of its 151,552 ids."""
+    return (
+        prefix_config.get("family") == "glm4"
+        or tokenizer_class == "ChatGLM4Tokenizer"
+        or base_config.get("padded_vocab_size") == 151552
+    )
+
+
+def thudm_config(base_config: dict | None, prefix_config: dict, pre_seq_len: int, projection: bool) -> dict:
+    """config.json for the THUDM layout: the base's fields with pre_seq_len / prefix_projection set.
+
+    Without the base config, the fields THUDM's PrefixEncoder reads (num_layers, kv_channels,
+    multi_query_group_num, hidden_size), taken from prefix_config.json where it records them.
+    """
+    if base_config is not None:
+        return {**base_config, "pre_seq_len": pre_seq_len, "prefix_projection": projection}
+    config: dict = {"model_type": "chatglm"}
+    names = {
+        "num_layers": "num_layers",
+        "kv_channels": "head_dim",
+        "multi_query_group_num": "num_kv_heads",
+        "hidden_size": "hidden_size",
+    }
+    for theirs, ours in names.items():
+        if ours in prefix_config:
+            config[theirs] = prefix_config[ours]
+    if prefix_config.get("base_model_name_or_path"):
+        config["_name_or_path"] = prefix_config["base_model_name_or_path"]
+    return {**config, "pre_seq_len": pre_seq_len, "prefix_projection": projection}
+
+
+def ptune_prefix_config(
+    source_config: dict, chatglm_config: dict | None, pre_seq_len: int, projection: bool, width: int
+) -> dict:
+    """prefix_config.json for the ptune layout: the source's own when it has one (a ptune checkpoint),
+    otherwise built from a THUDM checkpoint's ChatGLM config.json (dimensions checked against the tensors)."""
+    if "num_layers" in source_config:
+        return {**source_config, "pre_seq_len": pre_seq_len, "prefix_projection": projection}
+    from ptune import __version__
+
+    config: dict = {"pre_seq_len": pre_seq_len, "prefix_projection": projection}
+    if chatglm_config and chatglm_config.get("num_layers"):
+        c = chatglm_config
+        groups = c["multi_query_group_num"] if c.get("multi_query_attention") else c["num_attention_heads"]
+        dims = {
+            "num_layers": c["num_layers"],
+            "num_kv_heads": groups,
+            "head_dim": c.get("kv_channels") or c["hidden_size"] // c["num_attention_heads"],
+            "hidden_size": c["hidden_size"],
+        }
+        if dims["num_layers"] * 2 * dims["num_kv_heads"] * dims["head_dim"] == width:
+            config = {"pre_seq_len": pre_seq_len, **dims, "prefix_projection": projection}
+        name = c.get("_name_or_path")
+        if name and Path(name).is_dir():
+            config["base_model_name_or_path"] = str(Path(name).resolve())
+    config["ptune_version"] = __version__
+    return config
+
+
+def _copy_files(names: list[str], *folders: Path | None, into: Path) -> list[str]:
+    """Copy the named files from the first folder that holds any of them; return the names copied."""
+    for folder in folders:
+        if folder is None:
+            continue
+        present = [n for n in names if (folder / n).is_file()]
+        if present:
+            for n in present:
+                shutil.copy2(folder / n, into / n)
+            return present
+    return []
+
+
+def remote_code_files(config: dict, tokenizer_config: dict) -> list[str]:
+    """`configuration_chatglm.py`, `modeling_chatglm.py`, ... named by the configs' `auto_map` entries
+    (what transformers' save_pretrained copies beside a remote-code model)."""
+    names: list[str] = []
+    for auto_map in (config.get("auto_map"), tokenizer_config.get("auto_map")):
+        if not isinstance(auto_map, dict):
+            continue
+        for value in auto_map.values():
+            for ref in value if isinstance(value, list) else [value]:
+                if isinstance(ref, str) and "." in ref:
+                    module = ref.split("--")[-1].rsplit(".", 1)[0]
+                    names.append(f"{module}.py")
+    return list(dict.fromkeys(names))
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str = "thudm",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    warn=None,
+) -> Path:
+    """Write the prefix of `checkpoint` in format `fmt` to `out` (default `CHECKPOINT-<fmt>`); return `out`.
+
+    `warn(message)` receives one line per caveat (default: printed to stderr).
+    """
+    warn = warn or (lambda msg: print(f"ptune export: warning: {msg}", file=sys.stderr))
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    source = Path(checkpoint)
+    folder = source.parent if source.is_file() else source
+    target = Path(out) if out is not None else folder.with_name(f"{folder.name}-{fmt}")
+    state = prefix_tensors(source)  # refuses a missing folder or a non-prefix checkpoint first
+    if target.resolve() == folder.resolve():
+        raise UserError(f"--out {target}: is the checkpoint itself; choose another folder")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out {target}: exists and is not a folder")
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+
+    prefix_config = read_prefix_config(folder)
+    pre_seq_len, width = state["embedding.weight"].shape
+    projection = "trans.0.weight" in state
+    if prefix_config.get("pre_seq_len") not in (None, pre_seq_len):
+        raise UserError(
+            f"{folder}: config says pre_seq_len {prefix_config['pre_seq_len']}, but the prefix tensor has "
+            f"{pre_seq_len} rows"
+        )
+    base = _base_folder(prefix_config)
+    own_config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    base_config = read_json(base / "config.json") if base is not None else own_config
+    tok_names = tokenizer_file_names()
+
+    with atomic_dir(target) as tmp:
+        if fmt == "thudm":
+            torch.save({PREFIX_KEY + k: v for k, v in state.items()}, tmp / THUDM_WEIGHTS_NAME)
+            config = thudm_config(base_config, prefix_config, pre_seq_len, projection)
+            _write_json(tmp / "config.json", config)
+            copied = _copy_files(tok_names, folder, base, into=tmp)
+            if base is not None:
+                tokenizer_config = _json_or_empty(base / "tokenizer_config.json")
+                extra = [n for n in remote_code_files(config, tokenizer_config) if n not in copied]
+                _copy_files(extra, base, into=tmp)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(
+                {PREFIX_KEY + k: v for k, v in state.items()},
+                str(tmp / WEIGHTS_NAME),
+                metadata={"format": "pt", "producer": "ptune"},
+            )
+            config = ptune_prefix_config(prefix_config, own_config, pre_seq_len, projection, width)
+            _write_json(tmp / PREFIX_CONFIG_NAME, config)
+            copied = _copy_files(tok_names, folder, base, into=tmp)
+
+    if fmt == "thudm":
+        if base_config is None:
+            warn(
+                f"base model config not found (prefix_config.json names {prefix_config.get('base_model_name_or_path')!r}); "
+                "config.json holds only the prefix fields"
+            )
+        if is_glm4(prefix_config, base_config or {}, _tokenizer_class(folder, base)):
+            warn(
+                "this is a GLM-4 prefix: GLM-4's original modeling code has no PrefixEncoder and cannot load it "
+                "(ptune can: --ptuning_checkpoint)"
+            )
+        elif base_config is not None and base_config.get("model_type") != "chatglm":
+            warn(
+                f"the base model is {base_config.get('model_type')!r}, not ChatGLM2/3: THUDM's code cannot load "
+                "this prefix (ptune can: --ptuning_checkpoint)"
+            )
+    if not copied:
+        warn(f"no tokenizer files found in {folder} or the base model folder; none exported")
+    return target
+
+
+def _json_or_empty(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    """`ptune export CHECKPOINT [--format thudm|safetensors] [--out DIR] [--overwrite]`; prints the folder."""
+    parser = argparse.ArgumentParser(
+        prog="ptune export",
+        description="Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with "
+        "pre_seq_len, for ChatGLM2/3's own ptuning code and demos) or in ptune's (model.safetensors).",
+    )
+    parser.add_argument(
+        "checkpoint", help="a ptune (or THUDM) prefix checkpoint folder, e.g. OUT/checkpoint-3000"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="thudm", help="output layout (default: thudm)")
+    parser.add_argument("--out", help="output folder (default: CHECKPOINT-<format>, beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    args = parser.parse_args(argv)
+    print(export_checkpoint(args.checkpoint, args.format, args.out, args.overwrite))
+    return 0
