@@ -89,14 +89,18 @@ def _load(model_args, training_args, pre_seq_len_needed: bool):
     return tokenizer, model
 
 
-def _dataset(path, tokenizer, data_args, training_args, max_target: int, max_samples, require_response=True):
+def _dataset(
+    path, tokenizer, data_args, training_args, max_target, max_samples, require_response=True, cache_dir=None
+):
     from ptune.data import Columns, build_dataset
 
     if path is None:
         return None
     columns = Columns(data_args.prompt_column, data_args.response_column, data_args.history_column)
     with training_args.main_process_first(desc=f"tokenizing {path}"):
-        return build_dataset(path, tokenizer, columns, data_args, max_target, max_samples, require_response)
+        return build_dataset(
+            path, tokenizer, columns, data_args, max_target, max_samples, require_response, cache_dir
+        )
 
 
 def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=None, sink=None, score=True):
@@ -159,12 +163,13 @@ def train(argv: list[str]) -> int:
         training_args,
         data_args.max_target_length,
         data_args.max_train_samples,
+        cache_dir=model_args.cache_dir,
     )
     eval_ds = None
     if training_args.eval_strategy != "no":
         eval_ds = _dataset(
             data_args.validation_file, tokenizer, data_args, training_args,
-            data_args.val_max_target_length, data_args.max_eval_samples,
+            data_args.val_max_target_length, data_args.max_eval_samples, cache_dir=model_args.cache_dir,
         )  # fmt: skip
     trainer = _trainer(model, tokenizer, training_args, gen_args, train_ds, eval_ds)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -207,7 +212,7 @@ def evaluate(argv: list[str]) -> int:
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     eval_ds = _dataset(
         data_args.validation_file, tokenizer, data_args, training_args,
-        data_args.val_max_target_length, data_args.max_eval_samples,
+        data_args.val_max_target_length, data_args.max_eval_samples, cache_dir=model_args.cache_dir,
     )  # fmt: skip
     trainer = _trainer(model, tokenizer, training_args, gen_args, eval_ds=eval_ds)
     metrics = trainer.evaluate(metric_key_prefix="eval")
@@ -231,7 +236,7 @@ def predict(argv: list[str]) -> int:
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     test_ds = _dataset(
         path, tokenizer, data_args, training_args, data_args.val_max_target_length,
-        data_args.max_predict_samples, require_response=False,
+        data_args.max_predict_samples, require_response=False, cache_dir=model_args.cache_dir,
     )  # fmt: skip
     pairs: list = []
     trainer = _trainer(model, tokenizer, training_args, gen_args, sink=pairs, score=False)

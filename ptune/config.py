@@ -96,7 +96,7 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         metadata={
-            "help": "(required) Base model: a local folder or a Hugging Face id, e.g. THUDM/chatglm2-6b."
+            "help": "(required) Base model folder, e.g. a downloaded chatglm2-6b (ptune never downloads weights)."
         }
     )
     ptuning_checkpoint: str | None = field(
@@ -112,11 +112,13 @@ class ModelArguments:
     )
     tokenizer_name: str | None = field(
         default=None,
-        metadata={"help": "Folder (or hub id) to load the tokenizer from instead of model_name_or_path."},
+        metadata={"help": "Folder to load the tokenizer from instead of model_name_or_path."},
     )
     cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where models downloaded from the Hugging Face Hub are stored."},
+        metadata={
+            "help": "Where `datasets` caches the loaded and tokenized data files (default: its own cache)."
+        },
     )
     use_fast_tokenizer: bool = field(
         default=True,
@@ -129,8 +131,7 @@ class ModelArguments:
     use_auth_token: bool = field(
         default=False,
         metadata={
-            "help": "Use the token saved by `hf auth login` for gated or private hub models (the Hub client "
-            "uses a saved token anyway)."
+            "help": "THUDM flag: only false is accepted (ptune loads local folders and never contacts the Hub)."
         },
     )
     resize_position_embeddings: bool | None = field(
@@ -165,8 +166,8 @@ class ModelArguments:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto",
         metadata={
-            "help": "Weight dtype of the base model. auto: the checkpoint's own dtype, with bfloat16 instead "
-            "of float16 where the device supports it."
+            "help": "Weight dtype of the frozen base model (the prefix is always float32). auto: bfloat16 on "
+            "a GPU that supports it, else the checkpoint's float16; float32 on the CPU."
         },
     )
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = field(
@@ -200,6 +201,10 @@ class ModelArguments:
             )
         if self.resize_position_embeddings is not None:
             raise _dead("resize_position_embeddings", "position embeddings always keep the checkpoint's size")
+        if self.use_auth_token:
+            raise _dead(
+                "use_auth_token", "ptune loads local folders and never contacts the Hugging Face Hub", "true"
+            )
         if self.quantization_bit not in (None, 4, 8):
             raise _BadArgument(
                 f"--quantization_bit must be 4 or 8, got {self.quantization_bit}", "quantization_bit"
@@ -948,7 +953,7 @@ def parse_args(
     values = vars(namespace)
     given = set(config_values) | flag_keys
     if values.get("model_name_or_path") is None:
-        raise UserError(f"ptune {verb} needs --model_name_or_path (a model folder or a Hugging Face id)")
+        raise UserError(f"ptune {verb} needs --model_name_or_path (a model folder)")
     if values.get("output_dir") is None:
         raise UserError(f"ptune {verb} needs --output_dir (where checkpoints, metrics and predictions go)")
     values.update(do_train=verb == "train", do_eval=verb == "eval", do_predict=verb == "predict")

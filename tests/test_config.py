@@ -225,7 +225,7 @@ def test_config_file_problems(tmp_path):
 
 def test_required_arguments():
     assert error_of("train", ["--output_dir", "o", "--train_file", "t.json"]) == (
-        "ptune train needs --model_name_or_path (a model folder or a Hugging Face id)"
+        "ptune train needs --model_name_or_path (a model folder)"
     )
     assert error_of("eval", ["--model_name_or_path", "m", "--validation_file", "d.json"]) == (
         "ptune eval needs --output_dir (where checkpoints, metrics and predictions go)"
