@@ -475,7 +475,7 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench",
+        prog="ptune bench",
         description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
         "workload (random weights; see shared/reference/performance.md).",
     )

@@ -108,11 +108,12 @@ def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=N
 
     from ptune.data import Collator
     from ptune.generate import GenerationSettings
-    from ptune.trainer import PrefixTrainer, make_compute_metrics
+    from ptune.trainer import PrefixTrainer, StopOnNonFiniteLoss, make_compute_metrics
 
     training_args.remove_unused_columns = False  # our datasets hold exactly what the collator needs
     training_args.apply_logging_dir()  # THUDM-era --logging_dir: where TensorBoard logs go
-    callbacks = []
+    training_args.logging_nan_inf_filter = False  # let a NaN reach the log, where StopOnNonFiniteLoss sees it
+    callbacks = [StopOnNonFiniteLoss()]
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     folder = Path(model.source["path"])

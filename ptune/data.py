@@ -150,9 +150,10 @@ def build_dataset(
     max_target: int,
     max_samples: int | None,
     require_response=True,
+    cache_dir: str | None = None,
 ):
     """Load, validate, encode and filter one split; logs how many rows were dropped as empty."""
-    dataset = load_rows(path)
+    dataset = load_rows(path, cache_dir)
     check_columns(dataset, path, columns, require_response)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))

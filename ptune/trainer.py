@@ -14,20 +14,38 @@ distributed training — is the stock Trainer.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.checkpoint import _fsync_dir, read_prefix_state, write_prefix_files
+from ptune.errors import UserError
 from ptune.generate import GenerationSettings, generate, strip_answer
 from ptune.metrics import compute_metrics
 
 STAGING = ".staging"
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """End the run with a one-line error when the logged training loss is NaN or infinite.
+
+    Checked at logging steps (no per-step device sync); the CLI turns off the Trainer's NaN filter so a NaN
+    reaches the log instead of being averaged away. Checkpoints already written are kept.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise UserError(
+                f"training loss became {loss} by step {state.global_step}: lower --learning_rate, prefer bf16 "
+                "to fp16 (fp16 with --prefix_projection overflows), or check the data; earlier checkpoints are kept"
+            )
 
 
 class PrefixTrainer(Seq2SeqTrainer):

@@ -146,3 +146,12 @@ def test_thudm_train_and_evaluate_scripts_run_unchanged(tiny, tmp_path):
     assert main(["predict", *evaluate_sh, "--max_predict_samples", "3", "--max_new_tokens", "8",
                  "--disable_tqdm", "true"]) == 0  # fmt: skip
     assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_nan_loss_stops_with_one_line(tiny, tmp_path, capsys):
+    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
+            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4", "--max_steps", "6", "--logging_steps", "2",
+            "--learning_rate", "1e38", *COMMON]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ptune train: error: training loss became nan by step 2")

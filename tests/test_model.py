@@ -162,6 +162,7 @@ def test_weight_names_match_real_index(tmp_path):
     if not real_dir.is_dir():
         pytest.skip("shared/reference/formats is not beside this checkout")
     for family, real, ours in [
+        ("chatglm2", "chatglm2-6b/pytorch_model.bin.index.json", "pytorch_model.bin.index.json"),
         ("chatglm3", "chatglm3-6b/pytorch_model.bin.index.json", "pytorch_model.bin.index.json"),
         ("glm4", "glm-4-9b-chat/model.safetensors.index.json", "model.safetensors.index.json"),
     ]:
@@ -242,3 +243,18 @@ def test_native_llama_with_prefix_trains_only_prefix(tmp_path):
     model(ids, attention_mask=mask, labels=ids).loss.backward()
     assert model.prefix_encoder.embedding.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.base.parameters())
+
+
+@pytest.mark.parametrize("family", ["chatglm2", "chatglm3", "glm4", "llama"])
+def test_each_tiny_family_loads_strictly_with_its_tokenizer(tmp_path, family):
+    from ptune.chat_format import encode_example
+    from ptune.tokenizer import load_tokenizer
+
+    folder = tiny.make_tiny_checkpoint(tmp_path, family)
+    tok = load_tokenizer(folder)
+    assert tok.family == ("native" if family == "llama" else family)
+    model = load_model(folder, dtype="float32", device="cpu", pre_seq_len=2)
+    ids, labels = encode_example(tok, "类型#上衣", "这件上衣。", [], 32, 16)
+    out = model(torch.tensor([ids]), labels=torch.tensor([labels]))
+    assert out.logits.shape == (1, len(ids), model.config.vocab_size) and torch.isfinite(out.loss)
+    assert max(ids) < model.config.vocab_size

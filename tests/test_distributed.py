@@ -1,0 +1,144 @@
+"""Two processes on the CPU: `torchrun` and `accelerate launch --multi_gpu` train what one process does.
+
+On the CPU the process group uses gloo without being told (`--ddp_backend gloo` is not needed; in a plain
+one-process run it even fails: accelerate then expects a process group that nobody started).
+
+2 processes x batch 4 against 1 process x batch 8, --prefix_dropout 0 (dropout masks are drawn per rank, so
+only without dropout are the two the same computation). Both see the same 8 examples per step: the sampler's
+order comes from --data_seed, and the distributed dataloader hands consecutive batches of 4 to the ranks.
+The Trainer divides each rank's summed loss by the answer tokens of the whole global batch (gathered), so
+the averaged gradient equals the single-process one up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptune.cli import main
+from ptune.tiny import make_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+KEY = "transformer.prefix_encoder.embedding.weight"
+STEPS = 12
+CHECKPOINT_FILES = {"model.safetensors", "prefix_config.json", "optimizer.pt", "scheduler.pt",
+                    "trainer_state.json", "tokenizer.model", "tokenizer_config.json"}  # fmt: skip
+# Tolerance: float32 rounding differs (two partial sums + an all-reduce instead of one sum), ~1 ulp of the
+# loss and gradient; Adam then moves each weight by at most ~lr = 3e-2 per step, and 12 such steps can carry
+# a rounding difference of a few ulps of the weights (|w| < 4, ulp 2.4e-7 → observed 2.4e-7). 1e-5 is 40
+# such ulps and 3 000 times below one Adam step: a real difference (other batches, a missing all-reduce)
+# moves weights by ~1e-2. Adam ignores a constant gradient scale, so a wrong loss scale (e.g. a loss not
+# divided by the world size) would not show in the weights: the logged losses and gradient norms are
+# compared as well.
+ATOL_PREFIX = 1e-5
+RTOL_LOGS = 1e-5
+
+
+@pytest.fixture(scope="module")
+def hf_cache(tmp_path_factory):
+    import datasets
+
+    folder = tmp_path_factory.mktemp("hf")
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = folder / "datasets"
+    yield folder
+    datasets.config.HF_DATASETS_CACHE = old
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm3", "chatglm3")
+
+
+def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:
+    return ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
+            "--prompt_column", "content", "--response_column", "summary", "--output_dir", str(out),
+            "--max_source_length", "32", "--max_target_length", "32",
+            "--per_device_train_batch_size", str(batch), "--max_steps", str(STEPS), "--save_steps", "6",
+            "--logging_steps", "2", "--learning_rate", "3e-2", "--pre_seq_len", "8", "--prefix_dropout", "0",
+            "--seed", "7", "--data_seed", "11", "--dataloader_num_workers", "0", "--use_cpu", "true",
+            "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+
+
+def prefix(folder: Path) -> torch.Tensor:
+    return load_file(str(folder / "model.safetensors"))[KEY]
+
+
+def logs(folder: Path) -> list[tuple[int, float, float]]:
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return [(h["step"], h["loss"], h["grad_norm"]) for h in history if "loss" in h]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def single(tiny, hf_cache, tmp_path_factory) -> Path:
+    """The same training in this process: one process, batch 8."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(train_argv(tiny, out, batch=8)) == 0
+    return out
+
+
+def launch(launcher: list[str], tiny: Path, hf_cache: Path, tmp_path: Path) -> tuple[Path, str]:
+    """Run `launcher -m ptune train` (2 processes x batch 4) from an empty folder; (output_dir, its output)."""
+    cwd, out = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", *launcher, "-m", "ptune", *train_argv(tiny, out, batch=4)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert list(cwd.iterdir()) == []  # nothing written relative to the working directory by either rank
+    return out, output
+
+
+def check_like_single(out: Path, output: str, single: Path) -> None:
+    # Rank 0 writes everything; each rank writes only its own RNG state.
+    assert {p.name for p in out.iterdir()} == {p.name for p in single.iterdir()}
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
+    for ckpt in out.glob("checkpoint-*"):
+        assert {p.name for p in ckpt.iterdir()} == CHECKPOINT_FILES | {"rng_state_0.pth", "rng_state_1.pth"}
+        assert {p.name for p in (single / ckpt.name).iterdir()} == CHECKPOINT_FILES | {"rng_state.pth"}
+    assert output.count("***** train metrics *****") == 1  # printed by rank 0 only
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == STEPS and state["train_batch_size"] == 4
+    # The same training as one process with batch 8.
+    got, want = logs(out), logs(single)
+    assert [s for s, _, _ in got] == [s for s, _, _ in want] == list(range(2, STEPS + 1, 2))
+    for (_, loss, norm), (_, loss1, norm1) in zip(got, want, strict=True):
+        assert loss == pytest.approx(loss1, rel=RTOL_LOGS) and norm == pytest.approx(norm1, rel=RTOL_LOGS)
+    assert torch.allclose(prefix(out), prefix(single), rtol=0, atol=ATOL_PREFIX)
+    assert torch.allclose(
+        prefix(out / "checkpoint-6"), prefix(single / "checkpoint-6"), rtol=0, atol=ATOL_PREFIX
+    )
+    moved = (prefix(single) - prefix(single / "checkpoint-6")).abs().max()
+    assert moved > 1000 * ATOL_PREFIX  # the tolerance is far below what training changes
+
+
+def test_torchrun_two_cpu_processes_train_like_one(tiny, hf_cache, single, tmp_path):
+    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    check_like_single(*launch(launcher, tiny, hf_cache, tmp_path), single)
+
+
+def test_accelerate_launch_multi_gpu_on_cpu_trains_like_one(tiny, hf_cache, single, tmp_path):
+    """`accelerate launch --multi_gpu` starts 2 CPU processes (`--cpu --num_processes 2` would start one)."""
+    pytest.importorskip("accelerate")
+    launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    check_like_single(*launch(launcher, tiny, hf_cache, tmp_path), single)
