@@ -1,0 +1,86 @@
+"""Each bad input of the README's table ends in one line naming the culprit, exit code 2, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ptune.cli import main
+from ptune.tiny import make_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "data" / "demo" / "train.json")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "m", "chatglm3")
+
+
+def _run(capsys, model, tmp_path, *extra):
+    argv = ["train", "--model_name_or_path", str(model), "--train_file", TRAIN, "--output_dir", str(tmp_path / "out"),
+            "--prompt_column", "content", "--response_column", "summary", "--pre_seq_len", "4",
+            "--max_steps", "1", "--disable_tqdm", "true", "--report_to", "none", *extra]  # fmt: skip
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def _break(folder: Path, how: str) -> str:
+    """Damage a copy of the tiny checkpoint; return the text the error must contain."""
+    if how == "no config":
+        (folder / "config.json").unlink()
+        return "config.json: file not found"
+    if how == "config not json":
+        (folder / "config.json").write_text("{ nope", encoding="utf-8")
+        return "config.json:1:3: "
+    if how == "unsupported model_type":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "frobnicator"}))
+        return "cannot load with transformers"
+    if how == "missing shard":
+        (folder / "pytorch_model-00002-of-00002.bin").unlink()
+        return "pytorch_model-00002-of-00002.bin: shard listed in pytorch_model.bin.index.json is missing"
+    if how == "truncated shard":
+        shard = folder / "pytorch_model-00001-of-00002.bin"
+        shard.write_bytes(shard.read_bytes()[:1000])
+        return "pytorch_model-00001-of-00002.bin: not a weights-only PyTorch file"
+    if how == "no tokenizer":
+        (folder / "tokenizer.model").unlink()
+        return "tokenizer.model"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["no config", "config not json", "unsupported model_type", "missing shard", "truncated shard", "no tokenizer"]
+)
+def test_broken_model_folder(pristine, tmp_path, capsys, how):
+    folder = tmp_path / "model"
+    shutil.copytree(pristine, folder)
+    expected = _break(folder, how)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, err = _run(capsys, folder, tmp_path)
+    assert code == 2
+    assert expected in err and err.startswith("ptune train: error: ")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unknown_key_and_contradictory_flags(pristine, tmp_path, capsys):
+    code, err = _run(capsys, pristine, tmp_path, "--learnig_rate", "1e-2")
+    assert code == 2 and "learnig_rate" in err and "learning_rate" in err
+    code, err = _run(capsys, pristine, tmp_path, "--fp16", "true", "--bf16", "true")
+    assert code == 2 and "--fp16" in err and "--bf16" in err
+
+
+def test_debug_flag_shows_the_traceback(pristine, tmp_path):
+    argv = ["train", "--debug", "--model_name_or_path", str(tmp_path / "missing"), "--train_file", TRAIN,
+            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4"]  # fmt: skip
+    from ptune.errors import UserError
+
+    with pytest.raises(UserError, match="model folder not found"):
+        main(argv)
