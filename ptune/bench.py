@@ -498,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--quantization_bit",
+        type=int,
+        choices=(4, 8),
+        help="bitsandbytes NF4/int8 decoder linears (the tool's flag)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -518,7 +524,11 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     peak = args.peak_tflops if args.peak_tflops is not None else device_peak_tflops(device, dtype)
     base, cfg = build_model(args.shape, dtype, device, args.seed)
     ids = special_ids(cfg["padded_vocab_size"])
-    n_params = matmul_params(base)
+    n_params = matmul_params(base)  # counted before quantization: FLOPs are the same, only storage shrinks
+    if args.quantization_bit:
+        from ptune.quantize import quantize_decoder
+
+        quantize_decoder(base, args.quantization_bit, device)
     most = max(args.micro_batch) * args.grad_accum * (args.warmup_steps + args.steps)
     samples = [] if args.no_train else make_samples(most, args.seed, ids)
     rows: list[Row] = []
@@ -539,6 +549,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         "peak_tflops": peak,
         "activation_checkpointing": args.activation_checkpointing,
         "group_by_length": args.group_by_length,
+        "quantization_bit": args.quantization_bit,
         "steps": args.steps,
         "warmup_steps": args.warmup_steps,
         "grad_accum": args.grad_accum,
@@ -563,9 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         hf_logging.set_verbosity(verbosity)
+    quant = f", int{meta['quantization_bit']} base" if meta["quantization_bit"] else ""
     print(
         f"shape {meta['shape']} (N = {meta['matmul_params']:.3e} matmul params), {meta['device']}, "
-        f"{meta['dtype']}, activation checkpointing {meta['activation_checkpointing']}, group_by_length "
+        f"{meta['dtype']}{quant}, "
+        f"activation checkpointing {meta['activation_checkpointing']}, group_by_length "
         f"{'on' if meta['group_by_length'] else 'off'}; train: {meta['steps']} steps timed after "
         f"{meta['warmup_steps']}; predict: {meta['predict_steps']} batches x {meta['new_tokens']} new tokens"
     )

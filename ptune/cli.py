@@ -215,6 +215,10 @@ def evaluate(argv: list[str]) -> int:
         data_args.validation_file, tokenizer, data_args, training_args,
         data_args.val_max_target_length, data_args.max_eval_samples, cache_dir=model_args.cache_dir,
     )  # fmt: skip
+    if training_args.predict_with_generate:  # metrics do not depend on the order; padding does
+        from ptune.data import longest_prompt_first
+
+        eval_ds = eval_ds.select(longest_prompt_first(eval_ds["labels"]))
     trainer = _trainer(model, tokenizer, training_args, gen_args, eval_ds=eval_ds)
     metrics = trainer.evaluate(metric_key_prefix="eval")
     metrics["eval_samples"] = len(eval_ds)
@@ -239,9 +243,13 @@ def predict(argv: list[str]) -> int:
         path, tokenizer, data_args, training_args, data_args.val_max_target_length,
         data_args.max_predict_samples, require_response=False, cache_dir=model_args.cache_dir,
     )  # fmt: skip
+    from ptune.data import longest_prompt_first, restore_order
+
+    order = longest_prompt_first(test_ds["labels"])
     pairs: list = []
     trainer = _trainer(model, tokenizer, training_args, gen_args, sink=pairs, score=False)
-    output = trainer.predict(test_ds, metric_key_prefix="predict")
+    output = trainer.predict(test_ds.select(order), metric_key_prefix="predict")
+    pairs[:] = restore_order(pairs, order)
     metrics = dict(output.metrics)
     if all(label for _, label in pairs):
         metrics.update({f"predict_{k}": v for k, v in compute_metrics(*zip(*pairs, strict=True)).items()})

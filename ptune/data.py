@@ -201,6 +201,20 @@ def prompt_length(labels: list[int]) -> int:
     return n
 
 
+def longest_prompt_first(labels: list[list[int]]) -> list[int]:
+    """Row order for generation: longest prompt first, so each batch pads little and a batch too large for
+    memory fails at the start rather than at the end. Stable, so equal lengths keep the file's order."""
+    return sorted(range(len(labels)), key=lambda i: -prompt_length(labels[i]))
+
+
+def restore_order(items: list, order: list[int]) -> list:
+    """Undo `dataset.select(order)`: items[k] belongs to row order[k]."""
+    out = [None] * len(order)
+    for k, row in enumerate(order):
+        out[row] = items[k]
+    return out
+
+
 @dataclass
 class Collator:
     """Pads a batch to its longest sample.

@@ -56,7 +56,15 @@ def _break(folder: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "how", ["no config", "config not json", "unsupported model_type", "missing shard", "truncated shard", "no tokenizer"]
+    "how",
+    [
+        "no config",
+        "config not json",
+        "unsupported model_type",
+        "missing shard",
+        "truncated shard",
+        "no tokenizer",
+    ],
 )
 def test_broken_model_folder(pristine, tmp_path, capsys, how):
     folder = tmp_path / "model"

@@ -155,3 +155,13 @@ def test_nan_loss_stops_with_one_line(tiny, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ptune train: error: training loss became nan by step 2")
+
+
+def test_score_rejects_malformed_lines(tmp_path, capsys):
+    bad = tmp_path / "preds.txt"
+    bad.write_text('{"labels": "a", "predict": "a"}\n{"labels": "a" "predict": "b"}\n', encoding="utf-8")
+    assert main(["score", str(bad)]) == 2
+    assert f"{bad}:2:" in capsys.readouterr().err
+    bad.write_text('{"labels": "a"}\n', encoding="utf-8")
+    assert main(["score", str(bad)]) == 2
+    assert "expected an object with string 'labels' and 'predict'" in capsys.readouterr().err

@@ -9,7 +9,16 @@ from types import SimpleNamespace
 import pytest
 
 from ptune.chat_format import encode_example
-from ptune.data import Collator, Columns, build_dataset, pad_left, pad_right, prompt_length
+from ptune.data import (
+    Collator,
+    Columns,
+    build_dataset,
+    longest_prompt_first,
+    pad_left,
+    pad_right,
+    prompt_length,
+    restore_order,
+)
 from ptune.errors import UserError
 from ptune.tiny import make_tiny_checkpoint
 from ptune.tokenizer import load_tokenizer
@@ -51,6 +60,13 @@ def test_collator_pads_each_batch_to_its_longest_sample():
     assert batch["prompt_mask"].tolist() == [[1, 1], [0, 1]]
     # The reference answer excludes the end id (last label).
     assert batch["answer_ids"].tolist() == [[7], [-100]]
+
+
+def test_generation_order_and_its_inverse():
+    labels = [[-100, 5], [-100, -100, -100, 7], [-100, -100, 8], [-100, 9]]
+    order = longest_prompt_first(labels)
+    assert order == [1, 2, 0, 3]
+    assert restore_order(["b", "c", "a", "d"], order) == ["a", "b", "c", "d"]
 
 
 def test_pure_padding_helpers():

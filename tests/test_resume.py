@@ -302,17 +302,35 @@ def wait_for(condition, proc: subprocess.Popen, poll: float, timeout: float = 18
     raise AssertionError("training made no progress")
 
 
+def staged_unpublished(out: Path, start: int) -> bool:
+    """A save of a checkpoint newer than `start` is under way: `.staging/checkpoint-N` holds files already,
+    `checkpoint-N` itself is not there yet."""
+    if not (out / ".staging").exists():
+        return False
+    for staged in (out / ".staging").glob("checkpoint-*"):
+        if (
+            int(staged.name.split("-")[1]) > start
+            and not (out / staged.name).exists()
+            and any(staged.iterdir())
+        ):
+            return True
+    return False
+
+
 def kill_when(kind: str, proc: subprocess.Popen, out: Path, start: int, rng: random.Random) -> bool:
     """SIGKILL `proc` at a moment of the given kind once it trained past step `start`; False if it ended first.
 
-    delay:   a seeded random delay (0-0.5 s, ~0-4 steps) after its first new checkpoint appeared;
-    staging: as soon as `.staging/` exists for a second new checkpoint, i.e. while that save is being written.
+    delay:   a seeded random delay (0-50 ms: mid-step, mid-save or mid-log, depending on the machine's
+             speed) after a seeded random checkpoint 2-6 steps on appeared (at most checkpoint-18, so that
+             the run cannot end first);
+    staging: as soon as a new checkpoint is half-written in `.staging/` (some files there, not renamed yet).
     """
     if kind == "delay":
-        if not wait_for(lambda: newest_step(out) > start, proc, poll=0.01):
+        target = min(start + 2 * rng.randint(1, 3), STEPS - 6)
+        if not wait_for(lambda: newest_step(out) >= target, proc, poll=0.001):
             return False
-        time.sleep(rng.uniform(0.0, 0.5))
-    elif not wait_for(lambda: (out / ".staging").exists() and newest_step(out) > start, proc, poll=0.0002):
+        time.sleep(rng.uniform(0.0, 0.05))
+    elif not wait_for(lambda: staged_unpublished(out, start), proc, poll=0.0002):
         return False
     if proc.poll() is not None:
         return False
@@ -340,7 +358,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(
         *train_argv(tiny, out, "--save_total_limit", "3", "--log_level", "info"),
     ]
     plan = ["delay", "staging", "delay"]
-    kills: list[tuple[str, int, bool]] = []  # (kind, newest checkpoint after the kill, .staging/ left behind)
+    kills: list[tuple[str, int, bool]] = []  # (kind, newest checkpoint after it, a half-written one left)
     start = 0
     for attempt in range(len(plan) + 1):
         log = tmp_path / f"log-{attempt}.txt"
@@ -366,9 +384,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(
         if not killed:
             break
         start = newest_checkpoint_is_complete(out)
-        kills.append((plan[attempt], start, (out / ".staging").exists()))
+        kills.append((plan[attempt], start, staged_unpublished(out, start)))
+    print("kills (kind, resumed from, half-written checkpoint left):", kills)
     assert [k for k, _, _ in kills] == plan, kills
-    assert kills[1][2], f"the staging kill landed after the save had finished: {kills}"
+    assert kills[1][2], f"the staging kill did not land mid-save: {kills}"
     assert state(out)["global_step"] == STEPS
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [
         "checkpoint-20",
