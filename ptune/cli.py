@@ -287,21 +287,14 @@ def score(argv: list[str]) -> int:
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[str]]:
+    """(predictions, labels) of a generated_predictions.txt; a malformed line is an error naming it."""
+    from ptune.data import iter_json_lines
+
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     preds, labels = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-        if (
-            not isinstance(row, dict)
-            or not isinstance(row.get("predict"), str)
-            or not isinstance(row.get("labels"), str)
-        ):
+    for lineno, row in iter_json_lines(path):
+        if not isinstance(row.get("predict"), str) or not isinstance(row.get("labels"), str):
             raise UserError(f"{path}:{lineno}: expected an object with string 'labels' and 'predict'")
         preds.append(row["predict"])
         labels.append(row["labels"])

@@ -30,16 +30,10 @@ class Columns:
     history: str | None = None
 
 
-def _check_json_lines(path: Path) -> None:
-    """Find the first malformed line of a JSON-lines file and raise naming it (only run after a load failed)."""
-    text = path.read_text(encoding="utf-8", errors="strict")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-        return
+def iter_json_lines(path: Path, text: str | None = None):
+    """Yield (line number, object) for each non-blank line of a JSON-lines file; a line that is not a JSON
+    object raises a UserError naming `path:line:column`."""
+    text = path.read_text(encoding="utf-8") if text is None else text
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -49,6 +43,20 @@ def _check_json_lines(path: Path) -> None:
             raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        yield lineno, row
+
+
+def _check_json_lines(path: Path) -> None:
+    """Find the first malformed line of a JSON-lines file and raise naming it (only run after a load failed)."""
+    text = path.read_text(encoding="utf-8", errors="strict")
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+        return
+    for _ in iter_json_lines(path, text):
+        pass
 
 
 def load_rows(path: str | Path, cache_dir: str | None = None):

@@ -38,23 +38,6 @@ _AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
 }
 
-GLM4_SPECIALS = [
-    "<|endoftext|>",
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "<sop>",
-    "<eop>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-    "<|begin_of_image|>",
-    "<|end_of_image|>",
-    "<|begin_of_video|>",
-    "<|end_of_video|>",
-]
-
 
 def chatglm_config(family: str, vocab: int) -> dict:
     """config.json with every field the real ChatGLM2/3 / GLM-4 config has, at tiny dimensions."""
@@ -183,71 +166,6 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _chatglm_tokenizer(folder: Path, family: str, seed: int) -> int:
-    """Write tokenizer.model + tokenizer_config.json; return the number of ids the tokenizer can emit."""
-    from ptune.tokenizer import train_tiny_sentencepiece
-
-    train_tiny_sentencepiece(folder / "tokenizer.model", seed=seed)
-    import sentencepiece as spm
-
-    n_words = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size()
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "name_or_path": f"ptune/tiny-{family}",
-            "remove_space": False,
-            "do_lower_case": False,
-            "tokenizer_class": "ChatGLMTokenizer",
-            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
-        },
-    )
-    return n_words + (9 if family == "chatglm3" else 5)
-
-
-def _glm4_tokenizer(folder: Path) -> int:
-    """Write a small tiktoken ranks file and GLM-4's tokenizer_config.json with the specials renumbered."""
-    from ptune.tokenizer import write_tiny_tiktoken
-
-    write_tiny_tiktoken(folder / "tokenizer.model")
-    n_ranks = sum(1 for line in (folder / "tokenizer.model").read_text(encoding="utf-8").splitlines() if line)
-    decoder = {
-        str(n_ranks + i): {
-            "content": tok,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for i, tok in enumerate(GLM4_SPECIALS)
-    }
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
-            "added_tokens_decoder": decoder,
-            "additional_special_tokens": GLM4_SPECIALS,
-            "clean_up_tokenization_spaces": False,
-            "chat_template": GLM4_CHAT_TEMPLATE,
-            "do_lower_case": False,
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "model_max_length": 128000,
-            "padding_side": "left",
-            "remove_space": False,
-            "tokenizer_class": "ChatGLM4Tokenizer",
-        },
-    )
-    return n_ranks + len(GLM4_SPECIALS)
-
-
-# GLM-4's chat template without the tool-use branch (which tiny models never see).
-GLM4_CHAT_TEMPLATE = (
-    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}"
-    "\n{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
 def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
     """Teach a tiny chatglm-format model the language of `texts` (plain next-token prediction of every
     weight, a few seconds on a CPU) and rewrite its shards in place, still in the original format.
@@ -305,14 +223,14 @@ def make_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if family == "llama":
         return _make_tiny_llama(folder, seed)
+    from ptune.tokenizer import load_tokenizer, write_tiny_tokenizer
+
     torch.manual_seed(seed)
+    write_tiny_tokenizer(folder, family, seed=seed)
+    tok = load_tokenizer(folder, family)
+    cfg = chatglm_config(family, _pad_vocab(tok.vocab_size))
     if family == "glm4":
-        n_ids = _glm4_tokenizer(folder)
-    else:
-        n_ids = _chatglm_tokenizer(folder, family, seed)
-    cfg = chatglm_config(family, _pad_vocab(n_ids))
-    if family == "glm4":
-        eos = [n_ids - len(GLM4_SPECIALS) + i for i in (0, 7, 9)]  # <|endoftext|>, <|user|>, <|observation|>
+        eos = list(tok.stop_token_ids)  # <|endoftext|>, <|user|>, <|observation|>
         cfg["eos_token_id"], cfg["pad_token_id"] = eos, eos[0]
         _write_json(
             folder / "generation_config.json",

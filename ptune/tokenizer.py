@@ -251,12 +251,14 @@ def write_tiny_tokenizer(folder: Path, family: str, vocab_size: int | None = Non
             "remove_space": False,
             "do_lower_case": False,
             "tokenizer_class": "ChatGLMTokenizer",
+            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
         }
     elif family == "glm4":
         write_tiny_tiktoken(folder / "tokenizer.model", vocab_size or 2000)
         n = len(load_tiktoken_ranks(folder / "tokenizer.model"))
         config = {
             "name_or_path": "tiny-glm4",
+            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
             "added_tokens_decoder": {
                 str(n + k): {
                     "content": name,
@@ -274,6 +276,7 @@ def write_tiny_tokenizer(folder: Path, family: str, vocab_size: int | None = Non
             "do_lower_case": False,
             "eos_token": "<|endoftext|>",
             "pad_token": "<|endoftext|>",
+            "model_max_length": 128000,
             "padding_side": "left",
             "remove_space": False,
             "tokenizer_class": "ChatGLM4Tokenizer",
