@@ -113,6 +113,10 @@ def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=N
     training_args.remove_unused_columns = False  # our datasets hold exactly what the collator needs
     training_args.apply_logging_dir()  # THUDM-era --logging_dir: where TensorBoard logs go
     training_args.logging_nan_inf_filter = False  # let a NaN reach the log, where StopOnNonFiniteLoss sees it
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = (
+            False  # the prefix, the only trained part, is used every step
+        )
     callbacks = [StopOnNonFiniteLoss()]
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))

@@ -507,6 +507,10 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             super().__post_init__()
         except ValueError as error:  # transformers' own checks: one line, as every UserError
             raise UserError(" ".join(str(error).split())) from error
+        except ImportError as error:  # e.g. --deepspeed without the deepspeed package
+            if self.deepspeed:
+                raise UserError("--deepspeed needs DeepSpeed: pip install deepspeed") from error
+            raise UserError(f"a training option needs a package that is not installed: {error}") from error
         reports = self.report_to if isinstance(self.report_to, list) else [self.report_to]
         if "tensorboard" in reports and not _tensorboard_installed():
             raise _BadArgument(

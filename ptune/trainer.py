@@ -74,6 +74,9 @@ class PrefixTrainer(Seq2SeqTrainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, STAGING)
         limit = self.args.save_total_limit
+        if self.args.should_save:  # a save killed earlier may have left files that this save would not write
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         self._staging_dir, self.args.save_total_limit = staging, None
         try:
             super()._save_checkpoint(model, trial)
@@ -83,8 +86,9 @@ class PrefixTrainer(Seq2SeqTrainer):
         final = os.path.join(run_dir, name)
         if self.args.should_save:
             _fsync_dir(Path(staging, name))
-            if os.path.exists(final):  # re-saved step (e.g. the final save after a save step)
-                shutil.rmtree(final)
+            old = os.path.join(staging, "replaced")
+            if os.path.exists(final):  # re-saved step: move the old copy aside so a crash keeps one of them
+                os.replace(final, old)
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
         if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):

@@ -97,7 +97,7 @@ def launch(launcher: list[str], tiny: Path, hf_cache: Path, tmp_path: Path) -> t
     cwd, out = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
     env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", *launcher, "-m", "ptune", *train_argv(tiny, out, batch=4)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,

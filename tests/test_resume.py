@@ -330,7 +330,8 @@ def kill_when(kind: str, proc: subprocess.Popen, out: Path, start: int, rng: ran
         if not wait_for(lambda: newest_step(out) >= target, proc, poll=0.001):
             return False
         time.sleep(rng.uniform(0.0, 0.05))
-    elif not wait_for(lambda: staged_unpublished(out, start), proc, poll=0.0002):
+    # Two saves on: the first one may write into a half-written folder a kill before left (start + SAVE_STEPS).
+    elif not wait_for(lambda: staged_unpublished(out, start + SAVE_STEPS), proc, poll=0.0002):
         return False
     if proc.poll() is not None:
         return False
