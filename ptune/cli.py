@@ -105,12 +105,16 @@ def _dataset(
 
 def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=None, sink=None, score=True):
     from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import IntervalStrategy
 
     from ptune.data import Collator
     from ptune.generate import GenerationSettings
     from ptune.trainer import PrefixTrainer, StopOnNonFiniteLoss, make_compute_metrics
 
     training_args.remove_unused_columns = False  # our datasets hold exactly what the collator needs
+    if train_ds is None:  # eval/predict with a training config: its evaluation schedule does not apply
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.load_best_model_at_end = False
     training_args.apply_logging_dir()  # THUDM-era --logging_dir: where TensorBoard logs go
     training_args.logging_nan_inf_filter = False  # let a NaN reach the log, where StopOnNonFiniteLoss sees it
     if training_args.ddp_find_unused_parameters is None:

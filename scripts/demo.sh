@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f .cache/tiny-chatglm3/config.json ]; then
-  python scripts/make_tiny.py .cache/tiny-chatglm3 --family chatglm3 --pretrain data/demo/train.json --pretrain_steps 250
+  python scripts/make_tiny.py .cache/tiny-chatglm3 --family chatglm3 --pretrain data/demo/train.json --pretrain_steps 400
 fi
 ptune train configs/demo.json "$@"
 ptune predict configs/demo.json --ptuning_checkpoint output/demo "$@"

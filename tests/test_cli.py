@@ -165,3 +165,18 @@ def test_score_rejects_malformed_lines(tmp_path, capsys):
     bad.write_text('{"labels": "a"}\n', encoding="utf-8")
     assert main(["score", str(bad)]) == 2
     assert "expected an object with string 'labels' and 'predict'" in capsys.readouterr().err
+
+
+def test_eval_and_predict_accept_the_training_config(tiny, tmp_path):
+    """The demo flow: `ptune predict configs/demo.json` reuses a config whose evaluation schedule and
+    load_best_model_at_end only concern training."""
+    cfg = json.loads((REPO / "configs" / "demo.json").read_text(encoding="utf-8"))
+    cfg.update(model_name_or_path=str(tiny), output_dir=str(tmp_path), load_best_model_at_end=True,
+               metric_for_best_model="eval_loss", report_to="none")  # fmt: skip
+    cfg = {k: (str(REPO / v) if k.endswith("_file") else v) for k, v in cfg.items()}
+    path = tmp_path / "demo.json"
+    path.write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
+    small = ["--pre_seq_len", "4", "--max_new_tokens", "4", "--disable_tqdm", "true"]
+    assert main(["eval", str(path), "--max_eval_samples", "4", *small]) == 0
+    assert main(["predict", str(path), "--max_predict_samples", "4", *small]) == 0
+    assert len((tmp_path / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 4
