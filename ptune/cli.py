@@ -1,13 +1,4 @@
-"""`ptune VERB ...`: each verb is one typed function; `main(argv) -> int` maps errors to exit codes.
-
-    ptune train   CONFIG.json [--flag value ...]   P-tune a prefix (THUDM's main.py --do_train)
-    ptune eval    CONFIG.json [...]                 eval_loss (+ ROUGE/BLEU with --predict_with_generate)
-    ptune predict CONFIG.json [...]                 generated_predictions.txt + predict_results.json
-    ptune score   PREDICTIONS.txt                    re-score a predictions file
-    ptune chat / export / plot / bench              see `ptune VERB --help`
-
-Bad input ends in one line on stderr and exit code 2 (`--debug` shows the traceback).
-"""
+"""`ptune VERB ...`: each verb is one typed function; `main(argv) -> int` maps errors to exit codes."""
 
 from __future__ import annotations
 
@@ -20,6 +11,20 @@ from pathlib import Path
 from ptune.errors import UserError
 
 logger = logging.getLogger("ptune")
+
+USAGE = """usage: ptune VERB [CONFIG.json] [--flag value ...]
+
+    ptune train   CONFIG.json [--flag value ...]   P-tune a prefix (THUDM's main.py --do_train)
+    ptune eval    CONFIG.json [...]                 eval_loss (+ ROUGE/BLEU with --predict_with_generate true)
+    ptune predict CONFIG.json [...]                 generated_predictions.txt + predict_results.json
+    ptune score   PREDICTIONS.txt                   re-score a predictions file
+    ptune chat    --model_name_or_path DIR [--ptuning_checkpoint CKPT]   talk to the model
+    ptune export  CHECKPOINT --format thudm         the prefix in THUDM's layout
+    ptune plot    OUTPUT_DIR                        redraw training_curves.png
+    ptune bench   [--shape tiny|6b ...]             speed and memory
+
+`ptune VERB --help` lists a verb's arguments. Bad input ends in one line on stderr and exit code 2
+(`--debug` shows the traceback)."""
 
 
 def _setup_logging(training_args=None) -> None:
@@ -310,18 +315,13 @@ def read_predictions(path: Path) -> tuple[list[str], list[str]]:
 
 
 VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
-
-
-def _extra_verbs() -> dict:
-    verbs = {}
-    for name, module, func in [
-        ("chat", "ptune.chat", "main"),
-        ("export", "ptune.export", "main"),
-        ("plot", "ptune.plot", "main"),
-        ("bench", "ptune.bench", "main"),
-    ]:
-        verbs[name] = (module, func)
-    return verbs
+# Verbs in their own modules, imported only when used: (module, function taking argv and returning the exit code).
+MODULE_VERBS = {
+    "chat": ("ptune.chat", "main"),
+    "export": ("ptune.export", "main"),
+    "plot": ("ptune.plot", "main"),
+    "bench": ("ptune.bench", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,19 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    extra = _extra_verbs()
-    if not argv or argv[0] in ("-h", "--help") or (argv[0] not in VERBS and argv[0] not in extra):
-        print(__doc__.strip())
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"ptune: error: unknown verb {argv[0]!r}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
     verb, rest = argv[0], argv[1:]
+    if verb not in VERBS and verb not in MODULE_VERBS:
+        print(
+            f"ptune: error: unknown verb {verb!r} (train, eval, predict, score, {', '.join(MODULE_VERBS)})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if verb in VERBS:
             return VERBS[verb](rest)
         import importlib
 
-        module, func = extra[verb]
+        module, func = MODULE_VERBS[verb]
         return getattr(importlib.import_module(module), func)(rest)
     except UserError as e:
         if debug:
