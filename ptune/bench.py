@@ -520,7 +520,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         if device.index not in (None, 0):  # the Trainer always trains on cuda:0
             raise UserError(f"--device {args.device}: use CUDA_VISIBLE_DEVICES={device.index} --device cuda")
         device = torch.device("cuda", 0)
-    dtype = resolve_dtype(args.dtype, "float16", device)
+    dtype = resolve_dtype(args.dtype, device)
     peak = args.peak_tflops if args.peak_tflops is not None else device_peak_tflops(device, dtype)
     base, cfg = build_model(args.shape, dtype, device, args.seed)
     ids = special_ids(cfg["padded_vocab_size"])

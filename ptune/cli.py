@@ -101,6 +101,12 @@ def _dataset(
 
     if path is None:
         return None
+    for flag, value in (
+        ("--prompt_column", data_args.prompt_column),
+        ("--response_column", data_args.response_column),
+    ):
+        if value is None:
+            raise UserError(f"{flag} is required: the name of the column in {path} that holds it")
     columns = Columns(data_args.prompt_column, data_args.response_column, data_args.history_column)
     with training_args.main_process_first(desc=f"tokenizing {path}"):
         return build_dataset(

@@ -893,21 +893,26 @@ def _check_together(
                 mixed,
                 "dtype",
             )
-    if (
-        data.num_beams is not None
-        and training.generation_num_beams is not None
-        and data.num_beams != training.generation_num_beams
+    for name, beams in (
+        ("num_beams", data.num_beams),
+        ("generation_num_beams", training.generation_num_beams),
     ):
+        if beams is not None and beams > 1:
+            raise _BadArgument(
+                f"--{name} {beams}: ptune generates greedily, or samples with --do_sample true; "
+                "beam search is not implemented",
+                name,
+            )
+    if training.generation_max_length is not None:
         raise _BadArgument(
-            "--num_beams and --generation_num_beams disagree: give only --num_beams",
-            "num_beams",
-            "generation_num_beams",
-        )
-    if generation.max_new_tokens is not None and training.generation_max_length is not None:
-        raise _BadArgument(
-            "--max_new_tokens and --generation_max_length both limit the answer: give only --max_new_tokens",
-            "max_new_tokens",
+            "--generation_max_length is not read by ptune: limit answers with --max_new_tokens",
             "generation_max_length",
+        )
+    if not data.ignore_pad_token_for_loss:
+        raise _BadArgument(
+            "--ignore_pad_token_for_loss false has no effect in ptune: batches are padded to their longest "
+            "sample and padding never enters the loss; remove it",
+            "ignore_pad_token_for_loss",
         )
 
 

@@ -34,9 +34,9 @@ def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, devic
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def resolve_dtype(name: str | torch.dtype, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
-    """`auto`: on a GPU, bf16 where supported (fp16 overflows more easily), else the checkpoint's half
-    precision; on the CPU float32, since half-precision CPU kernels are slow or missing."""
+def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`auto`: on a GPU, bf16 where supported (fp16 overflows more easily), else fp16; on the CPU float32,
+    since half-precision CPU kernels are slow or missing. ChatGLM2/3 (fp16) and GLM-4 (bf16) load in either."""
     if isinstance(name, torch.dtype):
         return name
     if name != "auto":
@@ -46,7 +46,9 @@ def resolve_dtype(name: str | torch.dtype, checkpoint_dtype: str | None, device:
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        return _DTYPES.get(checkpoint_dtype or "float16", torch.float16)
+        return (
+            torch.float16
+        )  # no bf16 on this GPU (e.g. V100): half precision it has, whatever the checkpoint says
     return torch.float32
 
 
@@ -99,6 +101,8 @@ class PrefixTunedLM(nn.Module):
         Non-reentrant checkpointing is required: the reentrant variant cannot backpropagate into the prefix
         cache ("backward through the graph a second time"). No input-embedding grad hook is needed either.
         """
+        if offload:
+            raise UserError("activation checkpointing with offload is not supported by ptune's prefix cache")
         kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
         self.base._set_gradient_checkpointing(
             enable=True,
@@ -207,7 +211,7 @@ def load_base(
         )
     cfg = read_json(folder / "config.json")
     device = torch.device(device) if device is not None else default_device()
-    torch_dtype = resolve_dtype(dtype, cfg.get("torch_dtype") or cfg.get("dtype"), device)
+    torch_dtype = resolve_dtype(dtype, device)
     source = {
         "path": str(folder.resolve()),
         "model_type": cfg.get("model_type"),
@@ -255,7 +259,7 @@ def load_model(
     base, source, carried = load_base(
         model_name_or_path,
         # Quantized bases are built on the host and moved layer by layer, so the device never holds them whole.
-        dtype=resolve_dtype(dtype, None, target) if quantization_bit else dtype,
+        dtype=resolve_dtype(dtype, target) if quantization_bit else dtype,
         device="cpu" if quantization_bit else target,
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,

@@ -426,12 +426,23 @@ def test_training_arguments_pickle_round_trip():
         (["--do_sample", "--temperature", "0"], "--temperature must be above 0, got 0.0"),
         (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1, got 0"),
         (
-            ["--num_beams", "2", "--generation_num_beams", "4"],
-            "--num_beams and --generation_num_beams disagree: give only --num_beams",
+            ["--num_beams", "2"],
+            "--num_beams 2: ptune generates greedily, or samples with --do_sample true; beam search is not "
+            "implemented",
         ),
         (
-            ["--max_new_tokens", "20", "--generation_max_length", "100"],
-            "--max_new_tokens and --generation_max_length both limit the answer: give only --max_new_tokens",
+            ["--generation_num_beams", "4"],
+            "--generation_num_beams 4: ptune generates greedily, or samples with --do_sample true; beam search "
+            "is not implemented",
+        ),
+        (
+            ["--generation_max_length", "100"],
+            "--generation_max_length is not read by ptune: limit answers with --max_new_tokens",
+        ),
+        (
+            ["--ignore_pad_token_for_loss", "false"],
+            "--ignore_pad_token_for_loss false has no effect in ptune: batches are padded to their longest "
+            "sample and padding never enters the loss; remove it",
         ),
         (
             ["--chat_format", "chatglm2", "--trust_remote_code"],

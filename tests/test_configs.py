@@ -42,3 +42,12 @@ def test_launch_scripts_use_torchrun_and_hold_no_hyperparameters(script):
     text = (REPO / "scripts" / script).read_text(encoding="utf-8")
     assert "torchrun" in text and "NUM_GPUS" in text and "-m ptune" in text
     assert "--learning_rate" not in text and "--pre_seq_len" not in text
+
+
+def test_readme_config_reference_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("argument_table", REPO / "scripts" / "argument_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.argument_table() in (REPO / "README.md").read_text(encoding="utf-8")
