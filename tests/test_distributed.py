@@ -142,3 +142,29 @@ def test_accelerate_launch_multi_gpu_on_cpu_trains_like_one(tiny, hf_cache, sing
     launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
     check_like_single(*launch(launcher, tiny, hf_cache, tmp_path), single)
+
+
+def test_torchrun_two_processes_predict_like_one(tiny, hf_cache, single, tmp_path):
+    """Predictions are gathered across ranks in the file's order; rank 0 alone writes them."""
+
+    def predict_argv(out: Path) -> list[str]:
+        return ["predict", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(single),
+                "--test_file", str(DEMO / "dev.json"), "--prompt_column", "content", "--response_column", "summary",
+                "--output_dir", str(out), "--max_source_length", "32", "--max_target_length", "8",
+                "--per_device_eval_batch_size", "8", "--use_cpu", "true", "--disable_tqdm", "true",
+                "--report_to", "none"]  # fmt: skip
+
+    assert main(predict_argv(tmp_path / "one")) == 0
+    env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ptune",
+         *predict_argv(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    one = (tmp_path / "one" / "generated_predictions.txt").read_text(encoding="utf-8")
+    two = (tmp_path / "two" / "generated_predictions.txt").read_text(encoding="utf-8")
+    assert len(two.splitlines()) == 40 and two == one
+    metrics = [json.loads((tmp_path / d / "predict_results.json").read_text()) for d in ("one", "two")]
+    assert metrics[0]["predict_rouge-l"] == metrics[1]["predict_rouge-l"]
