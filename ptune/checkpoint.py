@@ -72,14 +72,16 @@ def read_prefix_config(folder: str | Path) -> dict:
 
 
 def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None:
-    """Write the prefix weights, its config and the tokenizer files into an existing `folder`."""
+    """Write the prefix weights, its config and the tokenizer files into an existing `folder`.
+
+    Each file is written under a temporary name and renamed, so a crash never leaves a truncated
+    `model.safetensors` where a complete one was (the final save goes straight into output_dir).
+    """
+    from ptune import __version__
+
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()
     }
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "producer": "ptune"})
-    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~_umask())  # safetensors writes owner-only files
-    from ptune import __version__
-
     config = {
         **model.prefix_encoder.config.to_dict(),
         "base_model_name_or_path": model.source["path"],
@@ -88,10 +90,32 @@ def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None
         "dtype": model.source["dtype"],
         "ptune_version": __version__,
     }
-    (folder / PREFIX_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    with _replacing(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "ptune"})
+    with _replacing(folder / PREFIX_CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     for f in tokenizer_files:
         if f.is_file():
-            shutil.copy2(f, folder / f.name)
+            with _replacing(folder / f.name) as tmp:
+                shutil.copyfile(f, tmp)
+
+
+class _replacing:
+    """`with _replacing(path) as tmp:` write `tmp`; on success it replaces `path` (mode 0666 & ~umask)."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return False
+        os.chmod(self.tmp, 0o666 & ~_umask())  # safetensors writes owner-only files
+        os.replace(self.tmp, self.path)
+        return False
 
 
 def atomic_dir(target: Path):

@@ -55,7 +55,6 @@ class PrefixTrainer(Seq2SeqTrainer):
         self.tokenizer_files = [Path(f) for f in tokenizer_files]
         self.generation = generation or GenerationSettings()
         self._staging_dir: str | None = None
-        self.last_metrics_extra: dict = {}
 
     # ---------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
