@@ -58,6 +58,8 @@ class PrefixTrainer(Seq2SeqTrainer):
 
     # ---------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self.args.should_save:  # the Trainer calls this on every rank; only the writer rank writes
+            return
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         write_prefix_files(self.accelerator.unwrap_model(self.model), folder, self.tokenizer_files)

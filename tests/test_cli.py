@@ -11,17 +11,11 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 from ptune.metrics import compute_metrics
-from ptune.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 COMMON = ["--prompt_column", "content", "--response_column", "summary", "--max_source_length", "48",
           "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm3", "chatglm3")
 
 
 @pytest.fixture(scope="module")

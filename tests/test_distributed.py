@@ -24,7 +24,6 @@ import torch
 from safetensors.torch import load_file
 
 from ptune.cli import main
-from ptune.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -41,22 +40,6 @@ CHECKPOINT_FILES = {"model.safetensors", "prefix_config.json", "optimizer.pt", "
 # compared as well.
 ATOL_PREFIX = 1e-5
 RTOL_LOGS = 1e-5
-
-
-@pytest.fixture(scope="module")
-def hf_cache(tmp_path_factory):
-    import datasets
-
-    folder = tmp_path_factory.mktemp("hf")
-    old = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = folder / "datasets"
-    yield folder
-    datasets.config.HF_DATASETS_CACHE = old
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm3", "chatglm3")
 
 
 def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:

@@ -23,7 +23,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ptune.cli import main
-from ptune.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -51,23 +50,6 @@ TOP_LEVEL_FILES = {
     "training_curves.png",
 }
 STEPS, SAVE_STEPS = 24, 2
-
-
-@pytest.fixture(scope="module")
-def hf_cache(tmp_path_factory):
-    """Keep `datasets`' cache of tokenized data under tmp, in this process and in child processes."""
-    import datasets
-
-    folder = tmp_path_factory.mktemp("hf")
-    old = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = folder / "datasets"
-    yield folder
-    datasets.config.HF_DATASETS_CACHE = old
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm3", "chatglm3")
 
 
 def train_argv(
