@@ -130,6 +130,26 @@ class PrefixTunedLM(nn.Module):
         ones = attention_mask.new_ones(attention_mask.shape[0], self.pre_seq_len)
         return torch.cat([ones, attention_mask], dim=-1)
 
+    def original_padding_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Without a prefix, the original ChatGLM lets the query rows of pad tokens attend to every position
+        (`get_masks`: `full -= padding_mask[..., None] - 1`), where transformers masks them. Real tokens are
+        unaffected either way; building the original's 4D mask [B, 1, S, S] makes the pad rows' logits match
+        too. Done for sdpa (bool, True = attend) and eager (additive float); with a prefix, or for other
+        kernels, transformers' own mask already equals the original's on every row that matters."""
+        if attention_mask is None or self.prefix_encoder is not None or bool(attention_mask.all()):
+            return attention_mask
+        kind = self.base.config._attn_implementation
+        if kind not in ("sdpa", "eager"):
+            return attention_mask
+        real = attention_mask.bool()
+        seq = real.shape[1]
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=real.device).tril()
+        allowed = (causal[None] & real[:, None, :]) | ~real[:, :, None]  # [B, S, S]
+        if kind == "sdpa":
+            return allowed[:, None]
+        blocked = torch.zeros(allowed.shape, dtype=self.dtype, device=real.device)
+        return blocked.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -150,7 +170,7 @@ class PrefixTunedLM(nn.Module):
             position_ids = positions_from_mask(attention_mask, seq, input_ids.device)
         hidden = self.base.get_decoder()(
             input_ids=input_ids,
-            attention_mask=self.extend_mask(attention_mask),
+            attention_mask=self.extend_mask(self.original_padding_mask(attention_mask)),
             position_ids=position_ids,
             past_key_values=self.prefix_past(batch, read_only=True),
             use_cache=False,

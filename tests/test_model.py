@@ -58,6 +58,21 @@ def test_logits_match_original_without_prefix(tmp_path, family, safetensors):
     assert abs(out.loss.item() - ref_loss.item()) < 1e-5
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_left_padded_batch_without_prefix_matches_original_on_every_row(tmp_path, attn):
+    """The original un-masks pad query rows when there is no prefix; ptune reproduces even those rows."""
+    cfg, state = _folder(tmp_path, "chatglm3")
+    model = load_model(tmp_path, dtype="float32", device="cpu", attn_implementation=attn)
+    ids, mask, labels = _batch(pad_left=(0, 3))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(ids, attention_mask=mask, labels=labels)
+    ref_logits, ref_loss = reference_forward(
+        cfg, state, ids, attention_mask=mask, position_ids=positions, labels=labels
+    )
+    assert (out.logits - ref_logits).abs().max().item() < 1e-5
+    assert abs(out.loss.item() - ref_loss.item()) < 1e-5
+
+
 @pytest.mark.parametrize("projection", [False, True])
 @pytest.mark.parametrize("family", ["chatglm2", "glm4"])
 def test_logits_and_loss_match_original_with_prefix_and_left_padding(tmp_path, family, projection):
@@ -72,8 +87,7 @@ def test_logits_and_loss_match_original_with_prefix_and_left_padding(tmp_path, f
     ref_logits, ref_loss = reference_forward(
         ref_cfg, {**state, **prefix}, ids, attention_mask=mask, position_ids=positions, labels=labels
     )
-    real = mask.bool()  # pad query rows differ by design (architecture.md §7.6); labels never use them
-    assert (out.logits[real] - ref_logits[real]).abs().max().item() < 1e-5
+    assert (out.logits - ref_logits).abs().max().item() < 1e-5  # every row, pad query rows included
     assert abs(out.loss.item() - ref_loss.item()) < 1e-5
 
 
