@@ -75,6 +75,11 @@ def _load(model_args, training_args, pre_seq_len_needed: bool):
 
     if pre_seq_len_needed and not model_args.pre_seq_len and not model_args.ptuning_checkpoint:
         raise UserError("ptune train needs --pre_seq_len N (the prefix length; THUDM's recipes use 128)")
+    if not pre_seq_len_needed and model_args.pre_seq_len and not model_args.ptuning_checkpoint:
+        logger.warning(
+            "--pre_seq_len %d without --ptuning_checkpoint: using a freshly initialised, untrained prefix",
+            model_args.pre_seq_len,
+        )
     tokenizer = load_tokenizer(
         model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format
     )
