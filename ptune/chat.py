@@ -20,15 +20,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-from transformers.cache_utils import DynamicCache
 from transformers.hf_argparser import string_to_bool
 
 from ptune.chat_format import decode_response, encode_prompt, prompt_ids
 from ptune.config import CHAT_FORMATS, GenerationArguments
 from ptune.errors import UserError
-from ptune.generate import GenerationSettings, _next_tokens
-from ptune.model import PrefixTunedLM, positions_from_mask
+from ptune.generate import GenerationSettings, iter_tokens
+from ptune.model import PrefixTunedLM
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
@@ -36,7 +34,6 @@ REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 seq
 GREEDY = GenerationSettings()
 
 
-@torch.inference_mode()
 def stream_generate(
     model: PrefixTunedLM,
     prompt: Sequence[int],
@@ -44,45 +41,20 @@ def stream_generate(
     settings: GenerationSettings = GREEDY,
     generator: torch.Generator | None = None,
 ) -> Iterator[int]:
-    """Yield the answer to one prompt token by token: `ptune.generate.generate` for a batch of one.
+    """Yield the answer to one prompt token by token: `ptune.generate.iter_tokens` for a batch of one.
 
-    Same prefix cache, mask (P prefix columns + the prompt), 0-based positions and token choice as
-    `generate`, so greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop
-    id that ends the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the
-    iterator early (Ctrl-C) simply drops the cache.
+    Greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop id that ends
+    the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the iterator early
+    (Ctrl-C) simply drops the cache.
     """
-    device = model.device
-    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # [1, S]
-    mask = model.extend_mask(torch.ones_like(input_ids))  # [1, P + S]
-    cache = model.prefix_past(1, read_only=False)
-    if cache is None:
-        cache = DynamicCache()
-    positions = positions_from_mask(torch.ones_like(input_ids), input_ids.shape[1], device)  # [[0..S-1]]
-    hidden = _step(model, input_ids, mask, positions, cache)
-    position = input_ids.shape[1]  # the next token's position (positions count from the first prompt token)
-    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    warpers = LogitsProcessorList(
-        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
-    )
-    head = model.base.get_output_embeddings()
-    for step in range(settings.max_new_tokens):
-        logits = head(hidden).float()  # [1, V]
-        if step < settings.min_new_tokens:
-            logits[:, stops] = float("-inf")
-        token = _next_tokens(logits, settings, warpers, generator)  # [1]
+    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)  # [1, S]
+    stops = set(stop_ids)
+    for token in iter_tokens(
+        model, input_ids, torch.ones_like(input_ids), list(stop_ids), settings, generator
+    ):
         yield int(token)
-        if bool(torch.isin(token, stops)) or step + 1 == settings.max_new_tokens:
+        if int(token) in stops:
             return
-        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=-1)
-        hidden = _step(model, token[:, None], mask, torch.tensor([[position]], device=device), cache)
-        position += 1
-
-
-def _step(model: PrefixTunedLM, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
-    """One decoder pass over `ids` [1, n] that extends `cache`; the last position's hidden state [1, H]."""
-    return model.base.get_decoder()(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-    ).last_hidden_state[:, -1]
 
 
 class TextStream:

@@ -212,11 +212,16 @@ def encode_example(
     return source + target, [IGNORE_INDEX] * len(source) + target
 
 
+def strip_answer(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """The answer part of generated ids: everything before the first stop id."""
+    stops = set(stop_ids)
+    cut = next((k for k, i in enumerate(ids) if int(i) in stops), len(ids))
+    return list(ids[:cut])
+
+
 def decode_response(tok: Any, ids: Sequence[int]) -> str:
     """Text of generated ids: cut at the first of `tok.stop_token_ids`, specials skipped, whitespace stripped.
 
     Stripping (as THUDM's predictions are) also removes the newline chatglm3/glm4 answers start with.
     """
-    stops = set(tok.stop_token_ids)
-    cut = next((k for k, i in enumerate(ids) if int(i) in stops), len(ids))
-    return tok.decode(list(ids[:cut]), skip_special_tokens=True).strip()
+    return tok.decode(strip_answer(ids, tok.stop_token_ids), skip_special_tokens=True).strip()

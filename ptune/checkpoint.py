@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ptune.convert import PREFIX_KEY, iter_tensors, read_json
 from ptune.errors import UserError
@@ -171,10 +171,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types
-        raise UserError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None

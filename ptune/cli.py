@@ -177,8 +177,6 @@ def train(argv: list[str]) -> int:
             f"{out}: already holds a run; pass --overwrite_output_dir to train over it, "
             "or --resume_from_checkpoint true to continue it"
         )
-    if data_args.train_file is None:
-        raise UserError("ptune train needs --train_file")
     set_seed(training_args.seed)
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=True)
     train_ds = _dataset(
@@ -231,8 +229,6 @@ def evaluate(argv: list[str]) -> int:
 
     model_args, data_args, training_args, gen_args = parse_args("eval", argv)
     _setup_logging(training_args)
-    if data_args.validation_file is None:
-        raise UserError("ptune eval needs --validation_file")
     _refuse_overwrite(training_args, "eval_results.json")
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     eval_ds = _dataset(
@@ -252,15 +248,13 @@ def evaluate(argv: list[str]) -> int:
 
 
 def predict(argv: list[str]) -> int:
-    """Generate answers for test_file (or validation_file): generated_predictions.txt + predict_results.json."""
+    """Generate answers for test_file: generated_predictions.txt + predict_results.json."""
     from ptune.config import parse_args
     from ptune.metrics import compute_metrics
 
     model_args, data_args, training_args, gen_args = parse_args("predict", argv)
     _setup_logging(training_args)
-    path = data_args.test_file or data_args.validation_file
-    if path is None:
-        raise UserError("ptune predict needs --test_file (or --validation_file)")
+    path = data_args.test_file  # config.parse_args requires it for predict
     _refuse_overwrite(training_args, "generated_predictions.txt")
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     test_ds = _dataset(

@@ -9,6 +9,7 @@ give them), and each new token takes the next position of its own row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,20 +39,19 @@ def _next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, ge
 
 
 @torch.inference_mode()
-def generate(
+def iter_tokens(
     model: PrefixTunedLM,
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor,
     stop_ids: list[int],
-    pad_id: int,
     settings: GenerationSettings = GenerationSettings(),
     generator: torch.Generator | None = None,
-) -> torch.LongTensor:
-    """Generate after left-padded prompts.
+) -> Iterator[torch.LongTensor]:
+    """Yield the next token of every row [B], step by step, at most `max_new_tokens` times.
 
-    input_ids, attention_mask: [B, S] (pads on the left). Returns the new tokens [B, T], T <= max_new_tokens,
-    each row cut after its first stop id and filled with `pad_id` from there on (the stop id itself is kept,
-    so callers can tell a finished answer from one cut by the length limit).
+    input_ids, attention_mask: [B, S] (pads on the left). The prefix is computed once, the prompt prefilled,
+    then each step feeds the previous tokens back with the next position of each row. `stop_ids` only
+    matter for `min_new_tokens`; when to stop is the caller's choice (batch: every row done; chat: one row).
     """
     batch = input_ids.shape[0]
     decoder, head = model.base.get_decoder(), model.base.get_output_embeddings()
@@ -68,22 +68,18 @@ def generate(
         use_cache=True,
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
-    stops = torch.tensor(stop_ids, device=input_ids.device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
     warpers = LogitsProcessorList(
         [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
     )
-    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    out = []
     for step in range(settings.max_new_tokens):
         logits = head(hidden).float()
         if step < settings.min_new_tokens:
             logits[:, stops] = float("-inf")
         token = _next_tokens(logits, settings, warpers, generator)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        out.append(token)
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()) or step + 1 == settings.max_new_tokens:
-            break
+        yield token
+        if step + 1 == settings.max_new_tokens:
+            return
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
         hidden = decoder(
             input_ids=token[:, None],
@@ -93,12 +89,31 @@ def generate(
             use_cache=True,
         ).last_hidden_state[:, -1]
         next_pos = next_pos + 1
+
+
+def generate(
+    model: PrefixTunedLM,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    stop_ids: list[int],
+    pad_id: int,
+    settings: GenerationSettings = GenerationSettings(),
+    generator: torch.Generator | None = None,
+) -> torch.LongTensor:
+    """Generate after left-padded prompts.
+
+    input_ids, attention_mask: [B, S] (pads on the left). Returns the new tokens [B, T], T <= max_new_tokens,
+    each row cut after its first stop id and filled with `pad_id` from there on (the stop id itself is kept,
+    so callers can tell a finished answer from one cut by the length limit).
+    """
+    batch = input_ids.shape[0]
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    out = []
+    for token in iter_tokens(model, input_ids, attention_mask, stop_ids, settings, generator):
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        out.append(token)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            break
     return torch.stack(out, dim=1) if out else input_ids.new_zeros(batch, 0)
-
-
-def strip_answer(tokens: list[int], stop_ids: list[int]) -> list[int]:
-    """The answer part of one generated row: everything before the first stop id."""
-    for i, t in enumerate(tokens):
-        if t in stop_ids:
-            return tokens[:i]
-    return tokens

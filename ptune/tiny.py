@@ -173,7 +173,7 @@ def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> 
     The demo uses this so that P-tuning starts from a model that knows the words, as it does with a real
     checkpoint; the task mapping itself (attributes → description) is left for the prefix to learn.
     """
-    from ptune.convert import read_json, to_chatglm_state_dict
+    from ptune.convert import is_glm4, read_json, to_chatglm_state_dict
     from ptune.model import load_model
     from ptune.tokenizer import load_tokenizer
 
@@ -199,12 +199,8 @@ def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> 
     state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})
     for old in list(folder.glob("pytorch_model*")) + list(folder.glob("model-*.safetensors")):
         old.unlink()
-    glm4 = family_uses_safetensors(cfg)
+    glm4 = is_glm4(cfg)  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
     write_sharded(folder, state, cfg["num_layers"], glm4, torch.bfloat16 if glm4 else torch.float16)
-
-
-def family_uses_safetensors(cfg: dict) -> bool:
-    return "num_hidden_layers" in cfg  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
 
 
 def make_tiny_checkpoint(

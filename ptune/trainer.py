@@ -24,9 +24,10 @@ import torch
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ptune.chat_format import decode_response
 from ptune.checkpoint import _fsync_dir, read_prefix_state, write_prefix_files
 from ptune.errors import UserError
-from ptune.generate import GenerationSettings, generate, strip_answer
+from ptune.generate import GenerationSettings, generate
 from ptune.metrics import compute_metrics
 
 STAGING = ".staging"
@@ -153,14 +154,16 @@ class PrefixTrainer(Seq2SeqTrainer):
         return loss, tokens, inputs["answer_ids"]
 
 
-def decode_rows(tokenizer, rows: np.ndarray, stop_ids: list[int] | None) -> list[str]:
-    """Token rows ( -100 = padding from the evaluation loop) → stripped text, cut at the first stop id."""
+def decode_rows(tokenizer, rows: np.ndarray, cut_at_stop: bool) -> list[str]:
+    """Token rows (-100 = padding from the evaluation loop) → stripped text; generated rows are cut at the
+    first stop id (`chat_format.decode_response`), reference rows are decoded whole."""
     texts = []
     for row in rows:
         ids = [int(t) for t in row if t != -100]
-        if stop_ids:
-            ids = strip_answer(ids, stop_ids)
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        if cut_at_stop:
+            texts.append(decode_response(tokenizer, ids))
+        else:
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return texts
 
 
@@ -172,8 +175,8 @@ def make_compute_metrics(tokenizer, sink: list | None = None, score: bool = True
     """
 
     def compute(eval_pred) -> dict[str, float]:
-        preds = decode_rows(tokenizer, eval_pred.predictions, tokenizer.stop_token_ids)
-        labels = decode_rows(tokenizer, eval_pred.label_ids, None)
+        preds = decode_rows(tokenizer, eval_pred.predictions, cut_at_stop=True)
+        labels = decode_rows(tokenizer, eval_pred.label_ids, cut_at_stop=False)
         if sink is not None:
             sink.clear()
             sink.extend(zip(preds, labels, strict=True))

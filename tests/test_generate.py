@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptune.generate import GenerationSettings, generate, strip_answer
+from ptune.chat_format import strip_answer
+from ptune.generate import GenerationSettings, generate
 from ptune.model import load_model
 from ptune.tiny import make_tiny_checkpoint
 
