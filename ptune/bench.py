@@ -29,6 +29,7 @@ import torch
 
 from ptune.convert import glm_config
 from ptune.errors import UserError
+from ptune.model import matmul_params
 from ptune.tiny import TINY_DIMS, chatglm_config
 
 # The real ChatGLM2/3 vocabulary and special ids (performance.md). Smaller vocabularies keep each special id
@@ -154,13 +155,6 @@ def wrap(base, pre_seq_len: int, shape: str, seed: int):
     encoder = PrefixEncoder(_prefix_config_for(base, pre_seq_len, False)).to(base.device)
     source = {"path": f"<random {shape}>", "model_type": "chatglm", "dtype": str(base.dtype)[6:]}
     return PrefixTunedLM(base, encoder, source).eval()
-
-
-def matmul_params(base) -> int:
-    """N: parameters that cost 2 FLOP per token in a forward pass (all but the input embedding, a lookup).
-    5.98e9 at the 6B shape, the figure performance.md uses."""
-    embed = base.get_input_embeddings().weight.numel()
-    return sum(p.numel() for p in base.parameters()) - embed
 
 
 # ---------------------------------------------------------------------------------------------- measuring

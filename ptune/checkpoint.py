@@ -12,7 +12,9 @@ THUDM-format folders (`pytorch_model.bin` + `config.json` with pre_seq_len) are 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +28,13 @@ from ptune.errors import UserError
 WEIGHTS_NAME = "model.safetensors"
 THUDM_WEIGHTS_NAME = "pytorch_model.bin"
 PREFIX_CONFIG_NAME = "prefix_config.json"
+# Only folders named exactly `checkpoint-<step>` are checkpoints: an export (`checkpoint-40-thudm`) or a user's
+# `checkpoint-best` beside them is never rotated away nor resumed from.
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# What `--resume_from_checkpoint` needs; `rng_state*.pth` is checked separately (one per rank).
+RESUME_FILES = (WEIGHTS_NAME, "trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+logger = logging.getLogger("ptune")
 
 
 def _weights_file(path: Path) -> Path:
@@ -171,3 +180,93 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------ checkpoints of a run folder
+def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The `checkpoint-<step>` folders of `run_dir`, oldest step first ([] when the folder does not exist)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for child in run_dir.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def missing_resume_files(folder: str | Path) -> list[str]:
+    """Names of the files a resume needs that `folder` lacks ([] for a complete checkpoint)."""
+    folder = Path(folder)
+    missing = [name for name in RESUME_FILES if not (folder / name).is_file()]
+    if not any(folder.glob("rng_state*.pth")):
+        missing.append("rng_state.pth")
+    return missing
+
+
+def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest-step checkpoint that holds every file a resume needs; incomplete newer ones are named in
+    the log (a resume must never silently start a fresh optimizer or fail on a half-copied folder)."""
+    for _, folder in reversed(step_checkpoints(run_dir)):
+        missing = missing_resume_files(folder)
+        if not missing:
+            return folder
+        logger.warning("skipping %s for the resume: it lacks %s", folder, ", ".join(missing))
+    return None
+
+
+def verify_resumable(folder: str | Path) -> None:
+    """Raise a one-line UserError if `folder` cannot be resumed from: a missing file, or one that does not
+    load (truncated, garbage). Every file is read here, weights-only, the way the Trainer will read it, so the
+    error comes before the model is loaded rather than as a traceback mid-setup."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    folder = Path(folder)
+    missing = missing_resume_files(folder)
+    if missing:
+        raise UserError(
+            f"{folder}: not a complete checkpoint (lacks {', '.join(missing)}); cannot resume from it"
+        )
+    read_prefix_state(folder)
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{folder / 'trainer_state.json'}: not a Trainer state file ({e})") from None
+    for file in [folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))]:
+        try:
+            with safe_globals():
+                torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"{file}: unreadable ({reason}); resume from an earlier checkpoint") from None
+
+
+def checkpoint_global_step(folder: str | Path) -> int:
+    return int(json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def rotate_checkpoints(
+    run_dir: str | Path, limit: int | None, keep: tuple[str | None, ...] = ()
+) -> list[Path]:
+    """Delete the oldest `checkpoint-<step>` folders beyond `limit`; never the newest one nor those in `keep`
+    (the best checkpoint). Only exact `checkpoint-<step>` names count (unlike transformers' glob, which would
+    count an export named `checkpoint-40-thudm` and delete real checkpoints for it). Returns what was deleted."""
+    if not limit or limit <= 0:
+        return []
+    checkpoints = [folder for _, folder in step_checkpoints(run_dir)]
+    protected = {Path(p).resolve() for p in keep if p} | (
+        {checkpoints[-1].resolve()} if checkpoints else set()
+    )
+    deleted = []
+    excess = len(checkpoints) - limit
+    for folder in checkpoints:
+        if excess <= 0:
+            break
+        if folder.resolve() in protected:
+            continue
+        logger.info("deleting %s (save_total_limit %d)", folder, limit)
+        shutil.rmtree(folder)
+        deleted.append(folder)
+        excess -= 1
+    return deleted

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ptune.checkpoint import (
+    CHECKPOINT_RE,
     PREFIX_CONFIG_NAME,
     THUDM_WEIGHTS_NAME,
     WEIGHTS_NAME,
@@ -181,16 +182,11 @@ def export_checkpoint(
         raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     source = Path(checkpoint)
     folder = source.parent if source.is_file() else source
-    target = Path(out) if out is not None else folder.with_name(f"{folder.name}-{fmt}")
+    target = Path(out) if out is not None else default_out(folder, fmt)
     state = prefix_tensors(source)  # refuses a missing folder or a non-prefix checkpoint first
-    if target.resolve() == folder.resolve():
-        raise UserError(f"--out {target}: is the checkpoint itself; choose another folder")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out {target}: exists and is not a folder")
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
-
     prefix_config = read_prefix_config(folder)
+    check_target(target, folder, _base_folder(prefix_config), overwrite)
+
     pre_seq_len, width = state["embedding.weight"].shape
     projection = "trans.0.weight" in state
     if prefix_config.get("pre_seq_len") not in (None, pre_seq_len):
@@ -246,6 +242,46 @@ def export_checkpoint(
     return target
 
 
+def default_out(folder: Path, fmt: str) -> Path:
+    """`OUT/exports/checkpoint-N-<fmt>` for a `checkpoint-N` of a run, else `<folder>-<fmt>` beside it.
+
+    Never `OUT/checkpoint-N-<fmt>`: beside the checkpoints, a name starting with `checkpoint-` is counted as
+    one by transformers' rotation and `sort_checkpoints`, which then deleted real checkpoints for it."""
+    if CHECKPOINT_RE.match(folder.name):
+        return folder.parent / "exports" / f"{folder.name}-{fmt}"
+    return folder.with_name(f"{folder.name}-{fmt}")
+
+
+def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: bool) -> None:
+    """Refuse an output folder whose replacement would destroy something: the checkpoint, the base model or
+    a folder holding either; with --overwrite, anything but an earlier export (a run, a model, other files)."""
+    resolved = target.resolve()
+    for what, folder in (("the checkpoint", checkpoint), ("the base model", base)):
+        if folder is None:
+            continue
+        inner = folder.resolve()
+        if resolved == inner or resolved in inner.parents:
+            raise UserError(f"--out {target}: is or holds {what} ({folder}); choose another folder")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out {target}: exists and is not a folder")
+    if not target.exists():
+        return
+    if not overwrite:
+        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    allowed = {THUDM_WEIGHTS_NAME, WEIGHTS_NAME, PREFIX_CONFIG_NAME, "config.json", *tokenizer_file_names()}
+    for entry in sorted(target.iterdir()):
+        if not entry.is_file() or not (entry.name in allowed or entry.suffix == ".py"):
+            raise UserError(
+                f"--out {target}: holds {entry.name}, which ptune export does not write; --overwrite only "
+                "replaces an earlier export"
+            )
+    config = _json_or_empty(target / "config.json") if (target / "config.json").is_file() else {}
+    if config and "pre_seq_len" not in config and not (target / PREFIX_CONFIG_NAME).is_file():
+        raise UserError(
+            f"--out {target}: holds a model's config.json; --overwrite only replaces an earlier export"
+        )
+
+
 def _json_or_empty(path: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
@@ -265,7 +301,11 @@ def main(argv: list[str]) -> int:
         "checkpoint", help="a ptune (or THUDM) prefix checkpoint folder, e.g. OUT/checkpoint-3000"
     )
     parser.add_argument("--format", choices=FORMATS, default="thudm", help="output layout (default: thudm)")
-    parser.add_argument("--out", help="output folder (default: CHECKPOINT-<format>, beside the checkpoint)")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: OUT/exports/checkpoint-N-<format> for a run's checkpoint-N, else "
+        "CHECKPOINT-<format> beside the checkpoint)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     args = parser.parse_args(argv)
     print(export_checkpoint(args.checkpoint, args.format, args.out, args.overwrite))

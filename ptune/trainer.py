@@ -3,29 +3,36 @@
 What changes, and why:
 - `_save` writes only the prefix (+ its config and the tokenizer files): a checkpoint holds no base weights.
 - `_save_checkpoint` stages the whole checkpoint (prefix, optimizer, scheduler, RNG, trainer state) in a
-  temporary folder and renames it into place, so a crash never leaves a half-written `checkpoint-N`.
+  temporary folder and renames it into place, so a crash never leaves a half-written `checkpoint-N`; it
+  refuses to save a non-finite prefix and rotates only exact `checkpoint-<step>` folders, never the newest
+  nor the best one.
 - `_load_from_checkpoint` / `_load_best_model` read the prefix back (resume, `load_best_model_at_end`).
 - `prediction_step` computes the teacher-forced loss on prompt + answer and, with generation, generates
   from the left-padded prompts (the stock step compares prompt-length outputs with answer-length labels
   on decoder-only models and fails).
-Everything else — optimizer, schedules, accumulation, logging, evaluation loop, rotation, early stopping,
-distributed training — is the stock Trainer.
+Callbacks: `SaveWhenStopping` saves the last step inside the loop (before the best prefix is loaded back),
+`StopOnSignal` turns SIGTERM/SIGHUP into a clean stop with a checkpoint, `StopOnNonFiniteLoss` ends a NaN run.
+Everything else — optimizer, schedules, accumulation, logging, evaluation loop, early stopping, distributed
+training — is the stock Trainer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.chat_format import decode_response
-from ptune.checkpoint import _fsync_dir, read_prefix_state, write_prefix_files
+from ptune.checkpoint import _fsync_dir, read_prefix_state, rotate_checkpoints, write_prefix_files
 from ptune.errors import UserError
 from ptune.generate import GenerationSettings, generate
 from ptune.metrics import compute_metrics
@@ -33,20 +40,108 @@ from ptune.metrics import compute_metrics
 STAGING = ".staging"
 
 
+def _nonfinite_message(what: str, step: int, run_dir: str) -> str:
+    from ptune.checkpoint import step_checkpoints
+
+    kept = [folder.name for _, folder in step_checkpoints(run_dir)]
+    last = (
+        f"the checkpoints kept ({', '.join(kept[-3:])}) were saved before it"
+        if kept
+        else "no checkpoint was saved"
+    )
+    return (
+        f"{what} by step {step}: lower --learning_rate, prefer bf16 to fp16 (fp16 with "
+        f"--prefix_projection overflows), or check the data; {last}"
+    )
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """End the run with a one-line error when the logged training loss is NaN or infinite.
 
     Checked at logging steps (no per-step device sync); the CLI turns off the Trainer's NaN filter so a NaN
-    reaches the log instead of being averaged away. Checkpoints already written are kept.
+    reaches the log instead of being averaged away. `PrefixTrainer` also checks the prefix itself before every
+    save, so whatever the logging and saving intervals, no checkpoint ever holds a non-finite prefix.
     """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise UserError(
-                f"training loss became {loss} by step {state.global_step}: lower --learning_rate, prefer bf16 "
-                "to fp16 (fp16 with --prefix_projection overflows), or check the data; earlier checkpoints are kept"
+                _nonfinite_message(f"training loss became {loss}", state.global_step, args.output_dir)
             )
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (what schedulers send before killing a job) and SIGHUP end the run cleanly: the current step
+    finishes, a checkpoint is saved as at the last step, and `ptune train` exits with 128 + the signal number.
+
+    Under several processes each rank may see the signal at a different step; the flag is all-reduced at every
+    step (one scalar) so that all ranks stop, and save, at the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def _any_rank_received(self) -> int:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.received or 0
+        flag = torch.tensor([self.received or 0], device=_collective_device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.received = int(flag.item()) or None
+        return self.received or 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._any_rank_received():
+            control.should_training_stop = True
+            control.should_save = True
+
+
+class SaveWhenStopping(TrainerCallback):
+    """Whatever ends training (max_steps, early stopping, a signal), its last step is saved inside the training
+    loop, before `load_best_model_at_end` swaps the best prefix in: `checkpoint-<last step>` always holds the
+    last step's prefix with its optimizer state (THUDM never saved after the last step)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop:
+            control.should_save = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if control.should_training_stop:  # EarlyStoppingCallback decides in on_evaluate, before the save
+            control.should_save = True
+
+
+@contextlib.contextmanager
+def write_errors_as_user_errors(what: str):
+    """Disk full, read-only or I/O errors while saving → one line; files already in place stay as they were
+    (every file and checkpoint is written under a temporary name first)."""
+    try:
+        yield
+    except (OSError, SafetensorError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "write" not in str(e):  # torch.save reports ENOSPC this way
+            raise
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        raise UserError(f"{what} ({reason}); the checkpoints already saved are kept") from None
+
+
+def _collective_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class PrefixTrainer(Seq2SeqTrainer):
@@ -56,61 +151,79 @@ class PrefixTrainer(Seq2SeqTrainer):
         self.tokenizer_files = [Path(f) for f in tokenizer_files]
         self.generation = generation or GenerationSettings()
         self._staging_dir: str | None = None
+        # Rotation is ptune's (`checkpoint.rotate_checkpoints`): the Trainer's own would count exports named
+        # `checkpoint-N-*` as checkpoints and, with save_total_limit 1, delete the newest complete checkpoint.
+        self.save_limit, self.args.save_total_limit = self.args.save_total_limit, None
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """The stock count is 6·N·tokens over every parameter, or 0 for a model that is no PreTrainedModel
+        (it printed `total_flos = 0GF`); `PrefixTunedLM` counts 4·N per real token (frozen base)."""
+        return self.accelerator.unwrap_model(self.model).floating_point_ops(inputs)
 
     # ---------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if not self.args.should_save:  # the Trainer calls this on every rank; only the writer rank writes
             return
         folder = Path(output_dir or self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_prefix_files(self.accelerator.unwrap_model(self.model), folder, self.tokenizer_files)
+        with write_errors_as_user_errors(f"{folder}: could not write the prefix"):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_prefix_files(self.accelerator.unwrap_model(self.model), folder, self.tokenizer_files)
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-N` under a staging folder, then rename it into place and rotate."""
-        from transformers.trainer_utils import rotate_checkpoints
+    def _check_prefix_finite(self, run_dir: str) -> None:
+        encoder = self.accelerator.unwrap_model(self.model).prefix_encoder
+        if encoder is not None and not all(bool(torch.isfinite(p).all()) for p in encoder.parameters()):
+            raise UserError(
+                _nonfinite_message("the prefix became non-finite", self.state.global_step, run_dir)
+            )
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N` under a staging folder, then rename it into place and rotate.
+
+        Refused when the prefix is not finite (a NaN checkpoint would be kept as if good). A failed write
+        (disk full, I/O error) removes the staging folder and ends the run with one line; the checkpoints
+        already in place are untouched.
+        """
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, STAGING)
-        limit = self.args.save_total_limit
+        self._check_prefix_finite(run_dir)
         if self.args.should_save:  # a save killed earlier may have left files that this save would not write
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._staging_dir, self.args.save_total_limit = staging, None
+        self._staging_dir = staging
         try:
-            super()._save_checkpoint(model, trial)
+            with write_errors_as_user_errors(f"{run_dir}: could not write {name}"):
+                super()._save_checkpoint(model, trial)
+                self._staging_dir = None
+                if self.args.should_save:
+                    self._publish(run_dir, staging, name)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         finally:
-            self._staging_dir, self.args.save_total_limit = None, limit
+            self._staging_dir = None
         self.accelerator.wait_for_everyone()
-        final = os.path.join(run_dir, name)
         if self.args.should_save:
-            _fsync_dir(Path(staging, name))
-            old = os.path.join(staging, "replaced")
-            if os.path.exists(final):  # re-saved step: move the old copy aside so a crash keeps one of them
-                os.replace(final, old)
-            os.replace(os.path.join(staging, name), final)
-            shutil.rmtree(staging, ignore_errors=True)
-        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-            self.state.best_model_checkpoint = os.path.join(
-                run_dir, os.path.basename(self.state.best_model_checkpoint)
-            )
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save and limit:
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+            rotate_checkpoints(run_dir, self.save_limit, keep=(self.state.best_model_checkpoint,))
 
-    def save_final_checkpoint(self) -> None:
-        """THUDM never saved after the last step; ptune always leaves `checkpoint-<last step>`."""
-        final = Path(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if not final.is_dir():
-            self._save_checkpoint(self.model, trial=None)
+    def _publish(self, run_dir: str, staging: str, name: str) -> None:
+        """Point the best checkpoint at its final place (the Trainer recorded it under the staging folder),
+        re-write the staged state with that path, then rename the staged folder into place."""
+        best = self.state.best_model_checkpoint
+        if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging):
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
+        _fsync_dir(Path(staging, name))
+        final = os.path.join(run_dir, name)
+        old = os.path.join(staging, "replaced")
+        if os.path.exists(final):  # re-saved step: move the old copy aside so a crash keeps one of them
+            os.replace(final, old)
+        os.replace(os.path.join(staging, name), final)
+        shutil.rmtree(staging, ignore_errors=True)
 
     # --------------------------------------------------------------------------------------- loading
     def _load_prefix(self, folder: str) -> None:

@@ -118,14 +118,15 @@ def test_resume_from_a_checkpoint_is_exact(reference, tiny, tmp_path):
 
 
 def test_resume_restores_the_dropout_rng(reference, tiny, tmp_path):
-    """Control for the test above: without rng_state.pth the prefix dropout masks differ, so does the prefix.
+    """Control for the test above: with another step's rng_state.pth the prefix dropout masks differ, so does
+    the prefix. (A checkpoint without rng_state.pth is refused as incomplete: see test_incomplete_checkpoint.)
 
     (With --prefix_dropout 0 the same experiment gives an identical prefix: the data order does not depend
     on the RNG state saved in the checkpoint, only the dropout masks do.)
     """
-    out = tmp_path / "no-rng"
+    out = tmp_path / "other-rng"
     ckpt = copy_checkpoint(reference, out, 12)
-    (ckpt / "rng_state.pth").unlink()
+    shutil.copyfile(reference / "checkpoint-2" / "rng_state.pth", ckpt / "rng_state.pth")
     run(train_argv(tiny, out, "--resume_from_checkpoint", str(ckpt)))
     assert not torch.equal(prefix(out), prefix(reference))
 
