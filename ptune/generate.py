@@ -17,6 +17,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogit
 from transformers.cache_utils import DynamicCache
 
 from ptune.model import PrefixTunedLM, positions_from_mask
+from ptune.prefix import cache_argument
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ def iter_tokens(
     if cache is None:
         cache = DynamicCache()
     mask = model.extend_mask(attention_mask)
+    cache_kw = {cache_argument(type(decoder)): cache}  # the same cache object, grown by every call
     hidden = decoder(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        **cache_kw,
         use_cache=True,
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
@@ -85,7 +87,7 @@ def iter_tokens(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=next_pos,
-            past_key_values=cache,
+            **cache_kw,
             use_cache=True,
         ).last_hidden_state[:, -1]
         next_pos = next_pos + 1

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ptune.convert import PREFIX_KEY, load_glm, read_json
 from ptune.errors import UserError
-from ptune.prefix import PrefixConfig, PrefixEncoder, prefix_cache
+from ptune.prefix import PrefixConfig, PrefixEncoder, cache_argument, prefix_cache
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -168,11 +168,12 @@ class PrefixTunedLM(nn.Module):
         batch, seq = input_ids.shape
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, seq, input_ids.device)
-        hidden = self.base.get_decoder()(
+        decoder = self.base.get_decoder()
+        hidden = decoder(
             input_ids=input_ids,
             attention_mask=self.extend_mask(self.original_padding_mask(attention_mask)),
             position_ids=position_ids,
-            past_key_values=self.prefix_past(batch, read_only=True),
+            **{cache_argument(type(decoder)): self.prefix_past(batch, read_only=True)},
             use_cache=False,
         ).last_hidden_state
         head = self.base.get_output_embeddings()

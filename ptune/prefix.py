@@ -12,6 +12,8 @@ position ids and a mask P columns wider. See shared/reference/architecture.md §
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -89,3 +91,12 @@ def prefix_cache(prefix: list[tuple[torch.Tensor, torch.Tensor]], read_only: boo
     if read_only:
         return Cache(layers=[ReadOnlyPrefixLayer(k, v) for k, v in prefix])
     return DynamicCache(ddp_cache_data=[(k, v) for k, v in prefix])
+
+
+@functools.cache
+def cache_argument(decoder_class: type) -> str:
+    """The keyword a decoder's `forward` takes its cache under: `cache` from transformers 5.24 on (where
+    `past_key_values` still works but prints a FutureWarning), `past_key_values` before. Usage:
+    `decoder(..., **{cache_argument(type(decoder)): cache})`."""
+    names = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"

@@ -9,6 +9,8 @@ encoder stays float32.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -36,6 +38,15 @@ def _quantized_linear(
             quant_type="nf4",
         )
         q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+        # On CPUs with avx512_bf16 (common Xeons), bitsandbytes (0.50) repacks a 4-bit weight in place for a
+        # fused bf16 kernel on the layer's first eval-mode, no-grad call. ptune keeps it out of that path:
+        # (1) the repacking needs in_features % blocksize (64) == 0 and out_features % 32 == 0, else it dies
+        # with "shape '[64, 1]' is invalid for input of size 96" (the tiny test model is 96 wide); (2) the
+        # layer stays repacked, and a later training step (train -> eval -> train) runs through a kernel
+        # with no autograd formula (torch warns of "silently incorrect behavior"); (3) that kernel computes
+        # in bf16 whatever the compute dtype, so results would depend on the CPU model. Every CPU then
+        # dequantizes and multiplies, as CUDA does for training; GPUs are not affected by this flag.
+        q.support_avx512bf16_for_cpu = False
     if has_bias:
         q.bias = nn.Parameter(linear.bias.data.to("cpu", compute_dtype), requires_grad=False)
     return q.to(device)  # bitsandbytes quantizes when the weight moves to its device
@@ -46,6 +57,9 @@ def quantize_decoder(model: nn.Module, bits: int, device: torch.device) -> int:
     one layer at a time (so a full-precision copy never sits on `device`). Returns how many were replaced."""
     if bits not in (4, 8):
         raise UserError(f"--quantization_bit {bits}: use 4 or 8")
+    # On an avx512_bf16 CPU, importing bitsandbytes logs that an optional kernel for its repacked 4-bit path
+    # is missing ("pip install kernels"): ptune never takes that path (see _quantized_linear).
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

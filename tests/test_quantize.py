@@ -56,3 +56,31 @@ def test_int8_loss_within_two_percent_of_bf16(folder):
     with torch.no_grad():
         a, b = full(ids, labels=labels).loss.item(), int8(ids, labels=labels).loss.item()
     assert abs(a - b) / a < 0.02
+
+
+def test_4bit_runs_the_same_on_a_cpu_with_avx512_bf16(folder, monkeypatch):
+    """bitsandbytes repacks a 4-bit weight for its fused bf16 kernel on CPUs with avx512_bf16 (common Xeons) at
+    the first eval-mode, no-grad call; the tiny model's 96-wide layers then fail (`shape '[64, 1]' is invalid
+    for input of size 96`), and a repacked layer has no backward pass. Here the CPU is made to look like one
+    (on a real one the patch changes nothing): ptune's layers must stay on the path every CPU takes, giving
+    the same logits and, in a train -> eval -> train sequence, the same prefix gradients."""
+    ids, labels = _batch()
+
+    def load():
+        return load_model(
+            folder, dtype="float32", device="cpu", pre_seq_len=4, quantization_bit=4, prefix_dropout=0.0
+        )
+
+    plain = load()
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # what Linear4bit asks at creation
+    xeon = load()
+    xeon.prefix_encoder.load_state_dict(plain.prefix_encoder.state_dict())
+    grads = []
+    for model in (plain, xeon):
+        with torch.no_grad():
+            logits = model(ids).logits  # eval mode: where bitsandbytes would repack
+        model.train()
+        model(ids, labels=labels).loss.backward()
+        grads.append((logits, model.prefix_encoder.embedding.weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1]) and bool(grads[0][1].abs().sum() > 0)
