@@ -36,7 +36,9 @@ def _setup_logging(training_args=None) -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_warning()
-    datasets.utils.logging.set_verbosity_warning()
+    # ptune checks data files before datasets reads them and reports problems in one line of its own; datasets'
+    # ERROR lines would only print the same cause above it, less precisely.
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
 
 
 def _run_dir_holds_run(folder: Path) -> bool:

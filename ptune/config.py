@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -484,6 +485,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         _check_choices(self)
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):  # torch would raise mid-setup
+            raise _BadArgument(
+                f"--learning_rate must be a finite number of at least 0, got {self.learning_rate}",
+                "learning_rate",
+            )
+        if self.disable_tqdm is None and not sys.stderr.isatty():
+            self.disable_tqdm = True  # progress bar updates written into a log file are noise
         if not self.save_safetensors:
             raise _dead("save_safetensors", "checkpoints are always written as safetensors", "false")
         if self.include_inputs_for_metrics:
@@ -771,7 +779,9 @@ def load_config_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+        from ptune.data import json_error
+
+        raise json_error(path, text, error, "not valid JSON") from None
     except _BadValue as error:
         raise UserError(f"{path}: {error}") from None
     if not isinstance(data, dict):

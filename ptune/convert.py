@@ -48,12 +48,18 @@ _TOP_MAP = {
 def read_json(path: Path) -> dict:
     """Read a JSON object from `path`, turning every failure into a one-line `UserError` naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        from ptune.data import json_error
+
+        raise json_error(path, text, e, "not valid JSON") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object at the top level")
     return data
@@ -209,19 +215,41 @@ def weight_files(folder: Path) -> list[Path]:
     raise UserError(f"{folder}: no weights (model*.safetensors or pytorch_model*.bin with an index)")
 
 
+def check_safetensors(path: Path) -> None:
+    """A UserError naming `path` unless it looks like a whole safetensors file: an 8-byte header length, a
+    JSON header, and every tensor's bytes present (safetensors itself says "incomplete metadata")."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        header = f.read(min(length, 100_000_000))
+    if not header.startswith(b"{"):
+        raise UserError(f"{path}: not a safetensors file (no JSON header; {size} bytes)")
+    if 8 + length > size:
+        raise UserError(f"{path}: truncated: {size} bytes, its header alone needs {8 + length}")
+    try:
+        tensors = json.loads(header)
+        end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
+    if 8 + length + end > size:
+        raise UserError(f"{path}: truncated: {size} bytes, its tensors need {8 + length + end}")
+
+
 def iter_tensors(path: Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from one weight file without loading the whole file first where the format allows.
 
     `.bin` files are read with `torch.load(weights_only=True, mmap=True)`: never unpickle arbitrary objects.
     """
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
+        check_safetensors(path)
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                     yield name, f.get_tensor(name)
-        except (OSError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
             if isinstance(e, UserError):
                 raise
             raise UserError(f"{path}: cannot read safetensors file ({str(e).splitlines()[0]})") from None

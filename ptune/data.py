@@ -1,15 +1,23 @@
 """Datasets: JSON lines / CSV files → tokenized examples (through `datasets`, cached) → padded batches.
 
 Each row gives a prompt, a response and optionally a history of [question, answer] pairs (column names from
-the config). Rows with an empty prompt or response are dropped and counted (THUDM dropped them silently);
-malformed rows stop the run with the file and row named. Encoding itself (chat format, truncation) is
-`chat_format.encode_example`; batching pads each batch to its longest sample, never to a fixed length.
+the config). ptune reads the files itself (`read_rows`, the one reader of rows: UTF-8 checked, JSON lines, a
+JSON array or CSV), so that every bad row is reported as `file:LINE` before `datasets` sees it; `datasets` only
+caches the validated rows and their tokenization. Rows with an empty prompt or response are dropped and counted
+(THUDM dropped them silently). Encoding itself (chat format, truncation) is `chat_format.encode_example`;
+batching pads each batch to its longest sample, never to a fixed length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import io
 import json
 import logging
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +29,8 @@ from ptune.errors import UserError
 logger = logging.getLogger("ptune")
 
 EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
+# Part of the datasets cache key of the rows: a change to this reader invalidates rows cached by an older one.
+_READER_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -30,112 +40,256 @@ class Columns:
     history: str | None = None
 
 
-def iter_json_lines(path: Path, text: str | None = None):
+def json_error(path, text: str, error: json.JSONDecodeError, what="invalid JSON", first_line=1) -> UserError:
+    """`path:LINE:COL: {what} (reason)` for a JSON syntax error in `text` (whose first line is `first_line`
+    of the file). A trailing comma is named as such at the comma: json itself complains about the `}` or `]`
+    after it, possibly lines later."""
+    pos = error.pos
+    comma = len(text[:pos].rstrip()) - 1
+    if text[pos : pos + 1] in ("}", "]") and comma >= 0 and text[comma] == ",":
+        line = first_line + text.count("\n", 0, comma)
+        column = comma - text.rfind("\n", 0, comma)
+        return UserError(f"{path}:{line}:{column}: trailing comma before '{text[pos]}' (JSON allows none)")
+    return UserError(f"{path}:{first_line + error.lineno - 1}:{error.colno}: {what} ({error.msg})")
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a BOM is dropped) and not empty, or a UserError at the first bad byte."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise UserError(
+            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: empty data file")
+    return text
+
+
+def iter_json_lines(path: Path, text: str | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line of a JSON-lines file; a line that is not a JSON
     object raises a UserError naming `path:line:column`."""
-    text = path.read_text(encoding="utf-8") if text is None else text
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    text = read_text(path) if text is None else text
+    # Split on newlines only: str.splitlines would also cut at U+2028 etc., which JSON strings may hold raw.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+            raise json_error(path, line, e, first_line=lineno) from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
         yield lineno, row
 
 
-def _check_json_lines(path: Path) -> None:
-    """Find the first malformed line of a JSON-lines file and raise naming it (only run after a load failed)."""
-    text = path.read_text(encoding="utf-8", errors="strict")
-    if text.lstrip().startswith("["):
+def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each element of a file holding one JSON array of objects."""
+    decoder = json.JSONDecoder()
+
+    def fail(error: json.JSONDecodeError):
+        raise json_error(path, text, error) from None
+
+    def skip(i: int) -> int:  # past whitespace
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    i = skip(text.index("[") + 1)
+    line, counted = 1, 0  # the line of position `counted`, advanced element by element (not recounted)
+    while text[i : i + 1] != "]":
         try:
-            json.loads(text)
+            row, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-        return
-    for _ in iter_json_lines(path, text):
-        pass
+            fail(e)
+        line, counted = line + text.count("\n", counted, i), i
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line}: expected an object in the array, got {type(row).__name__}")
+        yield line, row
+        i = skip(end)
+        if text[i : i + 1] == ",":
+            i = skip(i + 1)
+            if text[i : i + 1] == "]":  # json.loads rejects it too
+                fail(json.JSONDecodeError("Expecting value", text, i))
+        elif text[i : i + 1] != "]":
+            fail(json.JSONDecodeError("Expecting ',' delimiter", text, i))
+    if text[skip(i + 1) :]:
+        fail(json.JSONDecodeError("Extra data", text, skip(i + 1)))
 
 
-def load_rows(path: str | Path, cache_dir: str | None = None):
-    """Load one data file as a `datasets.Dataset` (JSON lines, a JSON array, or CSV)."""
-    import datasets
+def _iter_csv(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row) for each record after the header; every record must have the header's width."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = None
+    start = 1  # the file line where the next record begins (a quoted field may span lines)
+    try:
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields:  # a blank line
+                continue
+            if header is None:
+                header = fields
+                if len(set(header)) < len(header):
+                    twice = next(name for name in header if header.count(name) > 1)
+                    raise UserError(f"{path}:{line}: column {twice!r} appears twice in the header")
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
+            yield line, dict(zip(header, fields, strict=True))
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
 
-    path = Path(path)
+
+def _kind(path: Path) -> str:
+    """The kind of an existing data file, "json" or "csv", or a UserError."""
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"{path}: unsupported extension {path.suffix!r} (use .json, .jsonl or .csv)")
-    try:
-        return datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=cache_dir)
-    except Exception as e:  # datasets wraps parser errors in several types; find the line ourselves
-        if kind == "json":
-            try:
-                _check_json_lines(path)
-            except UnicodeDecodeError as ue:
-                raise UserError(f"{path}: not UTF-8 text (byte {ue.start})") from None
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: cannot read as {kind} ({cause[:300]})") from None
+    return kind
 
 
-def check_columns(dataset, path: Path | str, columns: Columns, require_response: bool = True) -> None:
-    """Every configured column must exist in the file; name the missing one and what exists."""
-    wanted = {"--prompt_column": columns.prompt}
-    if require_response or columns.response in dataset.column_names:
-        wanted["--response_column"] = columns.response
-    if columns.history:
-        wanted["--history_column"] = columns.history
-    for flag, name in wanted.items():
-        if name not in dataset.column_names:
-            raise UserError(f"{path}: no column {name!r} ({flag}); the file has {dataset.column_names}")
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """The one reader of data rows: yield (file line number, row dict) from JSON lines, a JSON array or CSV.
+
+    Raises UserError naming `path:LINE[:COL]` for a byte that is not UTF-8, bad JSON, a non-object row or a
+    CSV record of the wrong width, and `path: empty data file` when there is no row at all.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    text = read_text(path)
+    if kind == "csv":
+        rows = _iter_csv(path, text)
+    elif text.lstrip().startswith("["):
+        rows = _iter_json_array(path, text)
+    else:
+        rows = iter_json_lines(path, text)
+    count = 0
+    for count, item in enumerate(rows, start=1):  # noqa: B007 - count is read after the loop
+        yield item
+    if count == 0:
+        raise UserError(f"{path}: empty data file (no rows)")
 
 
-def _history(value, path, row: int) -> list[tuple[str, str]]:
+def _history(value, where: str) -> list[list[str]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(
         isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in value
     ):
-        raise UserError(f"{path}: row {row + 1}: history must be a list of [question, answer] string pairs")
-    return [(q, a) for q, a in value]
+        raise UserError(f"{where}: history must be a list of [question, answer] string pairs")
+    return [list(t) for t in value]
 
 
-def _text(value, path, row: int, column: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UserError(
-            f"{path}: row {row + 1}: column {column!r} must be a string, got {type(value).__name__}"
-        )
+def _text(value, where: str, column: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: column {column!r} must be a string, got {type(value).__name__}")
     return value
 
 
-def make_encoder(
-    tokenizer,
-    columns: Columns,
-    max_source: int,
-    max_target: int,
-    source_prefix: str,
-    path,
-    require_response=True,
+def _examples(
+    path: str, digest: str, prompt: str, response: str, history: str, require_response: bool, reader: str
 ):
-    """The batched `datasets.map` function: rows → input_ids / labels (empty lists for rows to drop).
+    """`datasets` generator: the validated rows of `path` as {prompt, response, history}.
+
+    `digest` (the file's SHA-256) and `reader` only key the datasets cache. Every row is checked here, with
+    its file line; a configured column that no row has is an error after the last row.
+    """
+    seen: dict[str, None] = {}  # column names in order of appearance
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
+        seen.update(dict.fromkeys(row))
+        yield {
+            "prompt": _text(row.get(prompt), where, prompt),
+            "response": _text(row.get(response), where, response),
+            "history": _history(row.get(history), where) if history else [],
+        }
+    wanted = {"--prompt_column": prompt}
+    if require_response:
+        wanted["--response_column"] = response
+    if history:
+        wanted["--history_column"] = history
+    for flag, name in wanted.items():
+        if name not in seen:
+            raise UserError(f"{path}: no column {name!r} ({flag}); the file has {list(seen)}")
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """datasets' progress bars inside the block: kept only when `show` and stderr is a terminal (bar updates
+    written into a log file are noise); bars the user turned off stay off."""
+    import datasets
+
+    turn_off = not datasets.are_progress_bars_disabled() and not (show and sys.stderr.isatty())
+    if turn_off:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if turn_off:
+            datasets.enable_progress_bars()
+
+
+def load_rows(
+    path: str | Path, columns: Columns, require_response: bool = True, cache_dir: str | None = None
+):
+    """The validated rows of one data file as a `datasets.Dataset` with columns prompt, response, history.
+
+    Cached by datasets under `cache_dir`, keyed by the file's content and the columns, so that a second run
+    over the same file neither reads nor tokenizes it again.
+    """
+    import datasets
+
+    path = Path(path)
+    _kind(path)  # a missing file or a wrong extension fails here, before datasets
+    features = datasets.Features(
+        {
+            "prompt": datasets.Value("string"),
+            "response": datasets.Value("string"),
+            "history": datasets.List(datasets.List(datasets.Value("string"))),
+        }
+    )
+    kwargs = {
+        "path": str(path),
+        "digest": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "prompt": columns.prompt,
+        "response": columns.response,
+        "history": columns.history or "",
+        "require_response": require_response,
+        "reader": _READER_DIGEST,
+    }
+    try:
+        with _progress_bars(False):
+            return datasets.Dataset.from_generator(
+                _examples, features=features, gen_kwargs=kwargs, cache_dir=cache_dir
+            )
+    except Exception as e:  # datasets wraps the generator's errors: surface ours
+        cause = e
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise UserError(f"{path}: cannot read it ({first})") from None
+
+
+def make_encoder(tokenizer, max_source: int, max_target: int, source_prefix: str, require_response=True):
+    """The batched `datasets.map` function: validated rows → input_ids / labels (empty lists for rows to drop).
 
     Without `require_response` (predict), a row without a response is kept: its answer is just the end id,
     so it gets a prediction but no reference.
     """
 
-    def encode(batch, indices):
+    def encode(batch):
         out = {"input_ids": [], "labels": []}
-        for i, row in enumerate(indices):
-            prompt = _text(batch[columns.prompt][i], path, row, columns.prompt)
-            response = ""
-            if columns.response in batch:
-                response = _text(batch[columns.response][i], path, row, columns.response)
-            history = _history(batch[columns.history][i], path, row) if columns.history else []
+        for prompt, response, history in zip(
+            batch["prompt"], batch["response"], batch["history"], strict=True
+        ):
+            prompt, response = prompt or "", response or ""
             if not prompt.strip() or (require_response and not response.strip()):
                 out["input_ids"].append([])
                 out["labels"].append([])
@@ -161,24 +315,23 @@ def build_dataset(
     cache_dir: str | None = None,
 ):
     """Load, validate, encode and filter one split; logs how many rows were dropped as empty."""
-    dataset = load_rows(path, cache_dir)
-    check_columns(dataset, path, columns, require_response)
+    dataset = load_rows(path, columns, require_response, cache_dir)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     encoder = make_encoder(
-        tokenizer, columns, data_args.max_source_length, max_target, data_args.source_prefix or "", str(path),
-        require_response,
-    )  # fmt: skip
-    encoded = dataset.map(
-        encoder,
-        batched=True,
-        with_indices=True,
-        remove_columns=dataset.column_names,
-        num_proc=data_args.preprocessing_num_workers,
-        load_from_cache_file=not data_args.overwrite_cache,
-        desc=f"Tokenizing {Path(path).name}",
+        tokenizer, data_args.max_source_length, max_target, data_args.source_prefix or "", require_response
     )
-    kept = encoded.filter(lambda row: len(row["input_ids"]) > 0, desc="Dropping empty rows")
+    with _progress_bars(True):  # the one bar worth showing: tokenizing a large file takes a while
+        encoded = dataset.map(
+            encoder,
+            batched=True,
+            remove_columns=dataset.column_names,
+            num_proc=data_args.preprocessing_num_workers,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc=f"Tokenizing {Path(path).name}",
+        )
+    with _progress_bars(False):
+        kept = encoded.filter(lambda row: len(row["input_ids"]) > 0)
     dropped = len(encoded) - len(kept)
     if dropped:
         logger.warning(

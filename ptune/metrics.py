@@ -6,7 +6,8 @@ Per example (prediction and label already decoded, special tokens skipped):
   of the text joined by single spaces (`" ".join(list(jieba.cut(text)))`);
 - BLEU-4: nltk `sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)` on
   characters;
-- each score ×100 and `round(score, 4)`; the reported figure is the plain `np.mean` of the rounded values.
+- each score ×100 and `round(score, 4)`; the reported figure is the `np.mean` of the rounded values, itself
+  rounded to 4 decimals (THUDM printed the mean unrounded: at most 5e-5 apart).
 
 Where ptune differs from THUDM: both texts are stripped first, and a pair that THUDM crashes on
 (`ValueError: Hypothesis is empty.` / `Reference is empty.` from rouge_chinese) scores 0.0 on every metric
@@ -90,8 +91,8 @@ def score_pair(prediction: str, label: str) -> dict[str, float]:
 def compute_metrics(predictions: list[str], labels: list[str]) -> dict[str, float]:
     """Mean of each per-example score over all pairs, plus `empty_predictions` and `num_examples`.
 
-    The mean is `np.mean` of the rounded per-example values (THUDM's arithmetic, bit for bit), with empty
-    pairs counted as 0.0 rather than crashing. `empty_predictions` counts predictions that are empty after
+    The mean is `np.mean` of the rounded per-example values (THUDM's arithmetic) rounded to 4 decimals, with
+    empty pairs counted as 0.0 rather than crashing. `empty_predictions` counts predictions that are empty after
     stripping. No examples gives 0.0 means and counts 0.
 
     Raises `UserError` when the two lists differ in length (the pairing would be meaningless).
@@ -109,8 +110,9 @@ def compute_metrics(predictions: list[str], labels: list[str]) -> dict[str, floa
         for key, value in score_pair(prediction, label).items():
             per_key[key].append(value)
 
+    # Rounded again: the mean of 4-decimal values prints with float noise (37.100229999999996).
     result: dict[str, float] = {
-        key: float(np.mean(np.asarray(values, dtype=np.float64))) if values else 0.0
+        key: round(float(np.mean(np.asarray(values, dtype=np.float64))), 4) if values else 0.0
         for key, values in per_key.items()
     }
     result["empty_predictions"] = empty_predictions

@@ -618,6 +618,10 @@ def load_tokenizer(model_name_or_path: str | Path, chat_format: str | None = Non
     folder = Path(model_name_or_path)
     if not folder.is_dir():
         raise UserError(f"model folder not found: {folder} (ptune loads models from a local folder)")
+    if not (folder / "config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        # Without either, AutoTokenizer would fail with advice about installing sentencepiece.
+        what = "the folder is empty" if not any(folder.iterdir()) else "nor tokenizer_config.json"
+        raise UserError(f"{folder / 'config.json'}: file not found ({what}; is this a model folder?)")
     config = _read_json(folder / "config.json")
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
     tokenizer_class = tokenizer_config.get("tokenizer_class")
@@ -626,6 +630,7 @@ def load_tokenizer(model_name_or_path: str | Path, chat_format: str | None = Non
         or tokenizer_class in ("ChatGLMTokenizer", "ChatGLM4Tokenizer")
         or chat_format in ("chatglm2", "chatglm3", "glm4")
     )
+    _check_model_type(folder, config, is_chatglm)
     if not is_chatglm:
         return _load_native(folder, config)
     if chat_format == "native":
@@ -658,13 +663,38 @@ def load_tokenizer(model_name_or_path: str | Path, chat_format: str | None = Non
     return ChatGLMTokenizer(model_file, family, files=files)
 
 
+def _check_model_type(folder: Path, config: dict[str, Any], is_chatglm: bool) -> None:
+    """A model_type that is neither chatglm nor one transformers ships is an error naming it.
+
+    transformers would say the folder "contains custom code" (chatglm folders declare an auto_map). Left alone:
+    a native folder with an auto_map, whose custom code --trust_remote_code may run.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type is None or (
+        isinstance(model_type, str) and (model_type == "chatglm" or model_type in CONFIG_MAPPING_NAMES)
+    ):
+        return
+    if is_chatglm or "auto_map" not in config:
+        import transformers
+
+        raise UserError(
+            f"{folder / 'config.json'}: unknown model_type {model_type!r}: ptune loads 'chatglm' folders "
+            f"(ChatGLM2/3, GLM-4) and the model types transformers {transformers.__version__} ships"
+        )
+
+
 def _load_native(folder: Path, config: dict[str, Any]) -> NativeTokenizer:
     from transformers import AutoTokenizer
 
     try:
         hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{folder}: transformers could not load a tokenizer from this folder: {e}") from e
+        message = " ".join(str(e).split())[:300]  # some of transformers' messages span several lines
+        raise UserError(
+            f"{folder}: transformers could not load a tokenizer from this folder: {message}"
+        ) from e
     generation_config = _read_json(folder / "generation_config.json")
     return NativeTokenizer(
         hf, extra_stop_ids=_eos_ids(generation_config, config), files=_present(folder, NATIVE_TOKENIZER_FILES)

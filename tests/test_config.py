@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pickle
+import sys
 import warnings
 
 import pytest
@@ -196,10 +197,52 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
 
 def test_not_json_reports_line_and_column(tmp_path):
     path = tmp_path / "cfg.json"
-    path.write_text('{\n  "model_name_or_path": "m",\n  "output_dir": "o",\n}\n', encoding="utf-8")
-    assert error_of("train", [str(path)]) == (
-        f"{path}:4:1: not valid JSON: Expecting property name enclosed in double quotes"
+    path.write_text('{\n  "model_name_or_path": "m"\n  "output_dir": "o"\n}\n', encoding="utf-8")
+    assert error_of("train", [str(path)]) == f"{path}:3:3: not valid JSON (Expecting ',' delimiter)"
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ('{\n  "model_name_or_path": "m",\n  "output_dir": "o",\n}\n', "3:20: trailing comma before '}'"),
+        ('{"report_to": ["none", ]  }', "1:22: trailing comma before ']'"),
+    ],
+)
+def test_trailing_comma_is_named_at_the_comma(tmp_path, text, where):
+    # json reports the next line's "}" as "Expecting property name enclosed in double quotes".
+    path = tmp_path / "cfg.json"
+    path.write_text(text, encoding="utf-8")
+    assert error_of("train", [str(path)]) == f"{path}:{where} (JSON allows none)"
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "-0.5"])
+def test_learning_rate_must_be_finite_and_not_negative(tmp_path, value):
+    # torch.optim raised "ValueError: Invalid learning rate: nan" with a traceback, after loading the model.
+    shown = str(float(value))
+    assert error_of("train", [*BASE, "--learning_rate", value]) == (
+        f"--learning_rate must be a finite number of at least 0, got {shown}"
     )
+    path = tmp_path / "cfg.json"
+    path.write_text(f'{{"learning_rate": {json.dumps(float(value))}}}', encoding="utf-8")
+    assert error_of("train", [str(path), *BASE]) == (
+        f"{path}: 'learning_rate' must be a finite number of at least 0, got {shown}"
+    )
+
+
+def test_learning_rate_zero_is_allowed():
+    _, _, training, _ = parse_args("train", [*BASE, "--learning_rate", "0"])
+    assert training.learning_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    "terminal,given,expected", [(False, None, True), (True, None, False), (False, "false", False)]
+)
+def test_trainer_progress_bars_only_on_a_terminal(monkeypatch, terminal, given, expected):
+    """Bar updates written into a log file are noise: off when stderr is not a terminal, unless asked for."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    flags = [] if given is None else ["--disable_tqdm", given]
+    _, _, training, _ = parse_args("train", [*BASE, *flags])
+    assert training.disable_tqdm is expected
 
 
 def test_config_file_problems(tmp_path):

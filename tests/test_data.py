@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +15,12 @@ from ptune.data import (
     Collator,
     Columns,
     build_dataset,
+    load_rows,
     longest_prompt_first,
     pad_left,
     pad_right,
     prompt_length,
+    read_rows,
     restore_order,
 )
 from ptune.errors import UserError
@@ -102,38 +106,109 @@ def test_csv_and_history_columns(tmp_path, tok):
     assert ds[0]["input_ids"] == encode_example(tok, "再加一呢", "三", [["一加一", "二"]], 32, 8)[0]
 
 
+GOOD = '{"content": "a", "summary": "b"}'
+
+
 @pytest.mark.parametrize(
-    "content,message",
+    "name,content,message",
     [
-        (
-            '{"content": "a", "summary": "b"}\n{"content": "a" "summary": "b"}\n',
-            r"bad\.json:2:\d+: invalid JSON",
-        ),
-        ('{"content": 5, "summary": "b"}\n', r"row 1: column 'content' must be a string, got int"),
-        ('{"content": "a", "summry": "b"}\n', r"no column 'summary' \(--response_column\)"),
-        ('{"prompt": "a", "response": "b", "history": ["x"]}\n', r"row 1: history must be a list of"),
+        ("bad.json", f'{GOOD}\n{{"content": "a" "summary": "b"}}\n', "bad.json:2:17: invalid JSON (Expecting ',' delimiter)"),
+        # File line numbers, blank lines counted (datasets said "row 1" for this one).
+        ("bad.json", f'{GOOD}\n\n{{"content": 5, "summary": "b"}}\n', "bad.json:3: column 'content' must be a string, got int"),
+        ("bad.json", '{"content": "a", "summry": "b"}\n', "bad.json: no column 'summary' (--response_column); the file has ['content', 'summry']"),
+        ("bad.json", '\n{"prompt": "a", "response": "b", "history": ["x"]}\n', "bad.json:2: history must be a list of [question, answer] string pairs"),
+        ("bad.json", f"{GOOD}\n[1, 2]\n", "bad.json:2: expected a JSON object per line, got list"),
+        ("bad.json", f'{GOOD}\n{{"content": "a",\t"summary": "b",  }}\n', "bad.json:2:32: trailing comma before '}' (JSON allows none)"),
+        # One JSON array: errors at the element's line too.
+        ("bad.json", f'[\n  {GOOD},\n  {{"content": 5, "summary": "b"}}\n]\n', "bad.json:3: column 'content' must be a string, got int"),
+        ("bad.json", f"[\n  {GOOD},\n  {GOOD},\n]\n", "bad.json:3:35: trailing comma before ']' (JSON allows none)"),
+        ("bad.json", f"[\n  {GOOD}\n  {GOOD}\n]\n", "bad.json:3:3: invalid JSON (Expecting ',' delimiter)"),
+        ("bad.json", f"[{GOOD}] x", "bad.json:1:36: invalid JSON (Extra data)"),
+        ("bad.json", f"[{GOOD}, 7]", "bad.json:1: expected an object in the array, got int"),
+        # CSV: the file's line numbers, header counted; a quoted field may span lines.
+        ("bad.csv", 'content,summary\na,b\n"c\nc",d\ne,f,g\n', "bad.csv:5: expected 2 fields, got 3"),
+        ("bad.csv", "content,summary\na\n", "bad.csv:2: expected 2 fields, got 1"),
+        ("bad.csv", "content,content\na,b\n", "bad.csv:1: column 'content' appears twice in the header"),
+        ("bad.csv", "prompt,summary\na,b\n", "bad.csv: no column 'content' (--prompt_column); the file has ['prompt', 'summary']"),
+        # Nothing to read.
+        ("bad.json", "", "bad.json: empty data file"),
+        ("bad.jsonl", "\n  \n", "bad.jsonl: empty data file"),
+        ("bad.json", "[ ]\n", "bad.json: empty data file (no rows)"),
+        ("bad.csv", "", "bad.csv: empty data file"),
+        ("bad.csv", "content,summary\n", "bad.csv: empty data file (no rows)"),
     ],
-)
-def test_bad_rows_name_file_and_row(tmp_path, tok, content, message):
-    path = tmp_path / "bad.json"
+)  # fmt: skip
+def test_bad_rows_name_file_and_line(tmp_path, tok, hf_cache, name, content, message):
+    path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     columns = Columns("prompt", "response", "history") if "history" in content else COLUMNS
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError) as error:
         build_dataset(path, tok, columns, _args(), 8, None)
+    assert str(error.value) == f"{tmp_path}/{message}"
 
 
-def test_missing_file_and_wrong_extension(tmp_path, tok):
-    with pytest.raises(UserError, match="data file not found"):
-        build_dataset(tmp_path / "nope.json", tok, COLUMNS, _args(), 8, None)
-    (tmp_path / "d.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(UserError, match=r"unsupported extension '\.txt'"):
-        build_dataset(tmp_path / "d.txt", tok, COLUMNS, _args(), 8, None)
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        # A byte inside a JSON string (pyarrow raised UnicodeDecodeError from deep inside datasets).
+        ("d.json", GOOD.encode() + b'\n{"content": "ab\xff", "summary": "b"}\n', "d.json:2:16: not UTF-8 (byte 0xff)"),
+        ("d.csv", "content,summary\n你好,世界\n".encode("gbk"), "d.csv:2:1: not UTF-8 (byte 0xc4)"),
+        ("d.csv", "content,summary\ncafé,thé\n".encode("latin-1"), "d.csv:2:4: not UTF-8 (byte 0xe9)"),
+    ],
+)  # fmt: skip
+def test_non_utf8_bytes_are_located(tmp_path, tok, hf_cache, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(UserError) as error:
+        build_dataset(path, tok, COLUMNS, _args(), 8, None)
+    assert str(error.value) == f"{tmp_path}/{message}; save the file as UTF-8"
 
 
-def test_predict_keeps_rows_without_a_response(tmp_path, tok):
-    path = _write(tmp_path / "test.json", [{"content": "类型#上衣"}, {"content": "类型#裤"}])
-    ds = build_dataset(path, tok, COLUMNS, _args(), 8, None, require_response=False)
-    assert len(ds) == 2
-    batch = Collator(tok.pad_token_id, with_prompts=True)([ds[0], ds[1]])
-    assert batch["answer_ids"].shape == (2, 0)
-    assert batch["labels"].ne(-100).sum(-1).tolist() == [1, 1]  # only the end id is supervised
+def test_one_reader_for_every_format(tmp_path, tok, hf_cache):
+    """JSON lines, a JSON array and CSV (with a BOM, quoted newlines, "NA" as text) give the same rows."""
+    rows = [
+        {"content": "类型#上衣\u2028上衣", "summary": "NA"},
+        {"content": "类型#裙", "summary": "这条\n裙子"},
+    ]
+    lines = _write(tmp_path / "d.jsonl", rows)
+    array = tmp_path / "d.json"
+    array.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    table = tmp_path / "d.csv"
+    table.write_text(
+        '\ufeffcontent,summary\n类型#上衣\u2028上衣,NA\n类型#裙,"这条\n裙子"\n', encoding="utf-8"
+    )
+    expected = [list(r.values()) for r in rows]
+    for path in (lines, array, table):
+        loaded = load_rows(path, COLUMNS)
+        assert [[r["prompt"], r["response"]] for r in loaded] == expected, path.name
+        assert [line for line, _ in read_rows(path)] == (
+            [1, 2] if path is lines else [2, 6] if path is array else [2, 3]
+        )
+
+
+def test_rows_are_read_again_only_when_the_file_changes(tmp_path, tok, hf_cache):
+    path = _write(tmp_path / "d.json", [{"content": "a", "summary": "b"}])
+    first = load_rows(path, COLUMNS)
+    assert load_rows(path, COLUMNS).cache_files == first.cache_files
+    _write(path, [{"content": "a", "summary": "c"}])
+    assert load_rows(path, COLUMNS)["response"] == ["c"]
+
+
+def test_only_the_tokenizing_bar_and_only_on_a_terminal(tmp_path, tok, hf_cache, monkeypatch):
+    """datasets showed three bars per file (generate, map, filter), also into log files."""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for name, stream in (("log.json", io.StringIO()), ("tty.json", Terminal())):
+        path = _write(tmp_path / name, [{"content": "类型#上衣", "summary": "好看"}])
+        monkeypatch.setattr(sys, "stderr", stream)
+        build_dataset(path, tok, COLUMNS, _args(), 8, None)
+        monkeypatch.undo()
+        shown = stream.getvalue()
+        if name == "log.json":
+            assert shown == ""
+        else:
+            assert shown.count("Tokenizing tty.json: 100%") == 1 and "Generating" not in shown, shown
+            assert "Filter" not in shown and "Dropping" not in shown, shown
