@@ -180,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
         "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
     )
-    parser.add_argument("--model_name_or_path", required=True, help="Base model folder.")
+    parser.add_argument(
+        "--model_name_or_path",
+        help="Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names).",
+    )
     parser.add_argument(
         "--ptuning_checkpoint",
         help="Prefix checkpoint folder (ptune or THUDM); pre_seq_len and prefix_projection are read from it.",
@@ -269,10 +272,13 @@ def _device(name: str | None) -> torch.device | None:
 
 def main(argv: list[str]) -> int:
     """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
+    from ptune.config import base_from_checkpoint
     from ptune.model import load_model
     from ptune.tokenizer import load_tokenizer
 
     args = build_parser().parse_args(argv)
+    if args.model_name_or_path is None:
+        args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
     settings = _settings(args)
     tok = load_tokenizer(args.model_name_or_path, args.chat_format)
     session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix)
@@ -288,8 +294,8 @@ def main(argv: list[str]) -> int:
         dtype=args.dtype,
         ptuning_checkpoint=args.ptuning_checkpoint,
         device=_device(args.device),
+        family=tok.family,
     )
-    model.source["family"] = tok.family
     name = bot_name(tok.family)
     prefix = f" + a {model.pre_seq_len}-token prefix" if model.pre_seq_len else ""
     _write(

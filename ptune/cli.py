@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,33 +42,41 @@ def _setup_logging(training_args=None) -> None:
     datasets.utils.logging.set_verbosity(logging.CRITICAL)
 
 
-def _run_dir_holds_run(folder: Path) -> bool:
-    return folder.is_dir() and (
-        any(folder.glob("checkpoint-*"))
-        or (folder / "trainer_state.json").exists()
-        or (folder / "all_results.json").exists()
-    )
-
-
-def _resume_target(training_args) -> str | None:
-    """`resume_from_checkpoint`: a path, or true/"true" for the newest complete checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _resume_target(model_args, training_args) -> str | None:
+    """`resume_from_checkpoint`: a path, or true for the newest *complete* checkpoint in output_dir; checked
+    file by file before anything is loaded, and against --pre_seq_len / --prefix_projection."""
+    from ptune.checkpoint import newest_complete_checkpoint, verify_resumable
+    from ptune.model import check_prefix_flags
 
     value = training_args.resume_from_checkpoint
     if value in (None, False, "false", "False", ""):
         return None
     if value in (True, "true", "True"):
-        last = (
-            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        )
+        last = newest_complete_checkpoint(training_args.output_dir)
         if last is None:
             raise UserError(
-                f"--resume_from_checkpoint true: no checkpoint-* folder in {training_args.output_dir}"
+                f"--resume_from_checkpoint true: no complete checkpoint-* folder in {training_args.output_dir}"
             )
-        return last
-    if not Path(value).is_dir():
+        logger.info("resuming from %s, the newest complete checkpoint", last)
+        value = str(last)
+    elif not Path(value).is_dir():
         raise UserError(f"--resume_from_checkpoint {value}: folder not found")
+    verify_resumable(value)
+    check_prefix_flags(value, model_args.pre_seq_len, model_args.prefix_projection)
     return str(value)
+
+
+def _check_output(model_args, training_args) -> None:
+    """output_dir may not be the model or tokenizer folder, a file, read-only or full (see ptune.rundir)."""
+    from ptune.rundir import check_output_dir
+
+    check_output_dir(
+        training_args.output_dir,
+        {
+            "--model_name_or_path": model_args.model_name_or_path,
+            "--tokenizer_name": model_args.tokenizer_name,
+        },
+    )
 
 
 def _load(model_args, training_args, pre_seq_len_needed: bool):
@@ -96,8 +105,8 @@ def _load(model_args, training_args, pre_seq_len_needed: bool):
         prefix_dropout=model_args.prefix_dropout,
         trust_remote_code=model_args.trust_remote_code,
         quantization_bit=model_args.quantization_bit,
+        family=tokenizer.family,
     )
-    model.source["family"] = tokenizer.family
     return tokenizer, model
 
 
@@ -121,13 +130,15 @@ def _dataset(
         )
 
 
-def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=None, sink=None, score=True):
+def _trainer(
+    model, tokenizer, tok_folder, training_args, gen_args, train_ds=None, eval_ds=None, sink=None, score=True
+):
     from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import IntervalStrategy
 
     from ptune.data import Collator
     from ptune.generate import GenerationSettings
-    from ptune.trainer import PrefixTrainer, StopOnNonFiniteLoss, make_compute_metrics
+    from ptune.trainer import PrefixTrainer, SaveWhenStopping, StopOnNonFiniteLoss, make_compute_metrics
 
     training_args.remove_unused_columns = False  # our datasets hold exactly what the collator needs
     if train_ds is None:  # eval/predict with a training config: its evaluation schedule does not apply
@@ -139,10 +150,11 @@ def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=N
         training_args.ddp_find_unused_parameters = (
             False  # the prefix, the only trained part, is used every step
         )
-    callbacks = [StopOnNonFiniteLoss()]
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning is for host-to-GPU copies; on the CPU it warns
+    callbacks = [StopOnNonFiniteLoss(), SaveWhenStopping()]
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
-    folder = Path(model.source["path"])
     return PrefixTrainer(
         model=model,
         args=training_args,
@@ -154,7 +166,7 @@ def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=N
         else None,
         callbacks=callbacks,
         chat_tokenizer=tokenizer,
-        tokenizer_files=[folder / f for f in tokenizer.files],
+        tokenizer_files=[Path(tok_folder) / f for f in tokenizer.files],
         generation=GenerationSettings(
             max_new_tokens=gen_args.max_new_tokens,
             do_sample=gen_args.do_sample,
@@ -165,46 +177,71 @@ def _trainer(model, tokenizer, training_args, gen_args, train_ds=None, eval_ds=N
 
 
 def train(argv: list[str]) -> int:
-    """P-tune a prefix; always ends with a final checkpoint and the prefix saved in output_dir itself."""
+    """P-tune a prefix; always ends with a final checkpoint and the prefix saved in output_dir itself.
+
+    Exit code 0, or 128 + N when signal N (SIGTERM, SIGHUP) stopped the run after saving a checkpoint."""
     from transformers import set_seed
 
     from ptune.config import parse_args
+    from ptune.rundir import RunLock, check_overwrite
 
     model_args, data_args, training_args, gen_args = parse_args("train", argv)
     _setup_logging(training_args)
-    resume = _resume_target(training_args)
-    out = Path(training_args.output_dir)
-    if resume is None and _run_dir_holds_run(out) and not training_args.overwrite_output_dir:
-        raise UserError(
-            f"{out}: already holds a run; pass --overwrite_output_dir to train over it, "
-            "or --resume_from_checkpoint true to continue it"
-        )
-    set_seed(training_args.seed)
-    tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=True)
-    train_ds = _dataset(
-        data_args.train_file,
-        tokenizer,
-        data_args,
-        training_args,
-        data_args.max_target_length,
-        data_args.max_train_samples,
-        cache_dir=model_args.cache_dir,
-    )
-    eval_ds = None
-    if training_args.eval_strategy != "no":
-        eval_ds = _dataset(
-            data_args.validation_file, tokenizer, data_args, training_args,
-            data_args.val_max_target_length, data_args.max_eval_samples, cache_dir=model_args.cache_dir,
+    _check_output(model_args, training_args)
+    with RunLock(training_args.output_dir, "train", enabled=training_args.should_save):
+        resume = _resume_target(model_args, training_args)
+        check_overwrite(training_args.output_dir, training_args.overwrite_output_dir, resume is not None)
+        set_seed(training_args.seed)
+        tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=True)
+        train_ds = _dataset(
+            data_args.train_file, tokenizer, data_args, training_args, data_args.max_target_length,
+            data_args.max_train_samples, cache_dir=model_args.cache_dir,
         )  # fmt: skip
-    trainer = _trainer(model, tokenizer, training_args, gen_args, train_ds, eval_ds)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_final_checkpoint()
+        eval_ds = None
+        if training_args.eval_strategy != "no":
+            eval_ds = _dataset(
+                data_args.validation_file, tokenizer, data_args, training_args,
+                data_args.val_max_target_length, data_args.max_eval_samples, cache_dir=model_args.cache_dir,
+            )  # fmt: skip
+        tok_folder = model_args.tokenizer_name or model.source["path"]
+        trainer = _trainer(model, tokenizer, tok_folder, training_args, gen_args, train_ds, eval_ds)
+        return _run_training(trainer, resume, len(train_ds))
+
+
+def _run_training(trainer, resume: str | None, train_samples: int) -> int:
+    """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
+    from ptune.checkpoint import checkpoint_global_step
+    from ptune.trainer import StopOnSignal
+
+    if resume is not None and checkpoint_global_step(resume) >= trainer.args.max_steps > 0:
+        # The Trainer would run one more step past max_steps (and change the prefix): there is nothing to do.
+        logger.warning("%s is already at max_steps %d: nothing to train", resume, trainer.args.max_steps)
+        return 0
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    stop.install()
+    logger.info(
+        "training into %s; SIGTERM or SIGHUP stops after the current step, saving a checkpoint",
+        trainer.args.output_dir,
+    )
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.uninstall()
     trainer.save_model()
-    metrics = {**result.metrics, "train_samples": len(train_ds)}
+    metrics = {**result.metrics, "train_samples": train_samples}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
-    _plot(training_args)
+    _plot(trainer.args)
+    if stop.received:
+        step = trainer.state.global_step
+        print(
+            f"ptune train: stopped by {signal.Signals(stop.received).name} after step {step}; checkpoint-{step} "
+            "is saved: continue with --resume_from_checkpoint true",
+            file=sys.stderr,
+        )
+        return 128 + stop.received
     return 0
 
 
@@ -228,10 +265,17 @@ def _refuse_overwrite(training_args, name: str) -> None:
 def evaluate(argv: list[str]) -> int:
     """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU."""
     from ptune.config import parse_args
+    from ptune.rundir import RunLock
 
     model_args, data_args, training_args, gen_args = parse_args("eval", argv)
     _setup_logging(training_args)
-    _refuse_overwrite(training_args, "eval_results.json")
+    _check_output(model_args, training_args)
+    with RunLock(training_args.output_dir, "eval", enabled=training_args.should_save):
+        _refuse_overwrite(training_args, "eval_results.json")
+        return _evaluate(model_args, data_args, training_args, gen_args)
+
+
+def _evaluate(model_args, data_args, training_args, gen_args) -> int:
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     eval_ds = _dataset(
         data_args.validation_file, tokenizer, data_args, training_args,
@@ -241,7 +285,8 @@ def evaluate(argv: list[str]) -> int:
         from ptune.data import longest_prompt_first
 
         eval_ds = eval_ds.select(longest_prompt_first(eval_ds["labels"]))
-    trainer = _trainer(model, tokenizer, training_args, gen_args, eval_ds=eval_ds)
+    tok_folder = model_args.tokenizer_name or model.source["path"]
+    trainer = _trainer(model, tokenizer, tok_folder, training_args, gen_args, eval_ds=eval_ds)
     metrics = trainer.evaluate(metric_key_prefix="eval")
     metrics["eval_samples"] = len(eval_ds)
     trainer.log_metrics("eval", metrics)
@@ -252,12 +297,20 @@ def evaluate(argv: list[str]) -> int:
 def predict(argv: list[str]) -> int:
     """Generate answers for test_file: generated_predictions.txt + predict_results.json."""
     from ptune.config import parse_args
-    from ptune.metrics import compute_metrics
+    from ptune.rundir import RunLock
 
     model_args, data_args, training_args, gen_args = parse_args("predict", argv)
     _setup_logging(training_args)
+    _check_output(model_args, training_args)
+    with RunLock(training_args.output_dir, "predict", enabled=training_args.should_save):
+        _refuse_overwrite(training_args, "generated_predictions.txt")
+        return _predict(model_args, data_args, training_args, gen_args)
+
+
+def _predict(model_args, data_args, training_args, gen_args) -> int:
+    from ptune.metrics import compute_metrics
+
     path = data_args.test_file  # config.parse_args requires it for predict
-    _refuse_overwrite(training_args, "generated_predictions.txt")
     tokenizer, model = _load(model_args, training_args, pre_seq_len_needed=False)
     test_ds = _dataset(
         path, tokenizer, data_args, training_args, data_args.val_max_target_length,
@@ -267,7 +320,8 @@ def predict(argv: list[str]) -> int:
 
     order = longest_prompt_first(test_ds["labels"])
     pairs: list = []
-    trainer = _trainer(model, tokenizer, training_args, gen_args, sink=pairs, score=False)
+    tok_folder = model_args.tokenizer_name or model.source["path"]
+    trainer = _trainer(model, tokenizer, tok_folder, training_args, gen_args, sink=pairs, score=False)
     output = trainer.predict(test_ds.select(order), metric_key_prefix="predict")
     pairs[:] = restore_order(pairs, order)
     metrics = dict(output.metrics)

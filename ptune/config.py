@@ -29,6 +29,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
@@ -97,7 +98,8 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         metadata={
-            "help": "(required) Base model folder, e.g. a downloaded chatglm2-6b (ptune never downloads weights)."
+            "help": "(required) Base model folder, e.g. a downloaded chatglm2-6b (ptune never downloads weights). "
+            "eval/predict/chat: default the base that --ptuning_checkpoint's prefix_config.json names."
         }
     )
     ptuning_checkpoint: str | None = field(
@@ -150,11 +152,12 @@ class ModelArguments:
             "128. Needed to train; eval/predict read it from the checkpoint."
         },
     )
-    prefix_projection: bool = field(
-        default=False,
+    prefix_projection: bool | None = field(
+        default=None,
         metadata={
             "help": "Reparameterize the prefix through a two-layer MLP (the paper's prefix projection) instead "
-            "of training the key/value embedding directly."
+            "of training the key/value embedding directly. Default: false for a new prefix, the checkpoint's "
+            "setting for --ptuning_checkpoint (a different value is an error)."
         },
     )
     chat_format: ChatFormat | None = field(
@@ -742,6 +745,9 @@ def _fields(verb: str) -> _Fields:
         action.type = converter.for_argparse()
         # model_name_or_path is required, but checked by parse_args for a message of ours.
         action.required = False
+        if hints[action.dest] == bool | None and action.nargs is None:
+            # transformers gives `bool | None` fields no bare form; keep `--prefix_projection` meaning true.
+            action.nargs, action.const = "?", True
     return _Fields(parser, converters, dest_of_option)
 
 
@@ -972,7 +978,7 @@ def parse_args(
     values = vars(namespace)
     given = set(config_values) | flag_keys
     if values.get("model_name_or_path") is None:
-        raise UserError(f"ptune {verb} needs --model_name_or_path (a model folder)")
+        values["model_name_or_path"] = base_from_checkpoint(verb, values.get("ptuning_checkpoint"))
     if values.get("output_dir") is None:
         raise UserError(f"ptune {verb} needs --output_dir (where checkpoints, metrics and predictions go)")
     values.update(do_train=verb == "train", do_eval=verb == "eval", do_predict=verb == "predict")
@@ -989,6 +995,26 @@ def parse_args(
     if generation.max_new_tokens is None:
         generation.max_new_tokens = data.val_max_target_length
     return model, data, training, generation
+
+
+def base_from_checkpoint(verb: str, checkpoint: str | None) -> str:
+    """The base model folder a prefix checkpoint names (its prefix_config.json), so that
+    `--ptuning_checkpoint CKPT` alone is enough; an error when there is neither flag nor usable record."""
+    from ptune.checkpoint import read_prefix_config
+
+    if checkpoint is None:
+        raise UserError(f"ptune {verb} needs --model_name_or_path (a model folder)")
+    base = read_prefix_config(checkpoint).get("base_model_name_or_path")
+    if not base:
+        raise UserError(
+            f"ptune {verb} needs --model_name_or_path: {checkpoint} does not say which base model it was "
+            "trained on (no prefix_config.json)"
+        )
+    if not Path(base).is_dir():
+        raise UserError(
+            f"{checkpoint}: trained on {base}, which is not a folder here; pass --model_name_or_path"
+        )
+    return base
 
 
 def _default_text(f: dataclasses.Field) -> str:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ptune.convert import PREFIX_KEY, load_glm, read_json
+from ptune.convert import PREFIX_KEY, check_safetensors, load_glm, read_json
 from ptune.errors import UserError
 from ptune.prefix import PrefixConfig, PrefixEncoder, cache_argument, prefix_cache
 
@@ -86,6 +86,13 @@ class PrefixTunedLM(nn.Module):
     @property
     def pre_seq_len(self) -> int:
         return 0 if self.prefix_encoder is None else self.prefix_encoder.config.pre_seq_len
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """Training FLOPs of one batch, for the Trainer's `total_flos`: 4·N per real token (forward 2·N,
+        backward through the activations 2·N; the frozen base computes no weight gradients)."""
+        mask = inputs.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        return 4 * matmul_params(self.base) * tokens
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What trains is what is saved: the prefix encoder's parameters, under THUDM's key names."""
@@ -185,6 +192,12 @@ class PrefixTunedLM(nn.Module):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
+def matmul_params(base: PreTrainedModel) -> int:
+    """N: parameters that cost 2 FLOP per token in a forward pass (all but the input embedding, a lookup)."""
+    embed = base.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in base.parameters()) - embed
+
+
 def answer_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
     """Next-token cross entropy over supervised positions only.
 
@@ -241,16 +254,39 @@ def load_base(
     if cfg.get("model_type") == "chatglm":
         model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
         return model, source, prefix
+    for shard in sorted(folder.glob("*.safetensors")):  # a truncated shard: one line, not a traceback
+        check_safetensors(shard)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=torch_dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"{folder}: cannot load with transformers ({str(e).splitlines()[0][:300]})") from None
+    _check_loading_info(folder, cfg.get("model_type"), info)
     return model.to(device).eval(), source, {}
+
+
+def _check_loading_info(folder: Path, model_type: str | None, info: dict) -> None:
+    """Load native models strictly, as chatglm folders are: transformers fills a missing weight with random
+    values and only logs it, so a damaged folder (or a config.json whose model_type was edited) would
+    otherwise train and predict with a partly random model and exit 0."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(
+        str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or ()
+    )
+    if missing or mismatched:
+        what = f"lacks {len(missing)} weights, e.g. {missing[0]!r}" if missing else ""
+        if mismatched:
+            what += (
+                "; " if what else ""
+            ) + f"has {len(mismatched)} of the wrong shape, e.g. {mismatched[0]!r}"
+        raise UserError(
+            f"{folder}: the weights do not match config.json (model_type {model_type!r}): the checkpoint {what}"
+        )
 
 
 def load_model(
@@ -258,19 +294,24 @@ def load_model(
     *,
     dtype: str | torch.dtype = "auto",
     pre_seq_len: int | None = None,
-    prefix_projection: bool = False,
+    prefix_projection: bool | None = None,
     ptuning_checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     prefix_dropout: float = 0.1,
     trust_remote_code: bool = False,
     quantization_bit: int | None = None,
+    family: str | None = None,
 ) -> PrefixTunedLM:
     """Load a base model folder and, optionally, a P-Tuning v2 prefix.
 
     - `pre_seq_len` set, no checkpoint: a fresh prefix (normal init, like `nn.Embedding`) to train.
     - `ptuning_checkpoint`: a ptune or THUDM prefix folder/file; pre_seq_len and prefix_projection are read
-      from its tensors (a conflicting `pre_seq_len`/`prefix_projection` is an error naming both values).
+      from its tensors (a conflicting `pre_seq_len`/`prefix_projection` is an error naming both values;
+      `prefix_projection=None` means "whatever the checkpoint has"). A checkpoint whose prefix_config.json
+      names another model family or model_type than this base is refused (same shapes, wrong model).
+    - `family`: the chat family the tokenizer detected (chatglm2/chatglm3/glm4/native), recorded in
+      `source` and saved with checkpoints.
     - `quantization_bit` 4 or 8: the decoder's linear layers become bitsandbytes NF4 / int8 layers.
     The base is frozen; the prefix is float32 whatever the base dtype.
     """
@@ -291,8 +332,10 @@ def load_model(
         quantize_decoder(base, quantization_bit, target)
         base.to(target)
         source["quantization_bit"] = quantization_bit
+    source["family"] = family
     state, where = carried, str(model_name_or_path)
     if ptuning_checkpoint is not None:
+        check_prefix_base(ptuning_checkpoint, source)
         state, where = read_prefix_state(ptuning_checkpoint), str(ptuning_checkpoint)
     encoder = None
     if state:
@@ -300,7 +343,9 @@ def load_model(
     elif pre_seq_len:
         if pre_seq_len < 1:
             raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
-        encoder = PrefixEncoder(_prefix_config_for(base, pre_seq_len, prefix_projection), prefix_dropout)
+        encoder = PrefixEncoder(
+            _prefix_config_for(base, pre_seq_len, bool(prefix_projection)), prefix_dropout
+        )
     if encoder is not None:
         encoder.to(base.device)
     return PrefixTunedLM(base, encoder, source).eval()
@@ -316,18 +361,7 @@ def prefix_from_state(
 ) -> PrefixEncoder:
     """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
     their shapes fit this base model and the user's flags."""
-    if "embedding.weight" not in state:
-        raise UserError(f"{where}: no prefix encoder weights (expected {PREFIX_KEY}embedding.weight)")
-    rows, width = state["embedding.weight"].shape
-    has_projection = "trans.0.weight" in state
-    if pre_seq_len is not None and pre_seq_len != rows:
-        raise UserError(
-            f"{where}: the checkpoint has pre_seq_len {rows}, but --pre_seq_len {pre_seq_len} was given"
-        )
-    if prefix_projection and not has_projection:
-        raise UserError(
-            f"{where}: the checkpoint has no prefix projection, but --prefix_projection was given"
-        )
+    rows, width, has_projection = _check_prefix_flags(where, state, pre_seq_len, prefix_projection)
     config = _prefix_config_for(base, rows, has_projection)
     if width != config.kv_size:
         raise UserError(
@@ -347,3 +381,53 @@ def prefix_from_state(
     except RuntimeError as e:
         raise UserError(f"{where}: {str(e).splitlines()[-1].strip()}") from None
     return encoder
+
+
+def check_prefix_base(checkpoint: str | Path, source: dict) -> None:
+    """Refuse a prefix trained on another base: prefix_config.json records the family and model_type it was
+    trained with. ChatGLM2 and ChatGLM3 prefixes have the same shape, so only this record tells them apart.
+    THUDM checkpoints (no prefix_config.json) and records without these fields are not checked."""
+    from ptune.checkpoint import PREFIX_CONFIG_NAME, read_prefix_config
+
+    recorded = read_prefix_config(checkpoint)
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    for key, have, name in (
+        ("family", source.get("family"), "family"),
+        ("base_model_type", source.get("model_type"), "model_type"),
+    ):
+        want = recorded.get(key)
+        if want and have and want != have:
+            raise UserError(
+                f"{folder / PREFIX_CONFIG_NAME}: this prefix was trained on a {want} base "
+                f"({recorded.get('base_model_name_or_path')}), but {source['path']} is {name} {have}; "
+                "a prefix only works with the base it was trained on"
+            )
+
+
+def check_prefix_flags(
+    checkpoint: str | Path, pre_seq_len: int | None, prefix_projection: bool | None
+) -> None:
+    """--pre_seq_len / --prefix_projection against a checkpoint's tensors, before any model is loaded."""
+    from ptune.checkpoint import read_prefix_state
+
+    _check_prefix_flags(str(checkpoint), read_prefix_state(checkpoint), pre_seq_len, prefix_projection)
+
+
+def _check_prefix_flags(
+    where: str, state: dict[str, torch.Tensor], pre_seq_len: int | None, prefix_projection: bool | None
+) -> tuple[int, int, bool]:
+    """(pre_seq_len, width, has_projection) of saved prefix tensors; an error if the flags say otherwise."""
+    if "embedding.weight" not in state:
+        raise UserError(f"{where}: no prefix encoder weights (expected {PREFIX_KEY}embedding.weight)")
+    rows, width = state["embedding.weight"].shape
+    has_projection = "trans.0.weight" in state
+    if pre_seq_len is not None and pre_seq_len != rows:
+        raise UserError(
+            f"{where}: the checkpoint has pre_seq_len {rows}, but --pre_seq_len {pre_seq_len} was given"
+        )
+    if prefix_projection is not None and bool(prefix_projection) != has_projection:
+        raise UserError(
+            f"{where}: the checkpoint has {'a' if has_projection else 'no'} prefix projection, but "
+            f"--prefix_projection {str(bool(prefix_projection)).lower()} was given"
+        )
+    return rows, width, has_projection

@@ -65,7 +65,7 @@ def test_train_sh_flags_parse_unchanged():
         4,
     )
     assert (model.prefix_projection, model.ptuning_checkpoint, model.chat_format, model.dtype) == (
-        False,
+        None,  # unset: false for a new prefix, the checkpoint's own setting for --ptuning_checkpoint
         None,
         None,
         "auto",

@@ -155,7 +155,9 @@ def test_safetensors_export_of_a_ptune_checkpoint_drops_trainer_state(base, tmp_
     (ckpt / "optimizer.pt").write_bytes(b"state")
     (ckpt / "trainer_state.json").write_text("{}")
     out, warnings = _export(ckpt, "safetensors")
-    assert out == tmp_path / "checkpoint-8-safetensors"
+    assert (
+        out == tmp_path / "exports" / "checkpoint-8-safetensors"
+    )  # never checkpoint-8-* beside the checkpoints
     assert warnings == []
     assert _files(out) == {"model.safetensors", "prefix_config.json"} | TOKENIZER_FILES
     _assert_same(load_file(out / "model.safetensors"), expected)
@@ -182,7 +184,7 @@ def test_thudm_checkpoint_converts_to_the_ptune_layout(base, tmp_path):
 
 def test_cli_export_default_out_and_overwrite(base, tmp_path, capsys):
     ckpt, expected = _checkpoint(base, tmp_path / "ckpt")
-    out = tmp_path / "ckpt-thudm"
+    out = tmp_path / "ckpt-thudm"  # beside a checkpoint folder not named checkpoint-N
     assert main(["export", str(ckpt), "--format", "thudm"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     before = _snapshot(out)
@@ -192,7 +194,7 @@ def test_cli_export_default_out_and_overwrite(base, tmp_path, capsys):
     assert err == f"ptune export: error: {out}: already exists; pass --overwrite to replace it\n"
     assert _snapshot(out) == before
 
-    (out / "stale.txt").write_text("old")
+    (out / "model.safetensors").write_text("old")  # left by an earlier export in the other format
     assert main(["export", str(ckpt), "--overwrite"]) == 0
     assert _files(out) == THUDM_FILES
     after = _snapshot(out)
@@ -225,7 +227,7 @@ def test_cli_export_refuses_what_is_not_a_prefix_checkpoint(base, tmp_path, caps
 
 def test_export_refuses_its_own_source_and_stray_tensors(base, tmp_path):
     ckpt, expected = _checkpoint(base, tmp_path / "ckpt")
-    with pytest.raises(UserError, match="is the checkpoint itself"):
+    with pytest.raises(UserError, match="is or holds the checkpoint"):
         export_checkpoint(ckpt, out=ckpt, overwrite=True)
     state = {PREFIX_KEY + "embedding.weight": expected[PREFIX_KEY + "embedding.weight"]}
     state[PREFIX_KEY + "extra.weight"] = torch.zeros(1)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from test_safety import refused, snapshot, train_argv
 
 from ptune.cli import main
 from ptune.tiny import make_tiny_checkpoint
-from test_safety import refused, snapshot, train_argv
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "data" / "demo" / "dev.json"
@@ -54,7 +54,9 @@ def test_a_chatglm3_prefix_on_a_chatglm2_base_is_refused(run, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_prefix_projection_false_against_a_projection_checkpoint_is_refused(projection_run, tiny, tmp_path, capsys):
+def test_prefix_projection_false_against_a_projection_checkpoint_is_refused(
+    projection_run, tiny, tmp_path, capsys
+):
     argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(tiny), "--ptuning_checkpoint",
                         str(projection_run), "--prefix_projection", "false")  # fmt: skip
     refused(argv, capsys, "the checkpoint has a prefix projection, but --prefix_projection false was given")
@@ -115,7 +117,9 @@ def test_a_native_model_missing_a_weight_is_refused(llama, tmp_path, capsys):
     save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
     before = snapshot(damaged)
     argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4")
-    refused(argv, capsys, "the weights do not match config.json (model_type 'llama')", "lacks 1 weights", name)
+    refused(
+        argv, capsys, "the weights do not match config.json (model_type 'llama')", "lacks 1 weights", name
+    )
     assert snapshot(damaged) == before
 
 
@@ -129,3 +133,11 @@ def test_chatglm_files_with_model_type_changed_to_llama_are_refused(tiny, llama,
     argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(edited), "--pre_seq_len", "4")
     line = refused(argv, capsys)
     assert "do not match config.json" in line or "cannot load" in line, line
+
+
+def test_a_truncated_native_shard_is_one_line(llama, tmp_path, capsys):
+    damaged = Path(shutil.copytree(llama, tmp_path / "truncated"))
+    data = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(data[: len(data) // 3])
+    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4")
+    refused(argv, capsys, str(damaged / "model.safetensors"), "truncated")
