@@ -148,12 +148,12 @@ def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int)
 
 def wrap(base, pre_seq_len: int, shape: str, seed: int):
     """`PrefixTunedLM` around `base` with a fresh prefix, exactly as `load_model(pre_seq_len=...)` builds it."""
-    from ptune.model import PrefixTunedLM, _prefix_config_for
+    from ptune.model import BaseSource, PrefixTunedLM, _prefix_config_for
     from ptune.prefix import PrefixEncoder
 
     torch.manual_seed(seed)
     encoder = PrefixEncoder(_prefix_config_for(base, pre_seq_len, False)).to(base.device)
-    source = {"path": f"<random {shape}>", "model_type": "chatglm", "dtype": str(base.dtype)[6:]}
+    source = BaseSource(path=f"<random {shape}>", model_type="chatglm", dtype=str(base.dtype)[6:])
     return PrefixTunedLM(base, encoder, source).eval()
 
 

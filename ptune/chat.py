@@ -253,12 +253,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
             f"--max_length {args.max_length} must be larger than --max_new_tokens {gen.max_new_tokens}: "
             "the difference is what the question and history may take"
         )
-    return GenerationSettings(
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=gen.do_sample,
-        top_p=gen.top_p,
-        temperature=gen.temperature,
-    )
+    return GenerationSettings.from_arguments(gen)
 
 
 def _device(name: str | None) -> torch.device | None:

@@ -93,10 +93,10 @@ def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None
     }
     config = {
         **model.prefix_encoder.config.to_dict(),
-        "base_model_name_or_path": model.source["path"],
-        "base_model_type": model.source["model_type"],
-        "family": model.source.get("family"),
-        "dtype": model.source["dtype"],
+        "base_model_name_or_path": model.source.path,
+        "base_model_type": model.source.model_type,
+        "family": model.source.family,
+        "dtype": model.source.dtype,
         "ptune_version": __version__,
     }
     with _replacing(folder / WEIGHTS_NAME) as tmp:

@@ -30,6 +30,16 @@ class GenerationSettings:
     top_p: float = 0.7
     temperature: float = 0.95
 
+    @classmethod
+    def from_arguments(cls, gen_args) -> GenerationSettings:
+        """From the (validated) `GenerationArguments` of eval / predict / chat: the one place they meet."""
+        return cls(
+            max_new_tokens=gen_args.max_new_tokens,
+            do_sample=gen_args.do_sample,
+            top_p=gen_args.top_p,
+            temperature=gen_args.temperature,
+        )
+
 
 def _next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, generator) -> torch.Tensor:
     """logits [B, V] float32 → token ids [B]."""

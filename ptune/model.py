@@ -9,6 +9,7 @@ The one rule for what trains and what is saved lives here too: `trainable_state_
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,17 +57,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dataclass
+class BaseSource:
+    """What `load_model` loaded, recorded in every checkpoint's prefix_config.json and checked when a prefix
+    is loaded back: the base folder (absolute), its config.json model_type, the weight dtype ("bfloat16"),
+    the chat family the tokenizer detected, and the quantization applied (None, 4 or 8)."""
+
+    path: str
+    model_type: str | None
+    dtype: str
+    family: str | None = None
+    quantization_bit: int | None = None
+
+
 class PrefixTunedLM(nn.Module):
     """A frozen causal LM (`base`) with an optional trainable `prefix_encoder` (float32).
 
     `family` is "chatglm2" | "chatglm3" | "glm4" for original chatglm folders and "native" otherwise.
     """
 
-    def __init__(self, base: PreTrainedModel, prefix_encoder: PrefixEncoder | None, source: dict):
+    def __init__(self, base: PreTrainedModel, prefix_encoder: PrefixEncoder | None, source: BaseSource):
         super().__init__()
         self.base = base
         self.prefix_encoder = prefix_encoder
-        self.source = source  # where the base came from: path, model_type, dtype (saved with checkpoints)
+        self.source = source  # what was loaded (saved with checkpoints in prefix_config.json)
         base.requires_grad_(False)
         if prefix_encoder is not None:
             prefix_encoder.float().requires_grad_(True)
@@ -235,7 +249,7 @@ def load_base(
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, dict, dict[str, torch.Tensor]]:
+) -> tuple[PreTrainedModel, BaseSource, dict[str, torch.Tensor]]:
     """Load the frozen base: original chatglm folders through `convert.load_glm`, anything else through
     `AutoModelForCausalLM`. Returns (model, source description, prefix tensors found in the checkpoint)."""
     folder = Path(path)
@@ -246,11 +260,9 @@ def load_base(
     cfg = read_json(folder / "config.json")
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    source = {
-        "path": str(folder.resolve()),
-        "model_type": cfg.get("model_type"),
-        "dtype": str(torch_dtype)[6:],
-    }
+    source = BaseSource(
+        path=str(folder.resolve()), model_type=cfg.get("model_type"), dtype=str(torch_dtype)[6:]
+    )
     if cfg.get("model_type") == "chatglm":
         model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
         return model, source, prefix
@@ -331,8 +343,8 @@ def load_model(
 
         quantize_decoder(base, quantization_bit, target)
         base.to(target)
-        source["quantization_bit"] = quantization_bit
-    source["family"] = family
+        source.quantization_bit = quantization_bit
+    source.family = family
     state, where = carried, str(model_name_or_path)
     if ptuning_checkpoint is not None:
         check_prefix_base(ptuning_checkpoint, source)
@@ -383,7 +395,7 @@ def prefix_from_state(
     return encoder
 
 
-def check_prefix_base(checkpoint: str | Path, source: dict) -> None:
+def check_prefix_base(checkpoint: str | Path, source: BaseSource) -> None:
     """Refuse a prefix trained on another base: prefix_config.json records the family and model_type it was
     trained with. ChatGLM2 and ChatGLM3 prefixes have the same shape, so only this record tells them apart.
     THUDM checkpoints (no prefix_config.json) and records without these fields are not checked."""
@@ -392,14 +404,14 @@ def check_prefix_base(checkpoint: str | Path, source: dict) -> None:
     recorded = read_prefix_config(checkpoint)
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     for key, have, name in (
-        ("family", source.get("family"), "family"),
-        ("base_model_type", source.get("model_type"), "model_type"),
+        ("family", source.family, "family"),
+        ("base_model_type", source.model_type, "model_type"),
     ):
         want = recorded.get(key)
         if want and have and want != have:
             raise UserError(
                 f"{folder / PREFIX_CONFIG_NAME}: this prefix was trained on a {want} base "
-                f"({recorded.get('base_model_name_or_path')}), but {source['path']} is {name} {have}; "
+                f"({recorded.get('base_model_name_or_path')}), but {source.path} is {name} {have}; "
                 "a prefix only works with the base it was trained on"
             )
 

@@ -37,7 +37,7 @@ def tiny(tmp_path_factory):
     folder = make_tiny_checkpoint(root / "model", "chatglm3")
     torch.manual_seed(0)
     model = load_model(folder, pre_seq_len=4, device="cpu")
-    model.source["family"] = "chatglm3"
+    model.source.family = "chatglm3"
     ckpt = root / "prefix"
     ckpt.mkdir()
     write_prefix_files(model, ckpt, [])

@@ -32,7 +32,7 @@ def _checkpoint(base, folder, projection=False, tokenizer=True, pre_seq_len=4, f
     model = load_model(
         base, dtype="float32", device="cpu", pre_seq_len=pre_seq_len, prefix_projection=projection
     )
-    model.source["family"] = family
+    model.source.family = family
     folder.mkdir(parents=True)
     files = [base / name for name in sorted(TOKENIZER_FILES)] if tokenizer else []
     write_prefix_files(model, folder, files)
