@@ -11,19 +11,19 @@ THUDM-format folders (`pytorch_model.bin` + `config.json` with pre_seq_len) are 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from ptune.convert import PREFIX_KEY, iter_tensors, read_json
+from ptune.convert import PREFIX_KEY, iter_tensors
 from ptune.errors import UserError
+from ptune.io import atomic_dir, read_json, replacing, write_json
+
+__all__ = ["atomic_dir"]  # export.py's import until it moves to ptune.io
 
 WEIGHTS_NAME = "model.safetensors"
 THUDM_WEIGHTS_NAME = "pytorch_model.bin"
@@ -99,87 +99,13 @@ def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None
         "dtype": model.source.dtype,
         "ptune_version": __version__,
     }
-    with _replacing(folder / WEIGHTS_NAME) as tmp:
+    with replacing(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "producer": "ptune"})
-    with _replacing(folder / PREFIX_CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / PREFIX_CONFIG_NAME, config)
     for f in tokenizer_files:
         if f.is_file():
-            with _replacing(folder / f.name) as tmp:
+            with replacing(folder / f.name) as tmp:
                 shutil.copyfile(f, tmp)
-
-
-class _replacing:
-    """`with _replacing(path) as tmp:` write `tmp`; on success it replaces `path` (mode 0666 & ~umask)."""
-
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
-            return False
-        os.chmod(self.tmp, 0o666 & ~_umask())  # safetensors writes owner-only files
-        os.replace(self.tmp, self.path)
-        return False
-
-
-def atomic_dir(target: Path):
-    """Context manager: yield a temporary sibling folder, rename it to `target` only if the body succeeds.
-
-    A crash (or kill -9) mid-write leaves a `.tmp-*` folder behind, never a half-written `target`.
-    """
-    return _AtomicDir(Path(target))
-
-
-class _AtomicDir:
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.target.name}-", dir=self.target.parent))
-        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; publish with normal permissions
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        _fsync_dir(self.tmp)
-        if self.target.exists():
-            # Replace an older copy (same step re-saved): move it aside first so a crash keeps one of them.
-            old = self.target.with_name(f".old-{self.target.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
-        _fsync_dir(self.target.parent)
-        return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush the files of `folder` and the folder entry itself, so a rename after it publishes complete data."""
-    for f in folder.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------ checkpoints of a run folder
@@ -229,10 +155,8 @@ def verify_resumable(folder: str | Path) -> None:
             f"{folder}: not a complete checkpoint (lacks {', '.join(missing)}); cannot resume from it"
         )
     read_prefix_state(folder)
-    try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{folder / 'trainer_state.json'}: not a Trainer state file ({e})") from None
+    if not isinstance(read_json(folder / "trainer_state.json").get("global_step"), int):
+        raise UserError(f"{folder / 'trainer_state.json'}: not a Trainer state file (no global_step)")
     for file in [folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))]:
         try:
             with safe_globals():
@@ -243,7 +167,7 @@ def verify_resumable(folder: str | Path) -> None:
 
 
 def checkpoint_global_step(folder: str | Path) -> int:
-    return int(json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    return int(read_json(Path(folder) / "trainer_state.json")["global_step"])
 
 
 def rotate_checkpoints(

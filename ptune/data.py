@@ -25,6 +25,7 @@ import torch
 
 from ptune.chat_format import encode_example
 from ptune.errors import UserError
+from ptune.io import json_error
 
 logger = logging.getLogger("ptune")
 
@@ -38,19 +39,6 @@ class Columns:
     prompt: str
     response: str
     history: str | None = None
-
-
-def json_error(path, text: str, error: json.JSONDecodeError, what="invalid JSON", first_line=1) -> UserError:
-    """`path:LINE:COL: {what} (reason)` for a JSON syntax error in `text` (whose first line is `first_line`
-    of the file). A trailing comma is named as such at the comma: json itself complains about the `}` or `]`
-    after it, possibly lines later."""
-    pos = error.pos
-    comma = len(text[:pos].rstrip()) - 1
-    if text[pos : pos + 1] in ("}", "]") and comma >= 0 and text[comma] == ",":
-        line = first_line + text.count("\n", 0, comma)
-        column = comma - text.rfind("\n", 0, comma)
-        return UserError(f"{path}:{line}:{column}: trailing comma before '{text[pos]}' (JSON allows none)")
-    return UserError(f"{path}:{first_line + error.lineno - 1}:{error.colno}: {what} ({error.msg})")
 
 
 def read_text(path: Path) -> str:

@@ -13,11 +13,10 @@ to a temporary file first and renamed into place, so a crash never leaves a half
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 from ptune.errors import UserError
+from ptune.io import read_json, replacing
 
 PLOT_NAME = "training_curves.png"
 STATE_NAME = "trainer_state.json"
@@ -110,14 +109,8 @@ def read_history(state_file: Path) -> list[dict]:
         raise UserError(
             f"{state_file}: file not found (ptune train writes it at the end of a run and in every checkpoint-N)"
         )
-    # Read here rather than with convert.read_json: that module imports torch and transformers (seconds).
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{state_file}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{state_file}: cannot read ({e})") from None
-    history = state.get("log_history") if isinstance(state, dict) else None
+    state = read_json(state_file)
+    history = state.get("log_history")
     if not isinstance(history, list):
         raise UserError(f"{state_file}: no 'log_history' list (not a Trainer state file?)")
     return history
@@ -146,16 +139,8 @@ def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
 def save_png(fig, target: Path) -> None:
     """Write `fig` as PNG to a temporary sibling, flush it to disk, then rename it over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(target) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
 def main(argv: list[str]) -> int:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ptune.errors import UserError
+from ptune.io import replacing
 
 
 def write_predictions(path: Path, pairs: list[tuple[str, str]]) -> None:
     """One JSON object per line, `{"labels": ..., "predict": ...}`, UTF-8, not escaped (THUDM's format)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for pred, label in pairs:
             f.write(json.dumps({"labels": label, "predict": pred}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[str]]:

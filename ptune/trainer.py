@@ -32,9 +32,10 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.chat_format import decode_response
-from ptune.checkpoint import _fsync_dir, read_prefix_state, rotate_checkpoints, write_prefix_files
+from ptune.checkpoint import read_prefix_state, rotate_checkpoints, write_prefix_files
 from ptune.errors import UserError
 from ptune.generate import GenerationSettings, generate
+from ptune.io import fsync_dir
 from ptune.metrics import compute_metrics
 
 STAGING = ".staging"
@@ -217,7 +218,7 @@ class PrefixTrainer(Seq2SeqTrainer):
         if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging):
             self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
             self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
-        _fsync_dir(Path(staging, name))
+        fsync_dir(Path(staging, name))
         final = os.path.join(run_dir, name)
         old = os.path.join(staging, "replaced")
         if os.path.exists(final):  # re-saved step: move the old copy aside so a crash keeps one of them

@@ -1,0 +1,52 @@
+"""ptune.io: the one JSON reader's messages and the atomic writers' all-or-nothing behaviour."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptune.errors import UserError
+from ptune.io import atomic_dir, read_json, replacing, write_json
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"a": 1,\n "b": 2,\n}\n', "f.json:2:8: trailing comma before '}' (JSON allows none)"),
+        (b'{"a": 1\n "b": 2}', "f.json:2:2: not valid JSON (Expecting ',' delimiter)"),
+        (b'{"a": "\xff"}', "f.json:1:8: not UTF-8 (byte 0xff)"),
+        (b"[1, 2]", "f.json: expected a JSON object, got list"),
+    ],
+)
+def test_read_json_names_file_line_and_column(tmp_path, content, message):
+    path = tmp_path / "f.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as error:
+        read_json(path)
+    assert str(error.value) == f"{tmp_path}/{message}"
+
+
+def test_read_json_missing(tmp_path):
+    assert read_json(tmp_path / "absent.json", missing_ok=True) == {}
+    with pytest.raises(UserError, match="absent.json: file not found"):
+        read_json(tmp_path / "absent.json")
+
+
+def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert read_json(path) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_atomic_dir_publishes_all_or_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "one").write_text("1")
+        raise RuntimeError("killed mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "one").write_text("1")
+    assert [p.name for p in target.iterdir()] == ["one"]
