@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
@@ -72,22 +73,45 @@ def test_predict_writes_predictions_and_score_reproduces_metrics(trained, tiny, 
     assert main(argv) == 2
 
 
-def test_eval_reports_loss_and_generation_metrics(trained, tiny):
-    out = trained / "eval"
-    argv = ["eval", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(trained / "checkpoint-6"),
-            "--validation_file", str(DEMO / "dev.json"), "--output_dir", str(out), "--max_target_length", "16",
-            "--per_device_eval_batch_size", "20", "--predict_with_generate", "true", *COMMON]  # fmt: skip
+def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
+    """The values, not just the keys: eval_loss equals a plain cross entropy over the answer tokens of the
+    whole split (one batch of 40), and the ROUGE/BLEU equal those of `ptune predict`'s predictions file for
+    the same checkpoint and settings, scored by `compute_metrics`."""
+    import torch
+    import torch.nn.functional as F
+
+    from ptune.data import Collator, Columns, build_dataset
+    from ptune.model import load_model
+    from ptune.tokenizer import load_tokenizer
+
+    ckpt, out = trained / "checkpoint-6", tmp_path / "eval"
+    same = ["--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(ckpt), "--max_target_length", "16",
+            "--per_device_eval_batch_size", "40", *COMMON]  # fmt: skip
+    argv = ["eval", "--validation_file", str(DEMO / "dev.json"), "--output_dir", str(out),
+            "--predict_with_generate", "true", *same]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "eval_results.json").read_text())
-    assert {
-        "eval_loss",
-        "eval_rouge-1",
-        "eval_rouge-2",
-        "eval_rouge-l",
-        "eval_bleu-4",
-        "eval_samples",
-    } <= set(results)
+    assert set(results) >= {"eval_loss", "eval_rouge-1", "eval_rouge-2", "eval_rouge-l", "eval_bleu-4"}
     assert results["eval_samples"] == 40
+
+    tok = load_tokenizer(tiny)
+    model = load_model(tiny, ptuning_checkpoint=ckpt, device="cpu", family=tok.family)
+    data_args = SimpleNamespace(max_source_length=48, source_prefix="", preprocessing_num_workers=None,
+                                overwrite_cache=False)  # fmt: skip
+    rows = build_dataset(DEMO / "dev.json", tok, Columns("content", "summary"), data_args, 16, None)
+    batch = Collator(tok.pad_token_id)(list(rows))
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
+    assert results["eval_loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+    predicted = tmp_path / "predict"
+    argv = ["predict", "--test_file", str(DEMO / "dev.json"), "--output_dir", str(predicted), *same]
+    assert main(argv) == 0
+    from ptune.predictions import read_predictions
+
+    scores = compute_metrics(*read_predictions(predicted / "generated_predictions.txt"))
+    assert {k: results[f"eval_{k}"] for k in scores} == scores
 
 
 def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):

@@ -37,11 +37,26 @@ def test_demo_config_points_at_shipped_data():
         assert (REPO / data[key]).is_file()
 
 
-@pytest.mark.parametrize("script", ["train.sh", "evaluate.sh", "predict.sh"])
-def test_launch_scripts_use_torchrun_and_hold_no_hyperparameters(script):
-    text = (REPO / "scripts" / script).read_text(encoding="utf-8")
-    assert "torchrun" in text and "NUM_GPUS" in text and "-m ptune" in text
-    assert "--learning_rate" not in text and "--pre_seq_len" not in text
+@pytest.mark.parametrize(
+    ("script", "verb", "added"),
+    [("train.sh", "train", []), ("evaluate.sh", "eval", ["--predict_with_generate", "true"]),  # as THUDM's
+     ("predict.sh", "predict", [])],
+)  # fmt: skip
+def test_launch_scripts_run_torchrun_with_num_gpus_and_pass_every_flag_through(script, verb, added, tmp_path):
+    """Run the script with a stand-in `torchrun` first on PATH that records its arguments: the script must
+    launch NUM_GPUS processes of `ptune VERB` with the user's config and flags, adding no hyperparameter."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "torchrun"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TORCHRUN_ARGS"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "NUM_GPUS": "3",
+           "TORCHRUN_ARGS": str(tmp_path / "args")}  # fmt: skip
+    user = ["configs/chatglm2-6b-adgen.json", "--model_name_or_path", "/models/x y"]
+    subprocess.run(["bash", str(REPO / "scripts" / script), *user], env=env, check=True, cwd=REPO)
+    args = (tmp_path / "args").read_text(encoding="utf-8").splitlines()
+    assert args == ["--standalone", "--nnodes=1", "--nproc-per-node=3", "-m", "ptune", verb, *user, *added]
 
 
 def test_readme_config_reference_is_current():
