@@ -1,4 +1,4 @@
-"""Speed and memory benchmark on the ADGEN-shaped workload (shared/reference/performance.md).
+"""Speed and memory benchmark on the ADGEN-shaped workload (docs/workload.md).
 
 Builds a ChatGLM3-shaped `GlmForCausalLM` with random weights directly on the target device (nothing is
 written to disk), wraps it exactly as `load_model` does (`PrefixTunedLM` + `PrefixEncoder`), and measures:
@@ -32,7 +32,7 @@ from ptune.errors import UserError
 from ptune.model import matmul_params
 from ptune.tiny import TINY_DIMS, chatglm_config
 
-# The real ChatGLM2/3 vocabulary and special ids (performance.md). Smaller vocabularies keep each special id
+# The real ChatGLM2/3 vocabulary and special ids (docs/workload.md). Smaller vocabularies keep each special id
 # at the same distance from the top, so the tiny shape has the same layout: content ids, then [MASK], [gMASK]...
 REAL_VOCAB = 65024
 REAL_GMASK, REAL_SOP, REAL_MASK = 64790, 64792, 64789
@@ -121,7 +121,7 @@ def make_prompt_samples(n: int, seed: int, ids: SpecialIds) -> list[dict[str, li
 def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int):
     """(base GlmForCausalLM, config dict) with random weights made directly on `device` in `dtype`.
 
-    Every matrix, bias and embedding is normal(0, 0.02), norm weights are 1 (performance.md); seeded, so the
+    Every matrix, bias and embedding is normal(0, 0.02), norm weights are 1 (docs/workload.md); seeded, so the
     same seed gives the same weights on the same device. The base is built on the meta device first, so the
     6B shape never exists in float32 nor on the host.
     """
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ptune bench",
         description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
-        "workload (random weights; see shared/reference/performance.md).",
+        "workload (random weights; see docs/workload.md).",
     )
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--micro_batch", type=_int_list, default=[4], help="training micro-batches, e.g. 1,4,16")

@@ -7,7 +7,7 @@ Shapes (P = pre_seq_len, L = layers, G = key/value heads, hn = head dim, B = bat
   2i+1 as value of the `L·2` axis, exactly as the original `get_prompt` orders them.
 
 The prefix keys are raw cache entries (no RoPE) and query positions stay 0-based: the model wrapper passes
-position ids and a mask P columns wider. See shared/reference/architecture.md §4 and §7.
+position ids and a mask P columns wider. See docs/architecture.md §6.
 """
 
 from __future__ import annotations

@@ -1,22 +1,29 @@
-#!/usr/bin/env python
-"""Print how far ptune.load_model is from the original ChatGLM forward (tests/chatglm_reference.py) for every
-family, without and with a prefix (projection off/on), on a left-padded float32 batch, over every row.
+"""Print how far ptune.load_model is from the original ChatGLM forward (tests/reference/chatglm_reference.py)
+for every family, without and with a prefix (projection off/on), on a left-padded float32 batch, over every
+row.
 
-    python scripts/parity.py        # tests/test_model.py asserts the same within 1e-5
+Run it as a module from the repository root, so that it imports the reference exactly as the tests do
+(`from tests.reference.chatglm_reference import ...`, with the root on sys.path, as pytest's
+`pythonpath = ["."]` puts it), without any sys.path edit:
+
+    python -m scripts.parity        # tests/test_model.py asserts the same within 1e-5
 """
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.chatglm_reference
+from ptune import tiny
+from ptune.model import load_model
 
-from ptune import tiny  # noqa: E402
-from ptune.model import load_model  # noqa: E402
-from tests.chatglm_reference import make_random_prefix_state_dict, reference_forward  # noqa: E402
+try:
+    from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
+except ModuleNotFoundError as e:  # run as a file (`python scripts/parity.py`): the root is not on sys.path
+    if e.name not in ("tests", "tests.reference"):
+        raise
+    raise SystemExit("run it from the repository root as: python -m scripts.parity") from None
 
 
 def measure(family: str, projection: bool | None) -> tuple[float, float]:

@@ -1,5 +1,5 @@
-"""The benchmark (ptune/bench.py): the synthetic workload obeys performance.md, and a tiny-shape run of the real
-training and predict paths prints one table row per configuration and writes the same rows as JSON.
+"""The benchmark (ptune/bench.py): the synthetic workload obeys docs/workload.md, and a tiny-shape run of
+the real training and predict paths prints one table row per configuration and writes the same rows as JSON.
 A smoke run only: no assertion on speed."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_training_samples_follow_the_workload(vocab):
     assert min(sources) == 20 and max(sources) == 63
     assert min(targets) <= 42 and max(targets) >= 124
     mean = sum(len(s["input_ids"]) for s in samples) / len(samples)
-    assert 120 < mean < 135  # performance.md: ~127.5
+    assert 120 < mean < 135  # docs/workload.md §2: ~127.5
 
 
 def test_samples_are_deterministic_and_nested():
@@ -74,7 +74,7 @@ def test_matmul_params_of_the_6b_shape():
     with torch.device("meta"):
         model = GlmForCausalLM(glm_config(cfg, bench.Path("x")))
     assert sum(p.numel() for p in model.parameters()) == 6_243_584_000
-    assert bench.matmul_params(model) == 5_977_245_696  # performance.md's 5.98e9
+    assert bench.matmul_params(model) == 5_977_245_696  # docs/workload.md §1: 5.98e9
 
 
 def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):

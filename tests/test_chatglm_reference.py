@@ -1,4 +1,4 @@
-"""Self-consistency checks of the plain-PyTorch ChatGLM reference (tests/chatglm_reference.py).
+"""Self-consistency checks of the plain-PyTorch ChatGLM reference, tests/reference/chatglm_reference.py.
 
 The reference is the ground truth ptune's GlmForCausalLM loader is compared against, so it gets its own
 tests: hand-computed RoPE and masks, properties that hold only if causality, padding, GQA grouping and the
@@ -9,7 +9,8 @@ import math
 
 import pytest
 import torch
-from chatglm_reference import (
+
+from tests.reference.chatglm_reference import (
     EMBED,
     INV_FREQ,
     PREFIX,

@@ -1,6 +1,7 @@
 """ptune.load_model on original-format folders against the independent re-implementation of the original
-ChatGLM forward (tests/chatglm_reference.py): logits and losses within 1e-5 in float32, with and without a
-prefix (projection on and off), left padding, gradient checkpointing, freezing and strict loading."""
+ChatGLM forward (tests/reference/chatglm_reference.py): logits and losses within 1e-5 in float32, with and
+without a prefix (projection on and off), left padding, gradient checkpointing, freezing and strict loading.
+The mapping under test is described in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ptune import tiny
 from ptune.convert import PREFIX_KEY
 from ptune.errors import UserError
 from ptune.model import load_model
-from tests.chatglm_reference import make_random_prefix_state_dict, reference_forward
+from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
 
 VOCAB = 128
 
