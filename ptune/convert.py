@@ -17,6 +17,7 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM
 
 from ptune.errors import UserError
+from ptune.families.registry import checkpoint_family
 
 PREFIX_KEY = "transformer.prefix_encoder."
 
@@ -65,29 +66,40 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def _tokenizer_config(folder: Path | None) -> dict:
+    """The folder's tokenizer_config.json, or {} when absent or unreadable (the tokenizer reports those)."""
+    path = folder / "tokenizer_config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def is_glm4(cfg: dict, folder: Path | None = None) -> bool:
-    """GLM-4 shares model_type `chatglm` with ChatGLM2/3. Its config differs in signs, any of which decides:
-    three end ids, the 151,552-row vocabulary, a `num_hidden_layers` alias, or a ChatGLM4Tokenizer."""
-    if isinstance(cfg.get("eos_token_id"), list) or cfg.get("padded_vocab_size") == 151552:
-        return True
-    if "num_hidden_layers" in cfg:
-        return True
-    tok_cfg = folder / "tokenizer_config.json" if folder is not None else None
-    return bool(tok_cfg and tok_cfg.is_file() and "ChatGLM4Tokenizer" in tok_cfg.read_text(encoding="utf-8"))
+    """Whether a chatglm config.json (and the folder's tokenizer_config.json) is GLM-4's: the GLM-4 family's
+    rule, `ptune.families.glm4.is_glm4_checkpoint`."""
+    from ptune.families.glm4 import is_glm4_checkpoint
+
+    return is_glm4_checkpoint(cfg, _tokenizer_config(folder))
 
 
 def _rope_parameters(cfg: dict, folder: Path) -> dict:
     """RoPE settings for GlmConfig: rotary on half of each head, base 10000·rope_ratio or linear interpolation.
 
     ChatGLM2-6B-32k divides positions by rope_ratio (position interpolation = linear scaling), while
-    ChatGLM3-*-32k/128k (2024 code) and GLM-4 multiply the base. config.json alone cannot tell, so for a
-    ChatGLM2/3 checkpoint with rope_ratio we read the folder's modeling file as text (never executed).
+    ChatGLM3-*-32k/128k (2024 code) and GLM-4 multiply the base. A family that always multiplies it says so
+    (`Family.rope_ratio_scales_base`, GLM-4); config.json alone cannot tell ChatGLM2 from ChatGLM3, so for
+    those we read the folder's modeling file as text (never executed).
     """
     ratio = cfg.get("rope_ratio", 1)
     params = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
     if ratio in (1, 1.0, None):
         return params
-    if is_glm4(cfg, folder):
+    family = checkpoint_family(cfg, _tokenizer_config(folder))
+    if family is not None and family.rope_ratio_scales_base:
         params["rope_theta"] = 10000.0 * ratio
         return params
     source = folder / "modeling_chatglm.py"

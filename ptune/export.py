@@ -33,6 +33,7 @@ from ptune.checkpoint import (
 )
 from ptune.convert import PREFIX_KEY, read_json
 from ptune.errors import UserError
+from ptune.families.registry import checkpoint_family, tokenizer_files
 
 FORMATS = ("thudm", "safetensors")
 # The tensors a PrefixEncoder holds (keys without `transformer.prefix_encoder.`), without / with projection.
@@ -41,10 +42,8 @@ PROJECTION_KEYS = PLAIN_KEYS | {"trans.0.weight", "trans.0.bias", "trans.2.weigh
 
 
 def tokenizer_file_names() -> list[str]:
-    """Every file name a ChatGLM or native tokenizer may consist of."""
-    from ptune.tokenizer import CHATGLM_TOKENIZER_FILES, NATIVE_TOKENIZER_FILES
-
-    return list(dict.fromkeys([*CHATGLM_TOKENIZER_FILES, *NATIVE_TOKENIZER_FILES]))
+    """Every file name a tokenizer of any family may consist of."""
+    return tokenizer_files()
 
 
 def prefix_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -70,21 +69,19 @@ def _base_folder(prefix_config: dict) -> Path | None:
     return None
 
 
-def _tokenizer_class(*folders: Path | None) -> str | None:
+def _tokenizer_config(*folders: Path | None) -> dict:
+    """tokenizer_config.json of the first folder that has one ({} if none does)."""
     for folder in folders:
         if folder is not None and (folder / "tokenizer_config.json").is_file():
-            return read_json(folder / "tokenizer_config.json").get("tokenizer_class")
-    return None
+            return read_json(folder / "tokenizer_config.json")
+    return {}
 
 
-def is_glm4(prefix_config: dict, base_config: dict, tokenizer_class: str | None) -> bool:
-    """GLM-4 (whose original code has no PrefixEncoder): by the recorded family, its tokenizer class, or the
-    padded vocabulary of its 151,552 ids."""
-    return (
-        prefix_config.get("family") == "glm4"
-        or tokenizer_class == "ChatGLM4Tokenizer"
-        or base_config.get("padded_vocab_size") == 151552
-    )
+def thudm_prefix_problem(prefix_config: dict, base_config: dict | None, tokenizer_config: dict) -> str | None:
+    """Why THUDM's own code cannot load this prefix, from the family its base shows (None: it can, or the
+    family is unknown): `Family.thudm_prefix_problem` (GLM-4: no PrefixEncoder; native: not a ChatGLM2/3)."""
+    family = checkpoint_family(base_config or {}, tokenizer_config, prefix_config.get("family"))
+    return family.thudm_prefix_problem(base_config or {}) if family is not None else None
 
 
 def thudm_config(base_config: dict | None, prefix_config: dict, pre_seq_len: int, projection: bool) -> dict:
@@ -227,16 +224,9 @@ def export_checkpoint(
                 f"base model config not found (prefix_config.json names {prefix_config.get('base_model_name_or_path')!r}); "
                 "config.json holds only the prefix fields"
             )
-        if is_glm4(prefix_config, base_config or {}, _tokenizer_class(folder, base)):
-            warn(
-                "this is a GLM-4 prefix: GLM-4's original modeling code has no PrefixEncoder and cannot load it "
-                "(ptune can: --ptuning_checkpoint)"
-            )
-        elif base_config is not None and base_config.get("model_type") != "chatglm":
-            warn(
-                f"the base model is {base_config.get('model_type')!r}, not ChatGLM2/3: THUDM's code cannot load "
-                "this prefix (ptune can: --ptuning_checkpoint)"
-            )
+        problem = thudm_prefix_problem(prefix_config, base_config, _tokenizer_config(folder, base))
+        if problem:
+            warn(problem)
     if not copied:
         warn(f"no tokenizer files found in {folder} or the base model folder; none exported")
     return target

@@ -21,7 +21,8 @@ from ptune.chat_format import (
     target_ids,
 )
 from ptune.errors import UserError
-from ptune.tokenizer import ChatGLMTokenizer, train_tiny_sentencepiece
+from ptune.families.chatglm2 import ChatGLMTokenizer
+from ptune.tokenizer_training import train_tiny_sentencepiece
 
 G2, S2 = 64790, 64792  # chatglm2/3 [gMASK], sop
 U3, A3 = 64795, 64796  # chatglm3 <|user|>, <|assistant|>

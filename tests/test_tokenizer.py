@@ -14,16 +14,18 @@ import tiktoken
 
 from ptune.chat_format import chat_messages, encode_example, prompt_ids
 from ptune.errors import UserError
-from ptune.tokenizer import (
-    CORPUS_PATH,
+from ptune.families.chatglm2 import ChatGLMTokenizer
+from ptune.families.glm4 import (
     GLM4_PATTERN,
     GLM4_SPECIALS,
-    ChatGLMTokenizer,
     GLM4Tokenizer,
-    NativeTokenizer,
     load_tiktoken_ranks,
-    load_tokenizer,
     tiktoken_to_tokenizers,
+)
+from ptune.families.native import NativeTokenizer
+from ptune.tokenizer import load_tokenizer
+from ptune.tokenizer_training import (
+    CORPUS_PATH,
     train_byte_bpe,
     train_tiny_sentencepiece,
     write_tiny_tiktoken,

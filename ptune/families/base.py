@@ -1,0 +1,341 @@
+"""The Family interface: what differs between model families, in one object per family.
+
+A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, native) answers:
+
+- detection: ``refusal(folder)`` says why a model folder is not of this family (None: it may be);
+  ``tokenizer_code_says(code)`` tells families that share a tokenizer format apart by their remote code.
+  ``ptune.families.registry.detect_family`` picks among the families with these answers.
+- tokenizer: ``load_tokenizer(folder)``, the ``special_tokens`` appended after the base vocabulary,
+  ``stop_token_ids(tok)`` (every id that ends a chat turn), ``tokenizer_files``.
+- prompts, as pure functions on ids: ``encode_messages(tok, messages)`` (a conversation of role/content
+  messages, ending with the generation prompt), ``conversation(query, history, source_prefix)`` (THUDM's
+  columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
+  ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
+- checkpoint: ``model_type`` of its original folders (``ptune.convert`` converts "chatglm" ones; None: a model
+  transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
+  ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
+
+Family objects are stateless singletons; every method that encodes takes the tokenizer ``tok`` (anything with
+the `ChatTokenizer` attributes; tests pass hand-made fakes) and returns plain ``list[int]``.  Tokenizers keep
+their family's name in ``tok.family``; ``registry.family_of(tok)`` gives the Family back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypedDict
+
+from ptune.errors import UserError
+
+Turn = tuple[str, str]
+
+# The files an original THUDM tokenizer consists of (copied into checkpoints when present).
+CHATGLM_TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "tokenization_chatglm.py")
+
+_TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/=]+ [0-9]+\r?$")
+
+
+class _MessageFields(TypedDict):
+    role: str  # "system" | "user" | "assistant" | "observation" (which ones a family accepts varies)
+    content: str
+
+
+class Message(_MessageFields, total=False):
+    """One chat message. ``metadata`` (ChatGLM3/GLM-4: the text after the role token, e.g. a tool name)."""
+
+    metadata: str
+
+
+# --------------------------------------------------------------------------------------------------------
+# Conversations (family-independent)
+# --------------------------------------------------------------------------------------------------------
+
+
+def normalize_history(history: Any) -> list[Turn]:
+    """`history` as a list of (question, answer) string pairs; None means no history.
+
+    Raises UserError (the caller adds the file and line) when a turn is not a pair of strings.
+    """
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise UserError(f"history must be a list of [question, answer] pairs, got {type(history).__name__}")
+    turns: list[Turn] = []
+    for i, turn in enumerate(history, 1):
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)):
+            raise UserError(f"history turn {i} is not a [question, answer] pair of strings: {turn!r}")
+        turns.append((turn[0], turn[1]))
+    return turns
+
+
+def chat_messages(query: str, history: Sequence[Turn] = (), source_prefix: str = "") -> list[Message]:
+    """The conversation as role/content messages, `source_prefix` in front of the current question."""
+    messages: list[Message] = []
+    for q, r in history:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+    messages.append({"role": "user", "content": source_prefix + query})
+    return messages
+
+
+def or_list(names: Sequence[str]) -> str:
+    """ "a", "a or b", "a, b or c": names for a message."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def too_small(max_source_length: int, needed: int) -> UserError:
+    return UserError(
+        f"--max_source_length {max_source_length} is too small: the chat template and source_prefix alone "
+        f"take {needed} tokens"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tokenizers and model folders
+# --------------------------------------------------------------------------------------------------------
+
+
+class ChatTokenizer:
+    """What every family's tokenizer exposes; each family's module fills it in.
+
+    ``family`` (the family's name), ``encode(text) -> list[int]`` (no special tokens),
+    ``decode(ids, skip_special_tokens=True) -> str``, ``pad_token_id``, ``eos_token_id`` (appended after a
+    training answer), ``stop_token_ids`` (every id that ends a chat turn: the family's `stop_token_ids`),
+    ``special_ids`` (name -> id), ``vocab_size`` (ids the embedding must cover) and ``files`` (tokenizer
+    file names in the model folder, so a checkpoint can copy them).
+    """
+
+    family: str
+    pad_token_id: int
+    eos_token_id: int
+    stop_token_ids: list[int]
+    special_ids: dict[str, int]
+    vocab_size: int
+    files: list[str]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without any special tokens."""
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids`; special tokens dropped when `skip_special_tokens`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, vocab_size={self.vocab_size})"
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when absent; UserError with line/column when malformed."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def is_tiktoken_file(path: Path) -> bool:
+    """True when `path` starts with a tiktoken ranks line ("base64(token) rank"), not a SentencePiece proto."""
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    return bool(_TIKTOKEN_LINE.match(first.rstrip(b"\n")))
+
+
+@dataclass
+class ModelFolder:
+    """A model folder as detection sees it: config.json and tokenizer_config.json ({} when absent).
+
+    The registry sets `original` (an original THUDM folder: its model_type or tokenizer_class is a family's,
+    or --chat_format names such a family) and `tokenizer_formats` (tokenizer_class -> tokenizer format).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+    original: bool = False
+    tokenizer_formats: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelFolder:
+        """Read the folder's JSON files; UserError for a missing folder, no config at all, or bad JSON."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise UserError(f"model folder not found: {folder} (ptune loads models from a local folder)")
+        if not (folder / "config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+            # Without either, AutoTokenizer would fail with advice about installing sentencepiece.
+            what = "the folder is empty" if not any(folder.iterdir()) else "nor tokenizer_config.json"
+            raise UserError(f"{folder / 'config.json'}: file not found ({what}; is this a model folder?)")
+        return cls(
+            folder,
+            read_json_object(folder / "config.json"),
+            read_json_object(folder / "tokenizer_config.json"),
+        )
+
+    @property
+    def tokenizer_class(self) -> str | None:
+        value = self.tokenizer_config.get("tokenizer_class")
+        return value if isinstance(value, str) else None
+
+    def require(self, name: str) -> Path:
+        """The path of tokenizer file `name`; UserError when it is missing."""
+        path = self.path / name
+        if not path.is_file():
+            raise UserError(f"tokenizer file not found: {path}")
+        return path
+
+    def present(self, names: Iterable[str]) -> list[str]:
+        return [name for name in names if (self.path / name).is_file()]
+
+    def tokenizer_format(self) -> str:
+        """The tokenizer format: "tiktoken" when tokenizer_class names a tiktoken family or tokenizer.model
+        is a ranks text file, else "sentencepiece" (UserError when tokenizer.model is missing)."""
+        model = self.require("tokenizer.model")
+        if self.tokenizer_formats.get(self.tokenizer_class) == "tiktoken" or is_tiktoken_file(model):
+            return "tiktoken"
+        return "sentencepiece"
+
+    def names(self) -> list[str]:
+        """Names that may say which model this is: config.json _name_or_path, tokenizer_config.json
+        name_or_path, the folder's own name (in that order)."""
+        found = [self.config.get("_name_or_path"), self.tokenizer_config.get("name_or_path")]
+        return [n for n in found if isinstance(n, str)] + [self.path.resolve().name]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The Family interface
+# --------------------------------------------------------------------------------------------------------
+
+
+class Family:
+    """One model family: detection, tokenizer, chat format and checkpoint rules (module docstring)."""
+
+    name: ClassVar[str]  # --chat_format value, tok.family, prefix_config.json "family"
+    title: ClassVar[str]  # for messages: "ChatGLM3"
+    model_type: ClassVar[str | None] = None  # config.json model_type of its original folders
+    tokenizer_format: ClassVar[str]  # "sentencepiece" | "tiktoken" | "transformers"
+    tokenizer_description: ClassVar[str] = ""  # "a SentencePiece model", for messages
+    tokenizer_classes: ClassVar[tuple[str, ...]] = ()  # tokenizer_config.json classes of its original folders
+    tokenizer_files: ClassVar[tuple[str, ...]] = ()
+    special_tokens: ClassVar[tuple[str, ...]] = ()  # appended after the base vocabulary, in id order
+    assistant_name: ClassVar[str] = "ChatGLM"  # how `ptune chat` names the model
+    rope_ratio_scales_base: ClassVar[bool | None] = None  # None: convert reads it from modeling_chatglm.py
+
+    # -- detection, tokenizer, checkpoint -------------------------------------------------------------
+
+    def refusal(self, folder: ModelFolder) -> str | None:
+        """Why `folder` cannot be of this family (a message ending in what to use instead), or None."""
+        raise NotImplementedError
+
+    def tokenizer_code_says(self, code: str) -> bool:
+        """Whether the folder's tokenization_chatglm.py (read as text, never run) is this family's."""
+        return False
+
+    def load_tokenizer(self, folder: ModelFolder) -> ChatTokenizer:
+        raise NotImplementedError
+
+    def stop_token_ids(self, tok: Any) -> list[int]:
+        """Ids that end a chat turn: eos by default."""
+        return [tok.eos_token_id]
+
+    def is_checkpoint(self, config: dict, tokenizer_config: dict, recorded_family: str | None = None) -> bool:
+        """Whether config.json (with tokenizer_config.json, and the family a prefix_config.json records)
+        shows this family by itself. False when it cannot tell (ChatGLM2 and ChatGLM3 weights look alike)."""
+        return False
+
+    def thudm_prefix_problem(self, config: dict) -> str | None:
+        """Why THUDM's own code cannot load a prefix trained on this family (None: it can)."""
+        return None
+
+    # -- prompts ------------------------------------------------------------------------------------
+
+    def encode_messages(
+        self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The conversation's ids, special tokens included, then (by default) the cue for the next answer."""
+        raise NotImplementedError
+
+    def conversation(
+        self, query: str, history: Sequence[Turn] = (), source_prefix: str = ""
+    ) -> list[Message]:
+        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question."""
+        return chat_messages(query, history, source_prefix)
+
+    def answer_ids(self, tok: Any, response: str) -> list[int]:
+        """The answer's ids without eos: what the model writes after the generation prompt."""
+        return tok.encode(response)
+
+    def prompt_ids(self, tok: Any, query: str, history: Any = (), source_prefix: str = "") -> list[int]:
+        """The full, untruncated prompt ids of one example."""
+        return self.encode_messages(tok, self.conversation(query, normalize_history(history), source_prefix))
+
+    def encode_prompt(
+        self, tok: Any, query: str, history: Any, max_source_length: int, source_prefix: str = ""
+    ) -> list[int]:
+        """Prompt ids of at most `max_source_length`: history turns dropped oldest first (re-encoding each
+        time), then the question cut by `cut_question`."""
+        turns = normalize_history(history)
+        while True:
+            ids = self.prompt_ids(tok, query, turns, source_prefix)
+            if len(ids) <= max_source_length:
+                return ids
+            if not turns:
+                return self.cut_question(tok, query, source_prefix, max_source_length)
+            turns = turns[1:]
+
+    def cut_question(self, tok: Any, query: str, source_prefix: str, max_source_length: int) -> list[int]:
+        """The prompt without history, the question cut from the right so that it fits.
+
+        Here for prompts encoded as one text: the question is cut by characters (the most that fit, found by
+        bisection) and the text re-encoded, so the template's closing part stays intact and tokenized as
+        usual.  UserError when not even an empty question fits.
+        """
+
+        def build(k: int) -> list[int]:
+            return self.prompt_ids(tok, query[:k], (), source_prefix)
+
+        best = build(0)
+        if len(best) > max_source_length:
+            raise too_small(max_source_length, len(best))
+        lo, hi = 0, len(query)  # invariant: build(lo) fits; build(hi) does not (the caller saw it overflow)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ids = build(mid)
+            if len(ids) <= max_source_length:
+                lo, best = mid, ids
+            else:
+                hi = mid
+        return best
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+
+class OriginalFamily(Family):
+    """A family whose checkpoints come as original THUDM folders: config.json model_type "chatglm" (weights
+    converted by `ptune.convert`), a ``tokenizer.model`` file ptune reads itself (no remote code)."""
+
+    model_type = "chatglm"
+    tokenizer_files = CHATGLM_TOKENIZER_FILES
+
+    def refusal(self, folder: ModelFolder) -> str | None:
+        if not folder.original:
+            return f"{folder.path} is not an original {self.title} folder (model_type {self.model_type!r})"
+        found = folder.tokenizer_format()
+        if found == self.tokenizer_format:
+            return None
+        from ptune.families.registry import FAMILIES
+
+        model = folder.require("tokenizer.model")
+        fits = [f for f in FAMILIES if f.model_type == self.model_type and f.tokenizer_format == found]
+        if not fits:
+            return f"{model} is a {found} tokenizer, which no {self.model_type} family reads"
+        return f"{model} is {fits[0].tokenizer_description}; use {or_list([f.name for f in fits])}"

@@ -1,0 +1,148 @@
+"""Native: any decoder transformers ships (glm, llama, qwen2, ...), with its own tokenizer and chat template.
+
+Tokenizer: whatever ``AutoTokenizer`` loads from the folder, never with remote code.  eos comes from the
+tokenizer; a turn also ends at the eos ids of generation_config.json / config.json (e.g. a converted GLM-4
+lists <|user|> and <|observation|> there); pad falls back to eos when the tokenizer has none.
+
+Prompt: the tokenizer's chat template with ``add_generation_prompt``, tokenized without adding specials (the
+template writes them).  Without a chat template: plain text, each message's content then ``"\\n"``, tokenized
+with the tokenizer's own specials (e.g. a bos).  The answer is ``encode(response)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ptune.errors import UserError
+from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, or_list, read_json_object
+
+# File names a native tokenizer may consist of (copied into checkpoints when present).
+NATIVE_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+class NativeTokenizer(ChatTokenizer):
+    """A transformers tokenizer `hf` in the common interface; `extra_stop_ids` end a turn besides eos."""
+
+    family = "native"
+
+    def __init__(self, hf: Any, extra_stop_ids: Iterable[int] = (), files: Sequence[str] = ()):
+        self.hf = hf
+        if hf.eos_token_id is None:
+            raise UserError(
+                f"{hf.name_or_path}: the tokenizer defines no eos token; set eos_token in tokenizer_config.json"
+            )
+        self.eos_token_id = int(hf.eos_token_id)
+        self.pad_token_id = int(hf.pad_token_id) if hf.pad_token_id is not None else self.eos_token_id
+        self.extra_stop_ids = [int(i) for i in extra_stop_ids]
+        self.stop_token_ids = FAMILY.stop_token_ids(self)
+        self.special_ids = {
+            str(t): int(i) for t, i in zip(hf.all_special_tokens, hf.all_special_ids, strict=True)
+        }
+        self.vocab_size = len(hf)
+        self.files = list(files)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """The chat template rendered as text, by default ending with the generation prompt."""
+        return self.hf.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def _eos_ids(*configs: dict[str, Any]) -> list[int]:
+    ids: list[int] = []
+    for config in configs:
+        value = config.get("eos_token_id")
+        if isinstance(value, int):
+            ids.append(value)
+        elif isinstance(value, list):
+            ids.extend(v for v in value if isinstance(v, int))
+    return ids
+
+
+class Native(Family):
+    """Models transformers loads natively (module docstring)."""
+
+    name = "native"
+    title = "native"
+    tokenizer_format = "transformers"
+    tokenizer_files = NATIVE_TOKENIZER_FILES
+    assistant_name = "Assistant"
+
+    def refusal(self, folder: ModelFolder) -> str | None:
+        if not folder.original:
+            return None
+        from ptune.families.registry import FAMILIES
+
+        originals = [f.name for f in FAMILIES if f.model_type is not None]
+        return (
+            f"{folder.path} holds a ChatGLM-format tokenizer, which transformers cannot load without remote "
+            f"code; use {or_list(originals)}"
+        )
+
+    def load_tokenizer(self, folder: ModelFolder) -> NativeTokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(str(folder.path), trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            message = " ".join(str(e).split())[:300]  # some of transformers' messages span several lines
+            raise UserError(
+                f"{folder.path}: transformers could not load a tokenizer from this folder: {message}"
+            ) from e
+        generation_config = read_json_object(folder.path / "generation_config.json")
+        extra = _eos_ids(generation_config, folder.config)
+        return NativeTokenizer(hf, extra_stop_ids=extra, files=folder.present(NATIVE_TOKENIZER_FILES))
+
+    def stop_token_ids(self, tok: Any) -> list[int]:
+        return list(dict.fromkeys([tok.eos_token_id, *getattr(tok, "extra_stop_ids", ())]))
+
+    def encode_messages(
+        self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
+        if tok.has_chat_template:
+            if add_generation_prompt:
+                return tok.encode(tok.render_chat(messages))
+            return tok.encode(tok.render_chat(messages, add_generation_prompt=False))
+        return tok.encode("".join(f"{m['content']}\n" for m in messages), add_special_tokens=True)
+
+    def is_checkpoint(self, config: dict, tokenizer_config: dict, recorded_family: str | None = None) -> bool:
+        """A model_type no original family has (config.json alone says so)."""
+        from ptune.families.registry import FAMILIES
+
+        model_type = config.get("model_type")
+        originals = {f.model_type for f in FAMILIES if f.model_type}
+        return bool(config) and not (isinstance(model_type, str) and model_type in originals)
+
+    def thudm_prefix_problem(self, config: dict) -> str | None:
+        return (
+            f"the base model is {config.get('model_type')!r}, not ChatGLM2/3: THUDM's code cannot load this "
+            "prefix (ptune can: --ptuning_checkpoint)"
+        )
+
+
+FAMILY = Native()
