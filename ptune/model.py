@@ -22,7 +22,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ptune.convert import PREFIX_KEY, check_safetensors, load_glm, read_json
 from ptune.errors import UserError
-from ptune.prefix import PrefixConfig, PrefixEncoder, cache_argument, prefix_cache
+from ptune.prefix import (
+    PrefixEncoder,
+    cache_argument,
+    check_prefix_base,
+    prefix_cache,
+    prefix_config_for,
+    prefix_from_state,
+)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -228,20 +235,6 @@ def answer_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num
     return total / max(int(count), 1)
 
 
-def _prefix_config_for(base: PreTrainedModel, pre_seq_len: int, prefix_projection: bool) -> PrefixConfig:
-    """Prefix dimensions read off any decoder config (Glm, Llama, Qwen2, ...)."""
-    cfg = base.config.get_text_config()
-    heads = cfg.num_attention_heads
-    return PrefixConfig(
-        pre_seq_len=pre_seq_len,
-        num_layers=cfg.num_hidden_layers,
-        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-        hidden_size=cfg.hidden_size,
-        prefix_projection=prefix_projection,
-    )
-
-
 def load_base(
     path: str | Path,
     *,
@@ -355,91 +348,7 @@ def load_model(
     elif pre_seq_len:
         if pre_seq_len < 1:
             raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
-        encoder = PrefixEncoder(
-            _prefix_config_for(base, pre_seq_len, bool(prefix_projection)), prefix_dropout
-        )
+        encoder = PrefixEncoder(prefix_config_for(base, pre_seq_len, bool(prefix_projection)), prefix_dropout)
     if encoder is not None:
         encoder.to(base.device)
     return PrefixTunedLM(base, encoder, source).eval()
-
-
-def prefix_from_state(
-    base: PreTrainedModel,
-    state: dict[str, torch.Tensor],
-    where: str,
-    pre_seq_len: int | None,
-    prefix_projection: bool | None,
-    dropout: float,
-) -> PrefixEncoder:
-    """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
-    their shapes fit this base model and the user's flags."""
-    rows, width, has_projection = _check_prefix_flags(where, state, pre_seq_len, prefix_projection)
-    config = _prefix_config_for(base, rows, has_projection)
-    if width != config.kv_size:
-        raise UserError(
-            f"{where}: prefix width {width} does not fit this model (needs {config.kv_size} = "
-            f"{config.num_layers} layers x 2 x {config.num_kv_heads} kv heads x {config.head_dim}); "
-            "was it trained on another model family?"
-        )
-    if has_projection:
-        config = PrefixConfig(**{**config.to_dict(), "hidden_size": state["trans.0.weight"].shape[0]})
-    encoder = PrefixEncoder(config, dropout)
-    expected = set(encoder.state_dict())
-    if set(state) != expected:
-        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-        raise UserError(f"{where}: prefix tensors do not match (unexpected {extra}, missing {missing})")
-    try:
-        encoder.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as e:
-        raise UserError(f"{where}: {str(e).splitlines()[-1].strip()}") from None
-    return encoder
-
-
-def check_prefix_base(checkpoint: str | Path, source: BaseSource) -> None:
-    """Refuse a prefix trained on another base: prefix_config.json records the family and model_type it was
-    trained with. ChatGLM2 and ChatGLM3 prefixes have the same shape, so only this record tells them apart.
-    THUDM checkpoints (no prefix_config.json) and records without these fields are not checked."""
-    from ptune.checkpoint import PREFIX_CONFIG_NAME, read_prefix_config
-
-    recorded = read_prefix_config(checkpoint)
-    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    for key, have, name in (
-        ("family", source.family, "family"),
-        ("base_model_type", source.model_type, "model_type"),
-    ):
-        want = recorded.get(key)
-        if want and have and want != have:
-            raise UserError(
-                f"{folder / PREFIX_CONFIG_NAME}: this prefix was trained on a {want} base "
-                f"({recorded.get('base_model_name_or_path')}), but {source.path} is {name} {have}; "
-                "a prefix only works with the base it was trained on"
-            )
-
-
-def check_prefix_flags(
-    checkpoint: str | Path, pre_seq_len: int | None, prefix_projection: bool | None
-) -> None:
-    """--pre_seq_len / --prefix_projection against a checkpoint's tensors, before any model is loaded."""
-    from ptune.checkpoint import read_prefix_state
-
-    _check_prefix_flags(str(checkpoint), read_prefix_state(checkpoint), pre_seq_len, prefix_projection)
-
-
-def _check_prefix_flags(
-    where: str, state: dict[str, torch.Tensor], pre_seq_len: int | None, prefix_projection: bool | None
-) -> tuple[int, int, bool]:
-    """(pre_seq_len, width, has_projection) of saved prefix tensors; an error if the flags say otherwise."""
-    if "embedding.weight" not in state:
-        raise UserError(f"{where}: no prefix encoder weights (expected {PREFIX_KEY}embedding.weight)")
-    rows, width = state["embedding.weight"].shape
-    has_projection = "trans.0.weight" in state
-    if pre_seq_len is not None and pre_seq_len != rows:
-        raise UserError(
-            f"{where}: the checkpoint has pre_seq_len {rows}, but --pre_seq_len {pre_seq_len} was given"
-        )
-    if prefix_projection is not None and bool(prefix_projection) != has_projection:
-        raise UserError(
-            f"{where}: the checkpoint has {'a' if has_projection else 'no'} prefix projection, but "
-            f"--prefix_projection {str(bool(prefix_projection)).lower()} was given"
-        )
-    return rows, width, has_projection

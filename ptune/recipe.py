@@ -66,7 +66,7 @@ class PTuningRecipe:
         """`resume_from_checkpoint`: a path, or true for the newest *complete* checkpoint in output_dir;
         verified file by file before anything is loaded, and against --pre_seq_len / --prefix_projection."""
         from ptune.checkpoint import newest_complete_checkpoint, verify_resumable
-        from ptune.model import check_prefix_flags
+        from ptune.prefix import check_prefix_flags
 
         args = self.training_args
         value = args.resume_from_checkpoint

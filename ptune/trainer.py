@@ -166,7 +166,9 @@ class PrefixTrainer(Seq2SeqTrainer):
         if not self.args.should_save:  # the Trainer calls this on every rank; only the writer rank writes
             return
         folder = Path(output_dir or self.args.output_dir)
-        with write_errors_as_user_errors(f"{folder}: could not write the prefix"):
+        what = f"{folder}: could not write the prefix"
+        # Inside a checkpoint save, _save_checkpoint reports the error under the checkpoint's own name.
+        with contextlib.nullcontext() if self._staging_dir else write_errors_as_user_errors(what):
             folder.mkdir(parents=True, exist_ok=True)
             write_prefix_files(self.accelerator.unwrap_model(self.model), folder, self.tokenizer_files)
 
