@@ -30,6 +30,7 @@ import torch
 from ptune.convert import glm_config
 from ptune.errors import UserError
 from ptune.model import matmul_params
+from ptune.parse import Parser
 from ptune.tiny import TINY_DIMS, chatglm_config
 
 # The real ChatGLM2/3 vocabulary and special ids (docs/workload.md). Smaller vocabularies keep each special id
@@ -468,7 +469,7 @@ def _non_negative(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ptune bench",
         description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
         "workload (random weights; see docs/workload.md).",
@@ -556,6 +557,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ptune bench [...]`: print the table. Bad input raises UserError (`ptune VERB: error: ...`, exit 2)."""
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -563,9 +565,6 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # the Trainer's info/warnings would interleave with the table
     try:
         rows, meta = run(args)
-    except UserError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
     finally:
         hf_logging.set_verbosity(verbosity)
     quant = f", int{meta['quantization_bit']} base" if meta["quantization_bit"] else ""

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers.hf_argparser import string_to_bool
 
+from ptune.args import CHAT_FORMATS, GenerationArguments
 from ptune.chat_format import decode_response, encode_prompt, prompt_ids
-from ptune.config import CHAT_FORMATS, GenerationArguments
 from ptune.errors import UserError
 from ptune.generate import GenerationSettings, iter_tokens
 from ptune.model import PrefixTunedLM
+from ptune.parse import Parser
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
@@ -175,7 +176,7 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="ptune chat",
         description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
         "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
@@ -234,13 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are a one-line UserError (the CLI prints it and exits 2), not a usage dump."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see ptune chat --help)")
-
-
 def _settings(args: argparse.Namespace) -> GenerationSettings:
     gen = GenerationArguments(  # validates top_p / temperature / max_new_tokens as eval and predict do
         max_new_tokens=args.max_new_tokens,
@@ -267,8 +261,8 @@ def _device(name: str | None) -> torch.device | None:
 
 def main(argv: list[str]) -> int:
     """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
-    from ptune.config import base_from_checkpoint
     from ptune.model import load_model
+    from ptune.parse import base_from_checkpoint
     from ptune.tokenizer import load_tokenizer
 
     args = build_parser().parse_args(argv)

@@ -49,12 +49,11 @@ def predict(argv: list[str]) -> int:
 
 def score(argv: list[str]) -> int:
     """Re-score a generated_predictions.txt: prints the metrics as JSON."""
-    import argparse
-
     from ptune.metrics import compute_metrics
+    from ptune.parse import Parser
     from ptune.predictions import read_predictions
 
-    parser = argparse.ArgumentParser(prog="ptune score", description="Re-score a predictions file.")
+    parser = Parser(prog="ptune score", description="Re-score a predictions file.")
     parser.add_argument(
         "file", help="generated_predictions.txt: one JSON object per line with labels and predict"
     )

@@ -14,7 +14,6 @@ only with `--overwrite`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -34,6 +33,7 @@ from ptune.checkpoint import (
 from ptune.convert import PREFIX_KEY, read_json
 from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family, tokenizer_files
+from ptune.parse import Parser
 
 FORMATS = ("thudm", "safetensors")
 # The tensors a PrefixEncoder holds (keys without `transformer.prefix_encoder.`), without / with projection.
@@ -282,7 +282,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def main(argv: list[str]) -> int:
     """`ptune export CHECKPOINT [--format thudm|safetensors] [--out DIR] [--overwrite]`; prints the folder."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ptune export",
         description="Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with "
         "pre_seq_len, for ChatGLM2/3's own ptuning code and demos) or in ptune's (model.safetensors).",

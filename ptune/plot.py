@@ -12,11 +12,11 @@ to a temporary file first and renamed into place, so a crash never leaves a half
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ptune.errors import UserError
 from ptune.io import read_json, replacing
+from ptune.parse import Parser
 
 PLOT_NAME = "training_curves.png"
 STATE_NAME = "trainer_state.json"
@@ -145,7 +145,7 @@ def save_png(fig, target: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """`ptune plot OUTPUT_DIR [--out FILE]`: redraw the training curves of a run and print the PNG's path."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ptune plot",
         description="Draw loss, learning rate and evaluation scores vs step from OUTPUT_DIR/trainer_state.json.",
     )

@@ -10,7 +10,7 @@
         trainer           the stock Seq2SeqTrainer, subclassed for prefix-only checkpoints (ptune.trainer)
         train             trainer.train, a clean stop on SIGTERM/SIGHUP, final prefix, metrics, plot
 
-A config value's path to disk: `--pre_seq_len 128` → `ModelArguments.pre_seq_len` (ptune.config) →
+A config value's path to disk: `--pre_seq_len 128` → `ModelArguments.pre_seq_len` (ptune.args) →
 `load_model(pre_seq_len=128)` builds a `PrefixEncoder` [128, L·2·G·hn] → the Trainer optimizes it →
 `PrefixTrainer._save` → `checkpoint.write_prefix_files` writes `model.safetensors` and `prefix_config.json`
 (`"pre_seq_len": 128`), which eval / predict / chat / export read back.
@@ -39,7 +39,7 @@ class PTuningRecipe:
 
     @classmethod
     def from_argv(cls, verb: str, argv: list[str]) -> PTuningRecipe:
-        from ptune.config import parse_args
+        from ptune.parse import parse_args
 
         recipe = cls(verb, *parse_args(verb, argv))
         setup_logging(recipe.training_args)

@@ -1,4 +1,4 @@
-"""Tests of ptune.config: THUDM's flags parse unchanged, JSON configs, and one-line errors for every mistake."""
+"""Tests of ptune.args, compat and parse: THUDM's flags parse unchanged, JSON configs, one-line errors."""
 
 import dataclasses
 import json
@@ -9,16 +9,15 @@ import warnings
 
 import pytest
 
-from ptune.config import (
+from ptune.args import (
     DataTrainingArguments,
     GenerationArguments,
     ModelArguments,
     TrainingArguments,
     argument_reference,
-    load_config_file,
-    parse_args,
 )
 from ptune.errors import UserError
+from ptune.parse import load_config_file, parse_args
 
 # THUDM/ChatGLM2-6B ptuning/train.sh and evaluate.sh, flag for flag.
 TRAIN_SH = (

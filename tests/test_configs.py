@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ptune.config import parse_args
+from ptune.parse import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.json"))
