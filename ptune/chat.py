@@ -129,10 +129,6 @@ class ChatSession:
         return encode_prompt(tok, query, kept, limit, self.source_prefix), notes
 
 
-def bot_name(family: str) -> str:
-    return "Assistant" if family == "native" else "ChatGLM"
-
-
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -285,7 +281,9 @@ def main(argv: list[str]) -> int:
         device=_device(args.device),
         family=tok.family,
     )
-    name = bot_name(tok.family)
+    from ptune.families.registry import family_of
+
+    name = family_of(tok).assistant_name
     prefix = f" + a {model.pre_seq_len}-token prefix" if model.pre_seq_len else ""
     _write(
         f"ptune chat: {tok.family} model{prefix} on {model.device}. Type a question and press Enter; "
