@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print the README's config reference (every argument ptune declares, with default and help) as Markdown.
 
-python scripts/argument_table.py      # tests/test_configs.py checks the README holds exactly this
+python scripts/argument_table.py      # tests/unit/test_configs.py checks the README holds exactly this
 """
 
 from ptune.args import argument_reference

@@ -6,7 +6,7 @@ Run it as a module from the repository root, so that it imports the reference ex
 (`from tests.reference.chatglm_reference import ...`, with the root on sys.path, as pytest's
 `pythonpath = ["."]` puts it), without any sys.path edit:
 
-    python -m scripts.parity        # tests/test_model.py asserts the same within 1e-5
+    python -m scripts.parity        # tests/unit/test_model.py asserts the same within 1e-5
 """
 
 import json

@@ -23,3 +23,14 @@ def hf_cache(tmp_path_factory):
     datasets.config.HF_DATASETS_CACHE = folder / "datasets"
     yield folder
     datasets.config.HF_DATASETS_CACHE = old
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/e2e runs the CLI end to end (training, subprocesses): marked `slow`, so that
+    `python -m pytest -m "not slow"` is the quick unit layer; several-process tests are also `multiprocess`."""
+    for item in items:
+        parts = item.path.parts
+        if "e2e" in parts or item.path.name == "test_demo.py":
+            item.add_marker(pytest.mark.slow)
+        if item.path.name == "test_distributed.py":
+            item.add_marker(pytest.mark.multiprocess)

@@ -32,7 +32,7 @@ from ptune.tokenizer_training import (
     write_tiny_tokenizer,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 GLM4_REAL = REFERENCE / "formats" / "glm-4-9b-chat"
 needs_glm4_real = pytest.mark.skipif(
     not (GLM4_REAL / "tokenizer.model").is_file(),

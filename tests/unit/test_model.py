@@ -173,7 +173,7 @@ def test_weight_names_match_real_index(tmp_path):
     import re
     from pathlib import Path
 
-    real_dir = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "formats"
+    real_dir = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "formats"
     if not real_dir.is_dir():
         pytest.skip("shared/reference/formats is not beside this checkout")
     for family, real, ours in [

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from ptune.cli import main
 from ptune.metrics import compute_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 COMMON = ["--prompt_column", "content", "--response_column", "summary", "--max_source_length", "48",
           "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip

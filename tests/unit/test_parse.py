@@ -1,6 +1,6 @@
 """One bad-input path for every verb: a mistaken command line is one line `ptune VERB: error: ...`, exit 2.
 
-train/eval/predict parse through ptune.parse.parse_args (tests/test_config.py covers its rules); chat, export,
+train/eval/predict parse through ptune.parse.parse_args (tests/unit/test_config.py covers its rules); chat, export,
 plot, score and bench through ptune.parse.Parser. None of them prints argparse's usage dump on a mistake.
 """
 
@@ -16,7 +16,7 @@ from ptune.cli import main
 from ptune.errors import UserError
 from ptune.parse import Parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,7 @@ def test_parser_error_is_one_user_error_line():
     assert str(caught.value) == "two lines (see ptune demo --help)"
 
 
+@pytest.mark.slow  # a Python process of its own (imports torch and transformers)
 def test_bench_script_errors_like_the_verb():
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench.py"), "--micro_batch", "x"],

@@ -25,7 +25,7 @@ from test_safety import refused, snapshot, train_argv
 from ptune.cli import main
 
 KEY = "transformer.prefix_encoder.embedding.weight"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def prefix(folder: Path) -> torch.Tensor:

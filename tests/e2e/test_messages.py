@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ptune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
 

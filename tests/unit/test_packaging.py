@@ -27,10 +27,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 # Modules of this repository that tests import by their own names.
-LOCAL = {"ptune", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")}
+LOCAL = {"ptune", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 
 
 def _declared(extra: str | None = None) -> set[str]:

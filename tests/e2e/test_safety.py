@@ -17,7 +17,7 @@ import pytest
 from ptune.cli import main
 from ptune.rundir import RunLock
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
 

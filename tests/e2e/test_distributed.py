@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 KEY = "transformer.prefix_encoder.embedding.weight"
 STEPS = 12

@@ -18,7 +18,7 @@ from test_safety import refused, snapshot, train_argv
 from ptune.cli import main
 from ptune.tiny import make_tiny_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "data" / "demo" / "dev.json"
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 KEY = "transformer.prefix_encoder.embedding.weight"
 PRE_SEQ_LEN = 8

@@ -9,7 +9,7 @@ import pytest
 
 from ptune.parse import parse_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.json"))
 
 

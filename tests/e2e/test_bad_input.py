@@ -11,7 +11,7 @@ import pytest
 from ptune.cli import main
 from ptune.tiny import make_tiny_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "data" / "demo" / "train.json")
 
 
