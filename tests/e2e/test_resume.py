@@ -288,15 +288,16 @@ def wait_for(condition, proc: subprocess.Popen, poll: float, timeout: float = 18
 def staged_unpublished(out: Path, start: int) -> bool:
     """A save of a checkpoint newer than `start` is under way: `.staging/checkpoint-N` holds files already,
     `checkpoint-N` itself is not there yet."""
-    if not (out / ".staging").exists():
-        return False
-    for staged in (out / ".staging").glob("checkpoint-*"):
-        if (
-            int(staged.name.split("-")[1]) > start
-            and not (out / staged.name).exists()
-            and any(staged.iterdir())
-        ):
-            return True
+    try:  # the training process renames and removes these folders while we look
+        for staged in (out / ".staging").glob("checkpoint-*"):
+            if (
+                int(staged.name.split("-")[1]) > start
+                and not (out / staged.name).exists()
+                and any(staged.iterdir())
+            ):
+                return True
+    except FileNotFoundError:
+        pass
     return False
 
 
