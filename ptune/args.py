@@ -21,11 +21,12 @@ from transformers import Seq2SeqTrainingArguments
 
 from ptune.argtypes import BadArgument, check_at_least, check_choices
 from ptune.compat import refuse_dead
+from ptune.families.registry import FAMILY_NAMES
 from ptune.training_args import TrainingArguments
 
 # How prompts are built; None in ModelArguments.chat_format means "detect from the model". The one list of
 # chat formats (ptune.chat's --chat_format choices too); ChatFormat, the field's type, is made from it.
-CHAT_FORMATS: tuple[str, ...] = ("chatglm2", "chatglm3", "glm4", "native")
+CHAT_FORMATS: tuple[str, ...] = FAMILY_NAMES  # one family list: the registry's (ptune.families)
 ChatFormat = Literal[CHAT_FORMATS]  # type: ignore[valid-type]
 
 
