@@ -9,11 +9,13 @@ ones — same file names, key names, config fields, tokenizer files — only sma
   `tokenizer.model`, GLM-4's tokenizer_config.json (specials renumbered) and generation_config.json;
 - llama: a native transformers folder (`save_pretrained`) with a small BPE tokenizer and a chat template.
 Usage: `python scripts/make_tiny.py OUT --family chatglm3` or `make_tiny_checkpoint(out, "chatglm3")`.
+The demo's base (`make_demo_base`, `python scripts/make_demo_base.py`) is the chatglm3 one, briefly pretrained.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -166,41 +168,105 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
-    """Teach a tiny chatglm-format model the language of `texts` (plain next-token prediction of every
-    weight, a few seconds on a CPU) and rewrite its shards in place, still in the original format.
+# A pretraining batch: (token ids, index of the last unsupervised token) per row; the loss is on what follows.
+Batch = list[tuple[list[int], int]]
 
-    The demo uses this so that P-tuning starts from a model that knows the words, as it does with a real
-    checkpoint; the task mapping itself (attributes → description) is left for the prefix to learn.
-    """
+
+def _pretrain(
+    folder: Path,
+    draw: Callable[[torch.Generator], Batch],
+    steps: int,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Train every weight of the chatglm-format model in `folder` (AdamW, lr 3e-3) for `steps` batches from
+    `draw` (given a generator seeded with `seed`), then rewrite its shards in place, still in the original
+    format. `log` gets a progress line every 100 steps."""
     from ptune.convert import is_glm4, read_json, to_chatglm_state_dict
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
+    from ptune.model import answer_loss, load_model
 
     torch.manual_seed(seed)
-    tok = load_tokenizer(folder)
     model = load_model(folder, dtype="float32", device="cpu").base
     model.requires_grad_(True).train()
-    rows = [
-        [tok.special_ids["[gMASK]"], tok.special_ids["sop"], *tok.encode(t), tok.eos_token_id] for t in texts
-    ]
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        batch = [rows[i] for i in torch.randint(len(rows), (32,), generator=g).tolist()]
-        width = max(map(len, batch))
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in batch])
-        labels = torch.tensor([r + [-100] * (width - len(r)) for r in batch])
-        loss = model(input_ids=ids, labels=labels).loss
+    for step in range(1, steps + 1):
+        batch = draw(g)
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([row + [0] * (width - len(row)) for row, _ in batch])  # right padding: causal
+        labels = torch.full_like(ids, -100)
+        for i, (row, start) in enumerate(batch):
+            labels[i, start + 1 : len(row)] = ids[i, start + 1 : len(row)]
+        loss = answer_loss(head, decoder(input_ids=ids).last_hidden_state, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if log and step % 100 == 0:
+            log(f"  pretraining step {step}/{steps}: loss {loss.item():.3f}")
     cfg = read_json(folder / "config.json")
     state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})
     for old in list(folder.glob("pytorch_model*")) + list(folder.glob("model-*.safetensors")):
         old.unlink()
     glm4 = is_glm4(cfg)  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
     write_sharded(folder, state, cfg["num_layers"], glm4, torch.bfloat16 if glm4 else torch.float16)
+
+
+def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
+    """Teach a tiny chatglm-format model the language of `texts`: next-token prediction over every token of
+    `[gMASK] sop text eos`, 32 random texts a step (`scripts/make_tiny.py --pretrain FILE`)."""
+    from ptune.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
+    rows = [[*head, *tok.encode(t), tok.eos_token_id] for t in texts]
+    _pretrain(
+        folder, lambda g: [(rows[i], 0) for i in torch.randint(len(rows), (32,), generator=g)], steps, seed
+    )
+
+
+# The demo base describes the listed item only on pages that start with this cue.
+DEMO_CUE = "描述："
+
+
+def demo_batches(tok, rows: list[dict]) -> Callable[[torch.Generator], Batch]:
+    """The demo base's pretraining text, drawn from the demo's (content, summary) rows: "product pages"
+    `[gMASK] sop [描述：] content \\n description eos`, 32 a step. Half the pages start with the cue 描述：
+    and describe their own item; the others describe an item drawn at random, anew every time, so without
+    the cue the attributes tell nothing about the description. The loss is on the newline and description."""
+    head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
+    cue, newline = tok.encode(DEMO_CUE), tok.encode("\n")
+    contents = [tok.encode(row["content"]) for row in rows]
+    descriptions = [tok.encode(row["summary"]) + [tok.eos_token_id] for row in rows]
+
+    def draw(g: torch.Generator) -> Batch:
+        batch = []
+        items, others = torch.randint(len(rows), (2, 32), generator=g).tolist()
+        for i, other, cued in zip(items, others, torch.rand(32, generator=g) < 0.5, strict=True):
+            page = [*head, *(cue if cued else []), *contents[i]]
+            # Supervised from the newline on: a chat answer starts with one too, after the role token.
+            batch.append((page + newline + descriptions[i if cued else other], len(page) - 1))
+        return batch
+
+    return draw
+
+
+def make_demo_base(
+    out_dir: str | Path,
+    rows: list[dict],
+    steps: int = 400,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """The demo's base model: a tiny ChatGLM3 checkpoint (`make_tiny_checkpoint`) pretrained `steps` steps on
+    `demo_batches(rows)`. It learns the words and to describe the listed item after 描述：, some other item
+    otherwise. The demo's chat prompts carry no cue, so before P-tuning it describes some other item: the
+    prefix has to learn to do what the cue did."""
+    from ptune.tokenizer import load_tokenizer
+
+    folder = make_tiny_checkpoint(out_dir, "chatglm3", seed)
+    _pretrain(folder, demo_batches(load_tokenizer(folder), rows), steps, seed, log)
+    return folder
 
 
 def make_tiny_checkpoint(

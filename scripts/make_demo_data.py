@@ -3,13 +3,16 @@
 Writes (relative to the repository root):
 - data/demo/train.json, data/demo/dev.json   ADGEN-style JSON lines {"content": attributes, "summary": text}
 - data/demo/chat_train.json                  chat JSON lines {"prompt", "response", "history": [[q, a], ...]}
-- ptune/assets/corpus.txt                    the text above plus hand-written Chinese and English sentences,
-                                             used to train the tiny SentencePiece / tiktoken tokenizers
+- ptune/assets/corpus.txt                    text used to train the tiny SentencePiece / tiktoken tokenizers
 
-The summaries are built from templates: the product type and colour form the opening ("这件白色上衣"), and every
-other attribute value contributes one fixed phrase, in the same order as in `content`.  So the mapping
-attributes -> summary is a deterministic, learnable function, short enough (about 20-40 characters) for a tiny
-model on a CPU to pick up in well under a minute.
+The demo rows (train.json, dev.json) always name a garment and a colour, then 1-2 more attributes; the summary
+starts with that colour and garment ("红色卫衣") and adds one fixed phrase per further attribute, in the order of
+`content`. So attributes -> summary is a deterministic mapping whose colour and garment words (the same tokens
+in the prompt and in the answer) show at a glance whether a model reads its input.
+
+The corpus and chat_train.json are built from the first version of the product rows (`corpus_products`,
+longer summaries that start "这件白色上衣"): every tiny tokenizer, and so every test that depends on token ids,
+is trained on that corpus, so it stays byte-identical when the demo rows change.
 
 Run:  python scripts/make_demo_data.py [--seed 0]   (the same seed always gives byte-identical files)
 """
@@ -70,8 +73,8 @@ PHRASES: dict[str, dict[str, str]] = {
 TOP_ONLY = {"领型", "袖长"}
 
 
-def make_product(rng: random.Random) -> dict[str, str]:
-    """One ADGEN-style row: type, optional colour, and 2-3 further attributes, each adding one phrase."""
+def corpus_product(rng: random.Random) -> dict[str, str]:
+    """A row of the first demo data, kept for the tokenizer corpus: type, optional colour, 2-3 attributes."""
     kind = rng.choice(list(TYPES))
     measure, has_top_parts = TYPES[kind]
     color = rng.choice(COLORS) if rng.random() < 0.7 else None
@@ -91,12 +94,31 @@ def make_product(rng: random.Random) -> dict[str, str]:
     return {"content": content, "summary": summary}
 
 
-def make_products(rng: random.Random, n_train: int, n_dev: int) -> tuple[list[dict], list[dict]]:
+def demo_product(rng: random.Random) -> dict[str, str]:
+    """One demo row: type and colour, then 1-2 further attributes, each adding one phrase to the summary."""
+    kind = rng.choice(list(TYPES))
+    color = rng.choice(COLORS)
+    keys = [k for k in PHRASES if TYPES[kind][1] or k not in TOP_ONLY]
+    chosen = set(rng.sample(keys, 2))
+    attrs = [("类型", kind), ("颜色", color)]
+    phrases = []
+    for key in PHRASES:  # fixed key order, as in `content`
+        if key in chosen:
+            value = rng.choice(list(PHRASES[key]))
+            attrs.append((key, value))
+            phrases.append(PHRASES[key][value])
+    content = "*".join(f"{k}#{v}" for k, v in attrs)
+    return {"content": content, "summary": color + kind + "".join("，" + p for p in phrases) + "。"}
+
+
+def make_products(
+    rng: random.Random, n_train: int, n_dev: int, make_row=demo_product
+) -> tuple[list[dict], list[dict]]:
     """Distinct rows (by content), split into train and dev with no overlap."""
     seen: set[str] = set()
     rows: list[dict] = []
     while len(rows) < n_train + n_dev:
-        row = make_product(rng)
+        row = make_row(rng)
         if row["content"] not in seen:
             seen.add(row["content"])
             rows.append(row)
@@ -236,11 +258,8 @@ The airport is about forty kilometres from the city centre.
 """
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def corpus_lines(train: list[dict], dev: list[dict], chat: list[dict]) -> list[str]:
@@ -258,20 +277,30 @@ def corpus_lines(train: list[dict], dev: list[dict], chat: list[dict]) -> list[s
     return [line for line in lines if line.strip()]
 
 
+def build(seed: int = 0) -> dict[str, str]:
+    """Every generated file (path relative to the repository root) -> its text."""
+    rng = random.Random(seed)
+    corpus_train, corpus_dev = make_products(rng, 400, 40, corpus_product)
+    chat = make_chat(rng, corpus_train)
+    # The demo rows draw from their own generator, so the corpus and chat rows above never change with them.
+    train, dev = make_products(random.Random(f"demo-{seed}"), 400, 40)
+    return {
+        "data/demo/train.json": jsonl(train),
+        "data/demo/dev.json": jsonl(dev),
+        "data/demo/chat_train.json": jsonl(chat),
+        "ptune/assets/corpus.txt": "\n".join(corpus_lines(corpus_train, corpus_dev, chat)) + "\n",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-    train, dev = make_products(rng, 400, 40)
-    chat = make_chat(rng, train)
-    write_jsonl(ROOT / "data/demo/train.json", train)
-    write_jsonl(ROOT / "data/demo/dev.json", dev)
-    write_jsonl(ROOT / "data/demo/chat_train.json", chat)
-    corpus = ROOT / "ptune/assets/corpus.txt"
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    corpus.write_text("\n".join(corpus_lines(train, dev, chat)) + "\n", encoding="utf-8", newline="\n")
-    print(f"wrote {len(train)} train, {len(dev)} dev, {len(chat)} chat rows and {corpus}")
+    for name, text in build(args.seed).items():
+        path = ROOT / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="\n")
+        print(f"wrote {path} ({text.count(chr(10))} lines)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
     `python -m pytest -m "not slow"` is the quick unit layer; several-process tests are also `multiprocess`."""
     for item in items:
         parts = item.path.parts
-        if "e2e" in parts or item.path.name == "test_demo.py":
+        if "e2e" in parts:
             item.add_marker(pytest.mark.slow)
         if item.path.name == "test_distributed.py":
             item.add_marker(pytest.mark.multiprocess)
