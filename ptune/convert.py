@@ -18,6 +18,7 @@ from transformers import GlmConfig, GlmForCausalLM
 
 from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family
+from ptune.io import read_json
 
 PREFIX_KEY = "transformer.prefix_encoder."
 
@@ -46,24 +47,60 @@ _TOP_MAP = {
 }
 
 
-def read_json(path: Path) -> dict:
-    """Read a JSON object from `path`, turning every failure into a one-line `UserError` naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
-        ) from None
-    except json.JSONDecodeError as e:
-        from ptune.data import json_error
+_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
 
-        raise json_error(path, text, e, "not valid JSON") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object at the top level")
-    return data
+
+def chatglm_config(family: str, vocab: int, dims: dict) -> dict:
+    """A `chatglm` folder's config.json with every field the real ChatGLM2/3 / GLM-4 one has (docs/architecture.md),
+    at the given dimensions (`num_layers`, `hidden_size`, `ffn_hidden_size`, `kv_channels`,
+    `num_attention_heads`): what the tiny test models (tools/tiny.py) and the benchmark's random model carry."""
+    glm4 = family == "glm4"
+    cfg = {
+        "_name_or_path": f"ptune/tiny-{family}",
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "auto_map": dict(_AUTO_MAP),
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "apply_query_key_layer_scaling": True,
+        "apply_residual_connection_post_layernorm": False,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": True,
+        "bias_dropout_fusion": True,
+        "ffn_hidden_size": dims["ffn_hidden_size"],
+        "fp32_residual_connection": False,
+        "hidden_dropout": 0.0,
+        "hidden_size": dims["hidden_size"],
+        "kv_channels": dims["kv_channels"],
+        "layernorm_epsilon": 1.5625e-07 if glm4 else 1e-05,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_layers": dims["num_layers"],
+        "original_rope": True,
+        "padded_vocab_size": vocab,
+        "post_layer_norm": True,
+        "rmsnorm": True,
+        "seq_length": 8192 if family == "chatglm3" else (131072 if glm4 else 32768),
+        "use_cache": True,
+        "torch_dtype": "bfloat16" if glm4 else "float16",
+        "transformers_version": "4.44.0" if glm4 else "4.30.2",
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    if glm4:
+        cfg["attn_implementation"] = "sdpa"
+        cfg["num_hidden_layers"] = cfg["num_layers"]
+        cfg["rope_ratio"] = 500
+    cfg.update(dims)  # any other field given (multi_query_group_num, padded_vocab_size, ...)
+    return cfg
 
 
 def _tokenizer_config(folder: Path | None) -> dict:

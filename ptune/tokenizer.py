@@ -4,29 +4,11 @@ Each family's tokenizer lives with its family in ``ptune.families`` (chatglm2.py
 ChatGLM2/3, glm4.py: GLM-4's tiktoken one, native.py: transformers' own); detection is
 ``ptune.families.registry.detect_family``.  Every tokenizer has the `ChatTokenizer` attributes: ``family``,
 ``encode``, ``decode``, ``pad_token_id``, ``eos_token_id``, ``stop_token_ids``, ``special_ids``,
-``vocab_size``, ``files``.
-
-The tiny-tokenizer training helpers (`ptune.tokenizer_training`) are re-exported here for their callers.
+``vocab_size``, ``files``. (The tiny tokenizers of the tests and the demo are made by ``tools/``, outside the
+package.)
 """
 
 from ptune.families.base import ChatTokenizer
 from ptune.families.registry import load_tokenizer
-from ptune.tokenizer_training import (
-    CORPUS_PATH,
-    train_byte_bpe,
-    train_tiny_sentencepiece,
-    write_tiktoken_ranks,
-    write_tiny_tiktoken,
-    write_tiny_tokenizer,
-)
 
-__all__ = [
-    "CORPUS_PATH",
-    "ChatTokenizer",
-    "load_tokenizer",
-    "train_byte_bpe",
-    "train_tiny_sentencepiece",
-    "write_tiktoken_ranks",
-    "write_tiny_tiktoken",
-    "write_tiny_tokenizer",
-]
+__all__ = ["ChatTokenizer", "load_tokenizer"]

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptune.convert import glm_config
+from ptune.convert import chatglm_config, glm_config
 from ptune.errors import UserError
-from ptune.tiny import TINY_DIMS, chatglm_config
 
 # The real ChatGLM2/3 vocabulary and special ids (docs/workload.md). Smaller vocabularies keep each special id
 # at the same distance from the top, so the tiny shape has the same layout: content ids, then [MASK], [gMASK]...
@@ -25,9 +24,18 @@ SOURCE_LEN = (20, 63)  # uniform, inclusive
 TARGET_LEN = (40, 126)
 PROMPT_LEN = (40, 64)  # generation prompts: [gMASK, sop] + this many tokens
 
-# Overrides of the chatglm3 config.json fields; the rest comes from `tiny.chatglm_config`.
+# The dimensions of each shape; the other config.json fields are ChatGLM3's (`convert.chatglm_config`).
 SHAPES = {
-    "tiny": {**TINY_DIMS, "multi_query_group_num": 2, "padded_vocab_size": 1024},
+    # The test suite's tiny models' dimensions (tools/tiny.py TINY_DIMS; tests/e2e/test_bench.py checks).
+    "tiny": {
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 96,
+        "kv_channels": 16,
+        "num_attention_heads": 4,
+        "multi_query_group_num": 2,
+        "padded_vocab_size": 1024,
+    },
     "6b": {
         "num_layers": 28,
         "hidden_size": 4096,
@@ -97,8 +105,7 @@ def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int)
     """
     from transformers import GlmForCausalLM
 
-    cfg = chatglm_config("chatglm3", SHAPES[shape]["padded_vocab_size"])
-    cfg.update(SHAPES[shape])
+    cfg = chatglm_config("chatglm3", SHAPES[shape]["padded_vocab_size"], SHAPES[shape])
     config = glm_config(cfg, Path(f"<random {shape}>"))
     config._attn_implementation = "sdpa"  # as load_glm does
     with torch.device("meta"):

@@ -8,7 +8,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ ! -f .cache/demo-base/config.json ]; then
   echo "== 1/4 making the demo's base model in .cache/demo-base (first run only, ~30 s)"
   rm -rf .cache/demo-base.partial  # built aside and renamed when complete: an interrupted run leaves no base
-  python scripts/make_demo_base.py .cache/demo-base.partial
+  python -m scripts.make_demo_base .cache/demo-base.partial
   mv .cache/demo-base.partial .cache/demo-base
 fi
 # ptune never trains over a folder that holds checkpoints: keep the previous demo run aside instead.

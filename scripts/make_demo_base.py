@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Make the demo's base model: a tiny ChatGLM3 checkpoint pretrained on product pages built from the demo's
-training rows (see ptune.tiny.make_demo_base), printing each stage.
+training rows (see tools.tiny.make_demo_base), printing each stage.
 
-python scripts/make_demo_base.py .cache/demo-base [--train_file data/demo/train.json --steps 400 --seed 0]
+python -m scripts.make_demo_base .cache/demo-base [--train_file data/demo/train.json --steps 400 --seed 0]
 """
 
 import argparse
@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from ptune.tiny import make_demo_base
+from tools.tiny import make_demo_base
 
 TRAIN_FILE = Path(__file__).resolve().parents[1] / "data" / "demo" / "train.json"
 

@@ -3,7 +3,7 @@
 Writes (relative to the repository root):
 - data/demo/train.json, data/demo/dev.json   ADGEN-style JSON lines {"content": attributes, "summary": text}
 - data/demo/chat_train.json                  chat JSON lines {"prompt", "response", "history": [[q, a], ...]}
-- ptune/assets/corpus.txt                    text used to train the tiny SentencePiece / tiktoken tokenizers
+- tools/corpus.txt                    text used to train the tiny SentencePiece / tiktoken tokenizers
 
 The demo rows (train.json, dev.json) always name a garment and a colour, then 1-2 more attributes; the summary
 starts with that colour and garment ("红色卫衣") and adds one fixed phrase per further attribute, in the order of
@@ -288,7 +288,7 @@ def build(seed: int = 0) -> dict[str, str]:
         "data/demo/train.json": jsonl(train),
         "data/demo/dev.json": jsonl(dev),
         "data/demo/chat_train.json": jsonl(chat),
-        "ptune/assets/corpus.txt": "\n".join(corpus_lines(corpus_train, corpus_dev, chat)) + "\n",
+        "tools/corpus.txt": "\n".join(corpus_lines(corpus_train, corpus_dev, chat)) + "\n",
     }
 
 

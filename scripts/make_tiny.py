@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Write a tiny checkpoint in the real format of a family.
 
-python scripts/make_tiny.py OUT --family chatglm3
-python scripts/make_tiny.py OUT --pretrain data/demo/train.json   # the demo's base: knows the words
+python -m scripts.make_tiny OUT --family chatglm3
+python -m scripts.make_tiny OUT --pretrain data/demo/train.json   # the demo's base: knows the words
 """
 
 import argparse
 import json
 
-from ptune.tiny import FAMILIES, make_tiny_checkpoint
+from tools.tiny import FAMILIES, make_tiny_checkpoint
 
 
 def main() -> int:

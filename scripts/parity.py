@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ptune import tiny
+from ptune.convert import chatglm_config
 from ptune.model import load_model
+from tools import tiny
 
 try:
     from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
@@ -28,7 +29,7 @@ except ModuleNotFoundError as e:  # run as a file (`python scripts/parity.py`): 
 
 def measure(family: str, projection: bool | None) -> tuple[float, float]:
     folder = Path(tempfile.mkdtemp())
-    cfg = tiny.chatglm_config(family, 128)
+    cfg = chatglm_config(family, 128, tiny.TINY_DIMS)
     (folder / "config.json").write_text(json.dumps(cfg))
     state = tiny.random_chatglm_weights(cfg, 1, std=0.2)
     tiny.write_sharded(folder, state, cfg["num_layers"], family == "glm4", torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "data" / "demo" / "train.json")

@@ -67,14 +67,19 @@ def test_matmul_params_of_the_6b_shape():
     import torch
     from transformers import GlmForCausalLM
 
-    from ptune.convert import glm_config
-    from ptune.tiny import chatglm_config
+    from ptune.convert import chatglm_config, glm_config
 
-    cfg = {**chatglm_config("chatglm3", 65024), **bench.SHAPES["6b"]}
+    cfg = chatglm_config("chatglm3", 65024, bench.SHAPES["6b"])
     with torch.device("meta"):
         model = GlmForCausalLM(glm_config(cfg, bench.Path("x")))
     assert sum(p.numel() for p in model.parameters()) == 6_243_584_000
     assert bench.matmul_params(model) == 5_977_245_696  # docs/workload.md §1: 5.98e9
+
+
+def test_tiny_shape_is_the_test_models_shape():
+    from tools.tiny import TINY_DIMS
+
+    assert {k: bench.SHAPES["tiny"][k] for k in TINY_DIMS} == TINY_DIMS
 
 
 def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):

@@ -62,7 +62,7 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     script = (REPO / "scripts" / "demo.sh").read_text(encoding="utf-8")
     # The base with the flags demo.sh gives (none but the folder, today), made into our folder.
-    base_flags = shlex.split(re.search(r"python scripts/make_demo_base\.py \S+(.*)", script).group(1))
+    base_flags = shlex.split(re.search(r"python -m scripts\.make_demo_base \S+(.*)", script).group(1))
     cfg = json.loads((REPO / "configs" / "demo.json").read_text(encoding="utf-8"))
     cfg = {k: (str(REPO / v) if k.endswith("_file") else v) for k, v in cfg.items()}
     cfg.update(model_name_or_path=str(tmp / "base"), output_dir=str(tmp / "out"))

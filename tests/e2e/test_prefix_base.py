@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from test_safety import refused, snapshot, train_argv
 
 from ptune.cli import main
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "data" / "demo" / "dev.json"

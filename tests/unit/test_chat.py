@@ -15,8 +15,8 @@ from ptune.checkpoint import write_prefix_files
 from ptune.cli import main as cli_main
 from ptune.generate import GenerationSettings, generate
 from ptune.model import load_model
-from ptune.tiny import make_tiny_checkpoint
 from ptune.tokenizer import load_tokenizer
+from tools.tiny import make_tiny_checkpoint
 
 NEW = 8  # tokens per answer: the tiny random model practically never ends an answer by itself
 

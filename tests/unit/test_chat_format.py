@@ -22,7 +22,7 @@ from ptune.chat_format import (
 )
 from ptune.errors import UserError
 from ptune.families.chatglm2 import ChatGLMTokenizer
-from ptune.tokenizer_training import train_tiny_sentencepiece
+from tools.tiny_tokenizers import train_tiny_sentencepiece
 
 G2, S2 = 64790, 64792  # chatglm2/3 [gMASK], sop
 U3, A3 = 64795, 64796  # chatglm3 <|user|>, <|assistant|>

@@ -24,8 +24,8 @@ from ptune.data import (
     restore_order,
 )
 from ptune.errors import UserError
-from ptune.tiny import make_tiny_checkpoint
 from ptune.tokenizer import load_tokenizer
+from tools.tiny import make_tiny_checkpoint
 
 COLUMNS = Columns("content", "summary")
 

@@ -16,7 +16,7 @@ from ptune.convert import PREFIX_KEY
 from ptune.errors import UserError
 from ptune.export import export_checkpoint, remote_code_files
 from ptune.model import load_model
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 TOKENIZER_FILES = {"tokenizer.model", "tokenizer_config.json"}
 THUDM_FILES = {"pytorch_model.bin", "config.json"} | TOKENIZER_FILES

@@ -15,10 +15,10 @@ from ptune.chat_format import decode_response, encode_example, encode_prompt
 from ptune.errors import UserError
 from ptune.families import FAMILIES, FAMILY_NAMES, checkpoint_family, detect_family, family_of, get_family
 from ptune.families.base import Family
-from ptune.tiny import make_tiny_checkpoint
 from ptune.tokenizer import load_tokenizer
+from tools.tiny import make_tiny_checkpoint
 
-# The tiny checkpoint (`ptune.tiny.make_tiny_checkpoint` kind) each family is tested on.
+# The tiny checkpoint (`tools.tiny.make_tiny_checkpoint` kind) each family is tested on.
 TINY = {"chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4": "glm4", "native": "llama"}
 CONVERSATION = [
     {"role": "user", "content": "这件白色上衣"},

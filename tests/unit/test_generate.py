@@ -8,7 +8,7 @@ import torch
 from ptune.chat_format import strip_answer
 from ptune.generate import GenerationSettings, generate
 from ptune.model import load_model
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,17 @@ import json
 import pytest
 import torch
 
-from ptune import tiny
-from ptune.convert import PREFIX_KEY
+from ptune.convert import PREFIX_KEY, chatglm_config
 from ptune.errors import UserError
 from ptune.model import load_model
 from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
+from tools import tiny
 
 VOCAB = 128
 
 
 def _folder(tmp_path, family="chatglm3", safetensors=False, **overrides):
-    cfg = {**tiny.chatglm_config(family, VOCAB), **overrides}
+    cfg = {**chatglm_config(family, VOCAB, tiny.TINY_DIMS), **overrides}
     state = tiny.random_chatglm_weights(cfg, seed=1, std=0.2)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     tiny.write_sharded(tmp_path, state, cfg["num_layers"], safetensors, torch.float32)

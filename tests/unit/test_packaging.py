@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 # Modules of this repository that tests import by their own names.
-LOCAL = {"ptune", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
+LOCAL = {"ptune", "tests", "tools", "scripts"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 
 
 def _declared(extra: str | None = None) -> set[str]:
@@ -66,9 +66,31 @@ def test_readme_install_line_installs_what_the_tests_import():
     extras = re.fullmatch(r'pip install torch==2\.13\.0 && pip install -e "\.\[([a-z,]+)\]"', install)
     assert extras, install
     installed = _declared().union(*(_declared(e) for e in extras.group(1).split(",")))
-    needed = _imported_distributions(REPO / "tests") | _imported_distributions(REPO / "ptune")
+    needed = set().union(*(_imported_distributions(REPO / d) for d in ("tests", "ptune", "tools")))
     assert {"pytest", "tiktoken", "bitsandbytes", "packaging"} <= needed
     assert needed - installed == set()
+
+
+def _local_imports(path: Path) -> set[str]:
+    """Top-level names of the repository's own non-runtime folders that `path` imports (lazily too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & {"tools", "tests", "scripts"}
+
+
+def test_the_runtime_never_imports_dev_tooling():
+    """tools/ (tiny checkpoints and tokenizers), tests/ and scripts/ are not installed: ptune must not need them."""
+    offenders = {str(p.relative_to(REPO)): _local_imports(p) for p in (REPO / "ptune").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert PROJECT.get("scripts") == {"ptune": "ptune.cli:main"}
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"] == {
+        "include": ["ptune*"]
+    }
+    assert not list((REPO / "ptune").rglob("*.txt"))  # the tokenizer corpus lives in tools/
 
 
 def test_ptune_imports_only_declared_runtime_dependencies():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptune.model import load_model
-from ptune.tiny import make_tiny_checkpoint
+from tools.tiny import make_tiny_checkpoint
 
 bnb = pytest.importorskip("bitsandbytes")
 

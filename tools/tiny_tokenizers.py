@@ -1,4 +1,4 @@
-"""Tiny tokenizers for the tests and the tiny demo models, trained deterministically on ``assets/corpus.txt``.
+"""Tiny tokenizers for the tests and the tiny demo models, trained deterministically on ``tools/corpus.txt``.
 
 Not runtime code (a later step moves it out of the package): `train_tiny_sentencepiece` (ChatGLM2/3-shaped
 SentencePiece), `train_byte_bpe` / `write_tiny_tiktoken` (a GLM-4-shaped tiktoken ranks file), and
@@ -8,12 +8,9 @@ SentencePiece), `train_byte_bpe` / `write_tiny_tiktoken` (a GLM-4-shaped tiktoke
 from __future__ import annotations
 
 import base64
-import heapq
 import io
 import json
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from ptune.families.base import or_list
 from ptune.families.glm4 import GLM4_PATTERN, load_tiktoken_ranks
 from ptune.families.registry import FAMILY_NAMES, get_family
 
-CORPUS_PATH = Path(__file__).resolve().parent / "assets" / "corpus.txt"
+CORPUS_PATH = Path(__file__).resolve().parent / "corpus.txt"
 
 # GLM-4's chat template restricted to plain messages (no tools): what the real one renders for them.
 GLM4_TINY_CHAT_TEMPLATE = (
@@ -79,73 +76,34 @@ def train_tiny_sentencepiece(
 
 
 def train_byte_bpe(texts: Iterable[str], vocab_size: int, pattern: str = GLM4_PATTERN) -> list[bytes]:
-    """Byte-level BPE training: the tokens in rank order (the 256 single bytes first, in byte order).
+    """Byte-level BPE trained by tokenizers' `BpeTrainer`: the tokens in rank order, the 256 single bytes first
+    (in byte order), then each learned token in the order the trainer merged it — what a tiktoken ranks file
+    needs (tiktoken merges by rank, so merge order = rank order gives the same encoding).
 
-    Texts are pre-split with `pattern` (as tiktoken does), then the most frequent adjacent pair is merged
-    repeatedly until `vocab_size` tokens exist or no pair is left (pairs seen once merge too, so a small
-    corpus still fills the requested size).  Ties go to the pair with the lowest
-    (left rank, right rank), so the result is deterministic.  A merge whose bytes already exist as a token
-    reuses that token, keeping every token's bytes unique (a tiktoken ranks file needs that).
+    Texts are pre-split with `pattern` (as tiktoken does), then mapped to byte-level characters; pairs seen once
+    merge too (`min_frequency=0`), so a small corpus still fills `vocab_size`. Deterministic for the same texts.
     """
-    import regex
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    splitter = regex.compile(pattern)
-    counts: Counter[bytes] = Counter()
-    for text in texts:
-        counts.update(piece.encode("utf-8") for piece in splitter.findall(text))
-    unique = sorted(counts)
-    words = [list(w) for w in unique]
-    freqs = [counts[w] for w in unique]
-
-    tokens = [bytes([i]) for i in range(256)]
-    token_ids = {t: i for i, t in enumerate(tokens)}
-    pair_counts: Counter[tuple[int, int]] = Counter()
-    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
-    for wi, word in enumerate(words):
-        for pair in pairwise(word):
-            pair_counts[pair] += freqs[wi]
-            where[pair].add(wi)
-    # Lazy max-heap: an entry is stale when its count no longer matches pair_counts.
-    heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
-    heapq.heapify(heap)
-
-    while len(tokens) < vocab_size and heap:
-        neg, a, b = heapq.heappop(heap)
-        if pair_counts.get((a, b), 0) != -neg:
-            continue
-        merged = tokens[a] + tokens[b]
-        new = token_ids.get(merged)
-        if new is None:
-            new = len(tokens)
-            tokens.append(merged)
-            token_ids[merged] = new
-        changed: set[tuple[int, int]] = set()
-        for wi in sorted(where.pop((a, b))):
-            word, f = words[wi], freqs[wi]
-            for pair in pairwise(word):
-                pair_counts[pair] -= f
-                changed.add(pair)
-            out: list[int] = []
-            i = 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            words[wi] = out
-            for pair in pairwise(out):
-                pair_counts[pair] += f
-                where[pair].add(wi)
-                changed.add(pair)
-        for pair in sorted(changed):
-            c = pair_counts[pair]
-            if c <= 0:
-                del pair_counts[pair]
-            else:
-                heapq.heappush(heap, (-c, pair[0], pair[1]))
-    return tokens
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=0,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(list(texts), trainer=trainer)
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    by_id = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    learned = [bytes(byte_of[c] for c in token) for token, _ in by_id]
+    return [bytes([b]) for b in range(256)] + [t for t in learned if len(t) > 1][: vocab_size - 256]
 
 
 def write_tiktoken_ranks(out_path: Path, tokens: Sequence[bytes]) -> None:

@@ -8,8 +8,8 @@ ones — same file names, key names, config fields, tokenizer files — only sma
 - glm4: the same with `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json`, a tiktoken ranks
   `tokenizer.model`, GLM-4's tokenizer_config.json (specials renumbered) and generation_config.json;
 - llama: a native transformers folder (`save_pretrained`) with a small BPE tokenizer and a chat template.
-Usage: `python scripts/make_tiny.py OUT --family chatglm3` or `make_tiny_checkpoint(out, "chatglm3")`.
-The demo's base (`make_demo_base`, `python scripts/make_demo_base.py`) is the chatglm3 one, briefly pretrained.
+Usage: `python -m scripts.make_tiny OUT --family chatglm3` or `make_tiny_checkpoint(out, "chatglm3")`.
+The demo's base (`make_demo_base`, `python -m scripts.make_demo_base`) is the chatglm3 one, briefly pretrained.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from ptune.convert import chatglm_config
+from tools.tiny_tokenizers import CORPUS_PATH
 
 FAMILIES = ("chatglm2", "chatglm3", "glm4", "llama")
 
@@ -31,58 +34,6 @@ TINY_DIMS = {
     "kv_channels": 16,
     "num_attention_heads": 4,
 }
-
-_AUTO_MAP = {
-    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
-    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
-}
-
-
-def chatglm_config(family: str, vocab: int) -> dict:
-    """config.json with every field the real ChatGLM2/3 / GLM-4 config has, at tiny dimensions."""
-    glm4 = family == "glm4"
-    cfg = {
-        "_name_or_path": f"ptune/tiny-{family}",
-        "model_type": "chatglm",
-        "architectures": ["ChatGLMModel"],
-        "auto_map": dict(_AUTO_MAP),
-        "add_bias_linear": False,
-        "add_qkv_bias": True,
-        "apply_query_key_layer_scaling": True,
-        "apply_residual_connection_post_layernorm": False,
-        "attention_dropout": 0.0,
-        "attention_softmax_in_fp32": True,
-        "bias_dropout_fusion": True,
-        "ffn_hidden_size": TINY_DIMS["ffn_hidden_size"],
-        "fp32_residual_connection": False,
-        "hidden_dropout": 0.0,
-        "hidden_size": TINY_DIMS["hidden_size"],
-        "kv_channels": TINY_DIMS["kv_channels"],
-        "layernorm_epsilon": 1.5625e-07 if glm4 else 1e-05,
-        "multi_query_attention": True,
-        "multi_query_group_num": 2,
-        "num_attention_heads": TINY_DIMS["num_attention_heads"],
-        "num_layers": TINY_DIMS["num_layers"],
-        "original_rope": True,
-        "padded_vocab_size": vocab,
-        "post_layer_norm": True,
-        "rmsnorm": True,
-        "seq_length": 8192 if family == "chatglm3" else (131072 if glm4 else 32768),
-        "use_cache": True,
-        "torch_dtype": "bfloat16" if glm4 else "float16",
-        "transformers_version": "4.44.0" if glm4 else "4.30.2",
-        "tie_word_embeddings": False,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
-    if glm4:
-        cfg["attn_implementation"] = "sdpa"
-        cfg["num_hidden_layers"] = cfg["num_layers"]
-        cfg["rope_ratio"] = 500
-    return cfg
 
 
 def random_chatglm_weights(cfg: dict, seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
@@ -182,7 +133,8 @@ def _pretrain(
     """Train every weight of the chatglm-format model in `folder` (AdamW, lr 3e-3) for `steps` batches from
     `draw` (given a generator seeded with `seed`), then rewrite its shards in place, still in the original
     format. `log` gets a progress line every 100 steps."""
-    from ptune.convert import is_glm4, read_json, to_chatglm_state_dict
+    from ptune.convert import is_glm4, to_chatglm_state_dict
+    from ptune.io import read_json
     from ptune.model import answer_loss, load_model
 
     torch.manual_seed(seed)
@@ -214,7 +166,7 @@ def _pretrain(
 
 def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
     """Teach a tiny chatglm-format model the language of `texts`: next-token prediction over every token of
-    `[gMASK] sop text eos`, 32 random texts a step (`scripts/make_tiny.py --pretrain FILE`)."""
+    `[gMASK] sop text eos`, 32 random texts a step (`python -m scripts.make_tiny --pretrain FILE`)."""
     from ptune.tokenizer import load_tokenizer
 
     tok = load_tokenizer(folder)
@@ -285,12 +237,13 @@ def make_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if family == "llama":
         return _make_tiny_llama(folder, seed)
-    from ptune.tokenizer import load_tokenizer, write_tiny_tokenizer
+    from ptune.tokenizer import load_tokenizer
+    from tools.tiny_tokenizers import write_tiny_tokenizer
 
     torch.manual_seed(seed)
     write_tiny_tokenizer(folder, family, seed=seed)
     tok = load_tokenizer(folder, family)
-    cfg = chatglm_config(family, _pad_vocab(tok.vocab_size))
+    cfg = chatglm_config(family, _pad_vocab(tok.vocab_size), TINY_DIMS)
     if family == "glm4":
         eos = list(tok.stop_token_ids)  # <|endoftext|>, <|user|>, <|observation|>
         cfg["eos_token_id"], cfg["pad_token_id"] = eos, eos[0]
@@ -343,7 +296,7 @@ def _tiny_bpe_tokenizer(folder: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = (Path(__file__).parent / "assets" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    corpus = CORPUS_PATH.read_text(encoding="utf-8").splitlines()
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
