@@ -105,14 +105,12 @@ def chatglm_config(family: str, vocab: int, dims: dict) -> dict:
 
 def _tokenizer_config(folder: Path | None) -> dict:
     """The folder's tokenizer_config.json, or {} when absent or unreadable (the tokenizer reports those)."""
-    path = folder / "tokenizer_config.json" if folder is not None else None
-    if path is None or not path.is_file():
+    if folder is None:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        return read_json(folder / "tokenizer_config.json", missing_ok=True)
+    except UserError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def is_glm4(cfg: dict, folder: Path | None = None) -> bool:

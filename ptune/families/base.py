@@ -22,7 +22,6 @@ their family's name in ``tok.family``; ``registry.family_of(tok)`` gives the Fam
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypedDict
 
 from ptune.errors import UserError
+from ptune.io import read_json
 
 Turn = tuple[str, str]
 
@@ -128,21 +128,6 @@ class ChatTokenizer:
         return f"{type(self).__name__}(family={self.family!r}, vocab_size={self.vocab_size})"
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object file, or {} when absent; UserError with line/column when malformed."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def is_tiktoken_file(path: Path) -> bool:
     """True when `path` starts with a tiktoken ranks line ("base64(token) rank"), not a SentencePiece proto."""
     with open(path, "rb") as f:
@@ -176,8 +161,8 @@ class ModelFolder:
             raise UserError(f"{folder / 'config.json'}: file not found ({what}; is this a model folder?)")
         return cls(
             folder,
-            read_json_object(folder / "config.json"),
-            read_json_object(folder / "tokenizer_config.json"),
+            read_json(folder / "config.json", missing_ok=True),
+            read_json(folder / "tokenizer_config.json", missing_ok=True),
         )
 
     @property

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ptune.errors import UserError
-from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, or_list, read_json_object
+from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, or_list
+from ptune.io import read_json
 
 # File names a native tokenizer may consist of (copied into checkpoints when present).
 NATIVE_TOKENIZER_FILES = (
@@ -114,7 +115,7 @@ class Native(Family):
             raise UserError(
                 f"{folder.path}: transformers could not load a tokenizer from this folder: {message}"
             ) from e
-        generation_config = read_json_object(folder.path / "generation_config.json")
+        generation_config = read_json(folder.path / "generation_config.json", missing_ok=True)
         extra = _eos_ids(generation_config, folder.config)
         return NativeTokenizer(hf, extra_stop_ids=extra, files=folder.present(NATIVE_TOKENIZER_FILES))
 

@@ -257,7 +257,7 @@ def test_load_tokenizer_errors(sp_model, tmp_path):
         load_tokenizer(folder)
     bad = chatglm_folder(tmp_path, "bad", sp_model)
     (bad / "config.json").write_text('{\n  "model_type": chatglm\n}')
-    with pytest.raises(UserError, match=r"bad.config\.json:2:17: invalid JSON"):
+    with pytest.raises(UserError, match=r"bad.config\.json:2:17: not valid JSON"):
         load_tokenizer(bad)
     ok = chatglm_folder(tmp_path, "chatglm2", sp_model)
     with pytest.raises(UserError, match="--chat_format 'chatglm4'"):
