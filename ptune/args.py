@@ -14,6 +14,7 @@ JSON config plus flags into these dataclasses, and `argument_reference` lists th
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -191,6 +192,13 @@ class DataTrainingArguments:
     test_file: str | None = field(
         default=None, metadata={"help": "Data to generate answers for (same format). Needed by predict."}
     )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that relative train_file, validation_file and test_file are read from (THUDM "
+            "finetune_demo's DATA_DIR argument). Default: the current folder."
+        },
+    )
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Redo the tokenization instead of reusing the datasets cache."}
     )
@@ -236,6 +244,10 @@ class DataTrainingArguments:
     forced_bos_token: str | None = field(
         default=None, metadata={"help": "THUDM flag, unused (for encoder-decoder translation models)."}
     )
+
+    def data_file(self, path: str | None) -> str | None:
+        """A data file's path with data_dir applied (an absolute path stays as it is)."""
+        return path if path is None or self.data_dir is None else os.path.join(self.data_dir, path)
 
     def __post_init__(self):
         refuse_dead(self)  # lang, dataset_name, pad_to_max_length, ... (ptune.compat.FLAGS)

@@ -124,6 +124,7 @@ class PTuningRecipe:
         if path is None:
             return None
         d = self.data_args
+        path = d.data_file(path)
         for flag, value in (("--prompt_column", d.prompt_column), ("--response_column", d.response_column)):
             if value is None:
                 raise UserError(f"{flag} is required: the name of the column in {path} that holds it")
