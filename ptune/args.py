@@ -50,6 +50,14 @@ class ModelArguments:
             "model; its pre_seq_len and prefix_projection are read from it."
         },
     )
+    compare_base: bool = field(
+        default=False,
+        metadata={
+            "help": "eval/predict: also run the same prompts with the prefix switched off (the base model "
+            "alone) and report both: base_ metrics beside the prefix's, a prefix/base/delta table, and a "
+            "base_predict answer per row of generated_predictions.txt. Needs --ptuning_checkpoint."
+        },
+    )
     config_name: str | None = field(
         default=None,
         metadata={"help": "THUDM flag, unused: the model config always comes from model_name_or_path."},
@@ -145,6 +153,12 @@ class ModelArguments:
             raise BadArgument(
                 f"--prefix_dropout must be at least 0 and below 1, got {self.prefix_dropout}",
                 "prefix_dropout",
+            )
+        if self.compare_base and self.ptuning_checkpoint is None:
+            raise BadArgument(
+                "--compare_base compares a trained prefix with the base model alone: give the prefix as "
+                "--ptuning_checkpoint",
+                "compare_base",
             )
         if self.trust_remote_code and self.chat_format not in (None, "native"):
             raise BadArgument(

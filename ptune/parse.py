@@ -202,6 +202,12 @@ def _check_verb(verb: str, given: set[str], values: dict[str, Any]) -> None:
             )
         values["predict_with_generate"] = True
     if verb == "train":
+        if values["compare_base"]:
+            raise BadArgument(
+                "--compare_base is for ptune eval and predict (it compares a trained prefix with the base "
+                "model alone); remove it from the training run",
+                "compare_base",
+            )
         if values["pre_seq_len"] is None:
             for name in ("quantization_bit", "prefix_projection"):
                 if values[name]:
