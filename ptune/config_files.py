@@ -18,6 +18,7 @@ THUDM's finetune_demo YAML (ChatGLM3 `finetune_hf.py`, GLM-4 `finetune.py`: sect
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -125,6 +126,7 @@ def _load_json(path: str, text: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- YAML
+@functools.cache
 def _yaml_loader() -> type:
     """PyYAML's SafeLoader with the YAML 1.2 core schema's implicit types (null, bool, int, float) only.
 
@@ -236,12 +238,15 @@ def from_finetune_demo(config: ConfigFile, lines: dict[tuple, int]) -> ConfigFil
     """
     out = ConfigFile(config.path, {}, lines=dict(config.lines))
 
+    def at(key: tuple) -> str:  # file:line (YAML), or the file (a JSON config in THUDM's layout)
+        return f"{config.path}:{lines[key]}" if key in lines else config.path
+
     def put(key: tuple, value: Any, name: str) -> None:
         label = ".".join(key)
         if name in out.values:
+            first = f" (line {out.lines[name]})" if name in out.lines else ""
             raise UserError(
-                f"{config.path}:{lines.get(key, '?')}: '{label}' sets {name}, which "
-                f"'{out.name(name)}' on line {out.lines.get(name, '?')} already sets; keep one"
+                f"{at(key)}: '{label}' sets {name}, which '{out.name(name)}'{first} already sets; keep one"
             )
         out.values[name] = value
         if label != name:
@@ -256,7 +261,7 @@ def from_finetune_demo(config: ConfigFile, lines: dict[tuple, int]) -> ConfigFil
         return value
 
     def refuse(key: tuple, why: str) -> UserError:
-        return UserError(f"{config.path}:{lines.get(key, '?')}: '{'.'.join(key)}' {why}")
+        return UserError(f"{at(key)}: '{'.'.join(key)}' {why}")
 
     if "peft_config" not in config.values:
         raise UserError(

@@ -40,7 +40,7 @@ def prefix(tiny, tmp_path_factory):
 
 def run(verb: str, out: Path, *flags: str) -> tuple[dict, list[dict]]:
     """Run a verb into `out`; its results file and (predict) the rows of generated_predictions.txt."""
-    data = ["--test_file" if verb == "predict" else "--validation_file", str(DEMO / "dev.json")]
+    data = ["--data_dir", str(DEMO), "--test_file" if verb == "predict" else "--validation_file", "dev.json"]
     assert main([verb, *data, "--output_dir", str(out), *COMMON, *flags]) == 0
     results = json.loads((out / f"{verb}_results.json").read_text(encoding="utf-8"))
     predictions = out / "generated_predictions.txt"
@@ -67,6 +67,8 @@ def test_predict_compare_base(tiny, prefix, tmp_path, capsys):
     assert set(alone) == set(base) == {f"predict_{k}" for k in PASS_KEYS} | {"predict_samples"}
     assert [set(r) for r in rows] == [{"labels", "predict", "base_predict"}] * 6
     assert [set(r) for r in prefix_rows] == [{"labels", "predict"}] * 6
+    dev = [json.loads(x)["summary"] for x in (DEMO / "dev.json").read_text(encoding="utf-8").splitlines()[:6]]
+    assert [r["labels"] for r in rows] == dev  # read from --data_dir
     # Row for row: the prefix column is the prefix run's, the base column the base run's.
     assert [(r["labels"], r["predict"]) for r in rows] == [(r["labels"], r["predict"]) for r in prefix_rows]
     assert [r["base_predict"] for r in rows] == [r["predict"] for r in base_rows]

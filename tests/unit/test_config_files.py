@@ -251,7 +251,7 @@ def test_finetune_demo_lora_and_full_fine_tuning_are_refused():
         ("peft_config:\n  num_virtual_tokens: abc\n",
          "2: 'peft_config.num_virtual_tokens' must be an integer, got 'abc'"),
         ("pre_seq_len: 64\npeft_config:\n  num_virtual_tokens: 8\n",
-         "3: 'peft_config.num_virtual_tokens' sets pre_seq_len, which 'pre_seq_len' on line 1 already sets; "
+         "3: 'peft_config.num_virtual_tokens' sets pre_seq_len, which 'pre_seq_len' (line 1) already sets; "
          "keep one"),
         ("peft_config: {num_virtual_tokens: 8}\ntraining_args:\n  learnig_rate: 0.1\n",
          "3: 'training_args.learnig_rate' is not a training argument (did you mean 'learning_rate'?)"),
@@ -270,6 +270,18 @@ def test_finetune_demo_lora_and_full_fine_tuning_are_refused():
 def test_finetune_demo_settings_ptune_lacks_are_refused_naming_the_line(tmp_path, text, message):
     path = yaml_file(tmp_path, text)
     assert error_of("train", [path, *BASE]) == f"{path}:{message}"
+
+
+def test_finetune_demo_layout_in_a_json_config(tmp_path):
+    """The same mapping for a JSON config in THUDM's layout; its errors name the file (JSON has no key lines)."""
+    path = tmp_path / "cfg.json"
+    path.write_text('{"peft_config": {"num_virtual_tokens": 8}, "max_output_length": 32}', encoding="utf-8")
+    model, data, _, _ = parse_args("train", [str(path), *BASE])
+    assert (model.pre_seq_len, data.max_target_length) == (8, 32)
+    path.write_text('{"peft_config": {"peft_type": "LORA"}}', encoding="utf-8")
+    assert error_of("train", [str(path), *BASE]) == (
+        f"{path}: 'peft_config.peft_type' is LoRA: ptune does P-Tuning v2 only (peft_type: PREFIX_TUNING)"
+    )
 
 
 def test_finetune_demo_layout_beside_ptune_keys(tmp_path):
