@@ -14,6 +14,7 @@ JSON config plus flags into these dataclasses, and `argument_reference` lists th
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +48,14 @@ class ModelArguments:
         metadata={
             "help": "Folder of a ptune (or THUDM) P-Tuning v2 checkpoint whose prefix is loaded over the base "
             "model; its pre_seq_len and prefix_projection are read from it."
+        },
+    )
+    compare_base: bool = field(
+        default=False,
+        metadata={
+            "help": "eval/predict: also run the same prompts with the prefix switched off (the base model "
+            "alone) and report both: base_ metrics beside the prefix's, a prefix/base/delta table, and a "
+            "base_predict answer per row of generated_predictions.txt. Needs --ptuning_checkpoint."
         },
     )
     config_name: str | None = field(
@@ -145,6 +154,12 @@ class ModelArguments:
                 f"--prefix_dropout must be at least 0 and below 1, got {self.prefix_dropout}",
                 "prefix_dropout",
             )
+        if self.compare_base and self.ptuning_checkpoint is None:
+            raise BadArgument(
+                "--compare_base compares a trained prefix with the base model alone: give the prefix as "
+                "--ptuning_checkpoint",
+                "compare_base",
+            )
         if self.trust_remote_code and self.chat_format not in (None, "native"):
             raise BadArgument(
                 f"--trust_remote_code is only for native models, but --chat_format is {self.chat_format}: "
@@ -191,6 +206,13 @@ class DataTrainingArguments:
     test_file: str | None = field(
         default=None, metadata={"help": "Data to generate answers for (same format). Needed by predict."}
     )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that relative train_file, validation_file and test_file are read from (THUDM "
+            "finetune_demo's DATA_DIR argument). Default: the current folder."
+        },
+    )
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Redo the tokenization instead of reusing the datasets cache."}
     )
@@ -236,6 +258,10 @@ class DataTrainingArguments:
     forced_bos_token: str | None = field(
         default=None, metadata={"help": "THUDM flag, unused (for encoder-decoder translation models)."}
     )
+
+    def data_file(self, path: str | None) -> str | None:
+        """A data file's path with data_dir applied (an absolute path stays as it is)."""
+        return path if path is None or self.data_dir is None else os.path.join(self.data_dir, path)
 
     def __post_init__(self):
         refuse_dead(self)  # lang, dataset_name, pad_to_max_length, ... (ptune.compat.FLAGS)

@@ -11,7 +11,7 @@ from ptune.errors import UserError
 
 logger = logging.getLogger("ptune")
 
-USAGE = """usage: ptune VERB [CONFIG.json] [--flag value ...]
+USAGE = """usage: ptune VERB [CONFIG.json|CONFIG.yaml] [--flag value ...]
 
     ptune train   CONFIG.json [--flag value ...]   P-tune a prefix (THUDM's main.py --do_train)
     ptune eval    CONFIG.json [...]                 eval_loss (+ ROUGE/BLEU with --predict_with_generate true)

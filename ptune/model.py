@@ -8,7 +8,9 @@ The one rule for what trains and what is saved lives here too: `trainable_state_
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +145,16 @@ class PrefixTunedLM(nn.Module):
 
     def activation_checkpointing_disable(self):
         self.base._set_gradient_checkpointing(enable=False)
+
+    @contextlib.contextmanager
+    def without_prefix(self) -> Iterator[PrefixTunedLM]:
+        """This model with its prefix switched off for the duration (`--compare_base`): the encoder is set
+        aside, not zeroed, so forward and generation run exactly as for the base loaded without a prefix."""
+        encoder, self.prefix_encoder = self.prefix_encoder, None
+        try:
+            yield self
+        finally:
+            self.prefix_encoder = encoder
 
     def prefix_past(self, batch_size: int, read_only: bool):
         """The prefix as a cache ([B, G, P, hn] per layer), or None without a prefix."""

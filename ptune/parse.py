@@ -1,6 +1,6 @@
 """Command lines to arguments: `parse_args` for train/eval/predict, and `Parser` for every other verb.
 
-`parse_args(verb, argv)` turns `[CONFIG.json] [--flag value ...]` into the four dataclasses of ptune.args. The
+`parse_args(verb, argv)` turns `[CONFIG] [--flag value ...]` into the four dataclasses of ptune.args. The
 config's values become the parser's starting values and flags parsed over them override them, so a config and
 a command line mean the same thing; every key is checked by the same rule as its flag (ptune.argtypes), an
 unknown key or flag fails with the nearest known name ("did you mean ..."), and the verb, not the config,
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import re
 import sys
 import typing
@@ -28,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from ptune.argtypes import BadArgument, BadValue, Converter, show
 from ptune.compat import check_renamed_pairs, refuse_unimplemented
+from ptune.config_files import CONFIG_SUFFIXES, ConfigFile, read_config
 from ptune.errors import UserError
 
 if TYPE_CHECKING:
     from ptune.args import DataTrainingArguments, GenerationArguments, ModelArguments, TrainingArguments
 
 VERBS = ("train", "eval", "predict")
-# Keys of a JSON config that are comments: configs start with a key that says how to run them.
-COMMENT_KEYS = ("how_to_run",)
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,7 +72,7 @@ class _Fields:
 
 
 def _usage(verb: str) -> str:
-    return f"ptune {verb} [CONFIG.json] [--name value ...]"
+    return f"ptune {verb} [CONFIG.json|CONFIG.yaml] [--name value ...]"
 
 
 @cache
@@ -87,8 +85,8 @@ def _fields(verb: str) -> _Fields:
         prog=f"ptune {verb}",
         usage=_usage(verb),
         description=(
-            f"A CONFIG.json, if given first, supplies values by name (keys starting with _ and 'how_to_run' are "
-            f"comments); flags after it override them. `ptune {verb}` sets do_train/do_eval/do_predict itself, "
+            f"A CONFIG (.json or .yaml), if given first, supplies values by name (keys starting with _ and "
+            f"'how_to_run' are comments; THUDM finetune_demo YAML is mapped); flags after it override them. `ptune {verb}` sets do_train/do_eval/do_predict itself, "
             "whatever the config says."
         ),
         allow_abbrev=False,  # a misspelt flag must fail, not silently match a longer one
@@ -123,57 +121,29 @@ def _closest(name: str, known: Any) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json `object_pairs_hook`: a key given twice is a mistake (json would silently keep the last value)."""
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise BadValue(f"key '{key}' appears twice")
-        seen.add(key)
-    return dict(pairs)
-
-
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read a JSON config: an object of argument names to values, comment keys removed.
-
-    Comment keys: those starting with "_" and "how_to_run". Raises UserError for a missing or unreadable file,
-    bad JSON (with line and column), a non-object, or a key given twice.
-    """
-    try:
-        with open(path, encoding="utf-8-sig") as handle:  # -sig: editors on Windows may write a BOM
-            text = handle.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read it: {error.strerror}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except json.JSONDecodeError as error:
-        from ptune.data import json_error
-
-        raise json_error(path, text, error, "not valid JSON") from None
-    except BadValue as error:
-        raise UserError(f"{path}: {error}") from None
-    if not isinstance(data, dict):
-        raise UserError(
-            f'{path}: a config must be a JSON object ({{"name": value, ...}}), not {show(data)[:40]}'
-        )
-    return {k: v for k, v in data.items() if not (k.startswith("_") or k in COMMENT_KEYS)}
+    """A JSON or YAML config's values by argument name, comment keys removed (ptune.config_files.read_config)."""
+    return read_config(path).values
 
 
-def _values_from_config(path: str, data: dict[str, Any], fields: _Fields) -> dict[str, Any]:
-    """Check and convert a config's values by the fields' rules; errors name the file and the key."""
+def _values_from_config(config: ConfigFile, fields: _Fields) -> dict[str, Any]:
+    """Check and convert a config's values by the fields' rules; errors name the file (line) and the key."""
     values = {}
-    for key, value in data.items():
+    for key, value in config.values.items():
         converter = fields.converters.get(key)
         if converter is None:
-            raise UserError(f"{path}: unknown key '{key}'{_closest(key, fields.converters)}")
+            raise UserError(
+                f"{config.where(key)}: unknown key '{config.name(key)}'{_closest(key, fields.converters)}"
+            )
         try:
             values[key] = converter.from_json(value)
         except BadValue as error:
-            raise UserError(f"{path}: '{key}' {error}, got {show(value)}") from None
+            hint = ""
+            if converter.kind is str and not config.path.endswith(".json"):
+                hint = " (YAML reads it as a number or boolean: quote it)"
+            raise UserError(
+                f"{config.where(key)}: '{config.name(key)}' {error}, got {show(value)}{hint}"
+            ) from None
     return values
 
 
@@ -211,7 +181,7 @@ def _parse_flags(flags: list[str], start: dict[str, Any], fields: _Fields) -> ar
             )
             suggestion = f" (did you mean '--{match[0]}'?)" if match else ""
             raise UserError(f"unknown flag '{flag}'{suggestion}")
-        if token.endswith(".json"):
+        if token.endswith(CONFIG_SUFFIXES):
             raise UserError(
                 f"unexpected argument '{token}': a config file must come first, right after the verb"
             )
@@ -232,6 +202,12 @@ def _check_verb(verb: str, given: set[str], values: dict[str, Any]) -> None:
             )
         values["predict_with_generate"] = True
     if verb == "train":
+        if values["compare_base"]:
+            raise BadArgument(
+                "--compare_base is for ptune eval and predict (it compares a trained prefix with the base "
+                "model alone); remove it from the training run",
+                "compare_base",
+            )
         if values["pre_seq_len"] is None:
             for name in ("quantization_bit", "prefix_projection"):
                 if values[name]:
@@ -268,17 +244,27 @@ def _check_together(
     refuse_unimplemented(data, training)  # beam search, generation_max_length, ignore_pad_token_for_loss
 
 
-def _from_config_only(
-    error: BadArgument, path: str | None, config_keys: set[str], flag_keys: set[str]
-) -> str:
+def _from_config_only(error: BadArgument, config: ConfigFile | None, flag_keys: set[str]) -> str:
     """An argument error's message, re-worded for the config file when the config alone set the names."""
     message = str(error)
-    names = [n for n in error.names if n in config_keys or n in flag_keys]
-    if path is None or not names or any(n in flag_keys for n in names):
+    names = [n for n in error.names if (config and n in config.values) or n in flag_keys]
+    if config is None or not names or any(n in flag_keys for n in names):
         return message
     for name in names:
-        message = re.sub(rf"--{name}\b", f"'{name}'", message)
-    return f"{path}: {message}"
+        message = re.sub(rf"--{name}\b", f"'{config.name(name)}'", message)
+    return f"{config.where(names[0])}: {message}"
+
+
+def _check_data_dir(config: ConfigFile | None, flag_keys: set[str], values: dict[str, Any]) -> None:
+    """THUDM's finetune_demo reads data_config's relative paths inside its DATA_DIR argument: ask for it."""
+    if config is None or values["data_dir"] is not None:
+        return
+    for name in config.data_dir_relative:
+        if name not in flag_keys:
+            raise UserError(
+                f"{config.where(name)}: '{config.name(name)}' ({config.values[name]}) is inside the DATA_DIR of "
+                "THUDM's `finetune_hf.py DATA_DIR MODEL_DIR CONFIG` (GLM-4: finetune.py): pass --data_dir DATA_DIR"
+            )
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -288,7 +274,7 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 def parse_args(
     verb: str, argv: list[str]
 ) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments, GenerationArguments]:
-    """Parse `ptune VERB [CONFIG.json] [--name value ...]` (argv is what follows the verb).
+    """Parse `ptune VERB [CONFIG.json|CONFIG.yaml] [--name value ...]` (argv is what follows the verb).
 
     The config's values come first, flags override them. The verb sets do_train (train), do_eval (eval) or
     do_predict with predict_with_generate (predict); do_* keys in a config (THUDM's have them) are accepted and
@@ -303,14 +289,17 @@ def parse_args(
     if "-h" in argv or "--help" in argv:
         fields.parser.print_help()
         sys.exit(0)
-    path = None
+    config = None
     config_values: dict[str, Any] = {}
     flags = list(argv)
     if flags and not flags[0].startswith("-"):
-        if not flags[0].endswith(".json"):
-            raise UserError(f"{flags[0]}: a config file must be JSON, named *.json (flags are --name value)")
-        path = flags.pop(0)
-        config_values = _values_from_config(path, load_config_file(path), fields)
+        if not flags[0].endswith(CONFIG_SUFFIXES):
+            raise UserError(
+                f"{flags[0]}: a config file must be JSON or YAML, named *.json, *.yaml or *.yml "
+                "(flags are --name value)"
+            )
+        config = read_config(flags.pop(0))
+        config_values = _values_from_config(config, fields)
     flag_keys = _flag_dests(flags, fields)
     namespace = _parse_flags(flags, config_values, fields)
     values = vars(namespace)
@@ -321,6 +310,7 @@ def parse_args(
         raise UserError(f"ptune {verb} needs --output_dir (where checkpoints, metrics and predictions go)")
     values.update(do_train=verb == "train", do_eval=verb == "eval", do_predict=verb == "predict")
     try:
+        _check_data_dir(config, flag_keys, values)
         check_renamed_pairs(given, values)
         _check_verb(verb, given, values)
         model = _build(ModelArguments, values)
@@ -329,7 +319,7 @@ def parse_args(
         training = _build(TrainingArguments, values)
         _check_together(model, data, training, generation)
     except BadArgument as error:
-        raise UserError(_from_config_only(error, path, set(config_values), flag_keys)) from None
+        raise UserError(_from_config_only(error, config, flag_keys)) from None
     if generation.max_new_tokens is None:
         generation.max_new_tokens = data.val_max_target_length
     return model, data, training, generation

@@ -1,4 +1,5 @@
-"""THUDM's predictions file, `generated_predictions.txt`: one `{"labels": ..., "predict": ...}` per line."""
+"""THUDM's predictions file, `generated_predictions.txt`: one `{"labels": ..., "predict": ...}` per line
+(plus `"base_predict"` with --compare_base; `ptune score` reads labels and predict)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ from ptune.errors import UserError
 from ptune.io import replacing
 
 
-def write_predictions(path: Path, pairs: list[tuple[str, str]]) -> None:
-    """One JSON object per line, `{"labels": ..., "predict": ...}`, UTF-8, not escaped (THUDM's format)."""
+def write_predictions(path: Path, pairs: list[tuple[str, str]], base: list[str] | None = None) -> None:
+    """One JSON object per line, `{"labels": ..., "predict": ...}`, UTF-8, not escaped (THUDM's format).
+
+    `base` (--compare_base): the base model's answer to each row, written as a third field `base_predict`
+    after `predict`, so that the two answers to one prompt sit on one line.
+    """
+    if base is not None and len(base) != len(pairs):
+        raise ValueError(f"{len(base)} base answers for {len(pairs)} rows")
     with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for pred, label in pairs:
-            f.write(json.dumps({"labels": label, "predict": pred}, ensure_ascii=False) + "\n")
+        for i, (pred, label) in enumerate(pairs):
+            row = {"labels": label, "predict": pred}
+            if base is not None:
+                row["base_predict"] = base[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[str]]:

@@ -18,6 +18,7 @@ A config value's path to disk: `--pre_seq_len 128` → `ModelArguments.pre_seq_l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -124,6 +125,7 @@ class PTuningRecipe:
         if path is None:
             return None
         d = self.data_args
+        path = d.data_file(path)
         for flag, value in (("--prompt_column", d.prompt_column), ("--response_column", d.response_column)):
             if value is None:
                 raise UserError(f"{flag} is required: the name of the column in {path} that holds it")
@@ -157,7 +159,7 @@ class PTuningRecipe:
             args.dataloader_pin_memory = False  # pinning is for host-to-GPU copies; on the CPU it warns
         return args
 
-    def trainer(self, train_ds=None, eval_ds=None, sink: list | None = None, score: bool = True):
+    def trainer(self, train_ds=None, eval_ds=None, score: bool = True):
         """The PrefixTrainer over this run's model, data and generation settings."""
         from transformers import EarlyStoppingCallback
 
@@ -177,7 +179,7 @@ class PTuningRecipe:
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             data_collator=Collator(tok.pad_token_id, with_prompts=args.predict_with_generate),
-            compute_metrics=make_compute_metrics(tok, sink, score) if args.predict_with_generate else None,
+            compute_metrics=make_compute_metrics(tok, None, score) if args.predict_with_generate else None,
             callbacks=callbacks,
             chat_tokenizer=tok,
             tokenizer_files=[tok_folder / f for f in tok.files],
@@ -204,7 +206,8 @@ class PTuningRecipe:
         return run_training(self.trainer(train_ds, eval_ds), resume, len(train_ds))
 
     def evaluate(self) -> int:
-        """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU."""
+        """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU.
+        With --compare_base the same again with the prefix off, under base_eval_*."""
         from ptune.data import longest_prompt_first
 
         refuse_overwrite(self.training_args, "eval_results.json")
@@ -215,15 +218,17 @@ class PTuningRecipe:
             eval_ds = eval_ds.select(longest_prompt_first(eval_ds["labels"]))
         trainer = self.trainer(eval_ds=eval_ds)
         metrics = trainer.evaluate(metric_key_prefix="eval")
+        if self.model_args.compare_base:
+            with self.base_alone():
+                metrics.update(trainer.evaluate(metric_key_prefix="base_eval"))
         metrics["eval_samples"] = len(eval_ds)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        self.report(trainer, "eval", metrics)
         return 0
 
     def predict(self) -> int:
-        """Generate answers for test_file: generated_predictions.txt + predict_results.json."""
-        from ptune.data import longest_prompt_first, restore_order
-        from ptune.metrics import compute_metrics
+        """Generate answers for test_file: generated_predictions.txt + predict_results.json. With
+        --compare_base the same prompts again with the prefix off: base_predict_* metrics, and a
+        base_predict answer on every row of generated_predictions.txt."""
         from ptune.predictions import write_predictions
 
         refuse_overwrite(self.training_args, "generated_predictions.txt")
@@ -232,20 +237,58 @@ class PTuningRecipe:
         test_ds = self.dataset(
             d.test_file, d.val_max_target_length, d.max_predict_samples, require_response=False
         )
+        trainer = self.trainer(score=False)
+        pairs, metrics = self.predict_pass(trainer, test_ds, "predict")
+        base_answers = None
+        if self.model_args.compare_base:
+            with self.base_alone():
+                base_pairs, base_metrics = self.predict_pass(trainer, test_ds, "base_predict")
+            metrics.update(base_metrics)
+            base_answers = [pred for pred, _ in base_pairs]
+        metrics["predict_samples"] = len(test_ds)
+        if trainer.is_world_process_zero():
+            path = Path(self.training_args.output_dir) / "generated_predictions.txt"
+            write_predictions(path, pairs, base_answers)
+        self.report(trainer, "predict", metrics)
+        return 0
+
+    def predict_pass(self, trainer, test_ds, prefix: str) -> tuple[list[tuple[str, str]], dict]:
+        """Generate for every row (longest prompts first, for less padding), in file order: the (answer,
+        reference) pairs and the metrics, ROUGE/BLEU included when every row has a reference."""
+        from ptune.data import longest_prompt_first, restore_order
+        from ptune.metrics import compute_metrics
+        from ptune.trainer import make_compute_metrics
+
         order = longest_prompt_first(test_ds["labels"])
         pairs: list = []
-        trainer = self.trainer(sink=pairs, score=False)
-        output = trainer.predict(test_ds.select(order), metric_key_prefix="predict")
+        trainer.compute_metrics = make_compute_metrics(self.tokenizer, pairs, score=False)
+        output = trainer.predict(test_ds.select(order), metric_key_prefix=prefix)
         pairs[:] = restore_order(pairs, order)
         metrics = dict(output.metrics)
         if all(label for _, label in pairs):
-            metrics.update({f"predict_{k}": v for k, v in compute_metrics(*zip(*pairs, strict=True)).items()})
-        metrics["predict_samples"] = len(test_ds)
-        if trainer.is_world_process_zero():
-            write_predictions(Path(self.training_args.output_dir) / "generated_predictions.txt", pairs)
-        trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", metrics)
-        return 0
+            metrics.update(
+                {f"{prefix}_{k}": v for k, v in compute_metrics(*zip(*pairs, strict=True)).items()}
+            )
+        return pairs, metrics
+
+    @contextlib.contextmanager
+    def base_alone(self):
+        """--compare_base: the same model with its prefix off, from the same seed as the prefix's pass (the
+        Trainer seeds on creation), so that sampled answers are what a run on the base alone would draw."""
+        from transformers import set_seed
+
+        with self.model.without_prefix():
+            set_seed(self.training_args.seed)
+            yield
+
+    def report(self, trainer, split: str, metrics: dict) -> None:
+        """Log and save `SPLIT_results.json`; with --compare_base also print the prefix/base/delta table."""
+        from ptune.compare import comparison_rows, format_comparison
+
+        trainer.log_metrics(split, metrics)
+        trainer.save_metrics(split, metrics)
+        if self.model_args.compare_base and trainer.is_world_process_zero():
+            print(format_comparison(comparison_rows(metrics, split), split), flush=True)
 
 
 def run_training(trainer, resume: str | None, train_samples: int) -> int:

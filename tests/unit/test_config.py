@@ -255,9 +255,8 @@ def test_config_file_problems(tmp_path):
     duplicated = tmp_path / "dup.json"
     duplicated.write_text('{"pre_seq_len": 8, "pre_seq_len": 16}', encoding="utf-8")
     assert error_of("train", [str(duplicated)]) == f"{duplicated}: key 'pre_seq_len' appears twice"
-    assert (
-        error_of("train", ["cfg.yaml"])
-        == "cfg.yaml: a config file must be JSON, named *.json (flags are --name value)"
+    assert error_of("train", ["cfg.txt"]) == (
+        "cfg.txt: a config file must be JSON or YAML, named *.json, *.yaml or *.yml (flags are --name value)"
     )
     assert error_of("train", [*BASE, "late.json"]) == (
         "unexpected argument 'late.json': a config file must come first, right after the verb"
@@ -527,7 +526,7 @@ def test_help_prints_everything_and_exits_0(capsys):
         parse_args("train", ["cfg-that-is-not-read.json", "--help"])
     assert caught.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: ptune train [CONFIG.json] [--name value ...]")
+    assert out.startswith("usage: ptune train [CONFIG.json|CONFIG.yaml] [--name value ...]")
     for flag in (
         "--pre_seq_len",
         "--chat_format",

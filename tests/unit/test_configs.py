@@ -1,4 +1,5 @@
-"""Every shipped config parses for every verb, says first how to run it, and the scripts stay thin."""
+"""Every shipped config (JSON and YAML) parses for every verb, says first how to run it, and the scripts stay
+thin."""
 
 from __future__ import annotations
 
@@ -7,28 +8,42 @@ from pathlib import Path
 
 import pytest
 
+from ptune.config_files import read_config
 from ptune.parse import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs").glob("*.json"))
+CONFIGS = sorted(p for p in (REPO / "configs").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 
 
 def test_there_are_the_recipes_the_docs_promise():
     names = {c.name for c in CONFIGS}
     assert {"demo.json", "chatglm2-6b-adgen.json", "chatglm3-6b-adgen.json", "glm-4-9b-chat-adgen.json",
-            "chatglm3-6b-chat.json"} <= names  # fmt: skip
+            "chatglm3-6b-chat.json", "chatglm3-6b-adgen.yaml"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 @pytest.mark.parametrize("verb", ["train", "eval", "predict"])
 def test_config_parses(config, verb):
-    first_key = next(iter(json.loads(config.read_text(encoding="utf-8"))))
-    assert first_key == "how_to_run"
+    assert next(iter(read_config(str(config)).lines or json.loads(config.read_text(encoding="utf-8")))) == (
+        "how_to_run"
+    )
     model, data, training, _ = parse_args(verb, [str(config)])
     assert model.pre_seq_len and data.prompt_column and data.response_column
     assert (training.do_train, training.do_predict) == (verb == "train", verb == "predict")
     # transformers turns do_eval on by itself when an eval_strategy is set (the demo evaluates while training)
     assert training.do_eval == (verb == "eval" or training.eval_strategy != "no")
+
+
+def test_yaml_recipe_is_the_json_recipe():
+    """configs/chatglm3-6b-adgen.yaml and .json give every argument the same value, for every verb."""
+    for verb in ("train", "eval", "predict"):
+        from_yaml = parse_args(verb, [str(REPO / "configs" / "chatglm3-6b-adgen.yaml")])
+        from_json = parse_args(verb, [str(REPO / "configs" / "chatglm3-6b-adgen.json")])
+        values = [
+            [a.to_dict() if hasattr(a, "to_dict") else vars(a) for a in args]
+            for args in (from_yaml, from_json)
+        ]
+        assert values[0] == values[1]  # TrainingArguments compares by to_dict (it holds a device object)
 
 
 def test_demo_config_points_at_shipped_data():

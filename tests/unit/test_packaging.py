@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import inspect
-import json
 import re
 import sys
 import warnings
@@ -109,8 +108,10 @@ def test_every_runtime_dependency_is_needed():
 
 def test_configs_that_report_to_tensorboard_run_after_the_core_install():
     needing = set()
-    for config in sorted((REPO / "configs").glob("*.json")):
-        values = json.loads(config.read_text(encoding="utf-8"))
+    from ptune.config_files import CONFIG_SUFFIXES, read_config
+
+    for config in sorted(p for p in (REPO / "configs").iterdir() if p.name.endswith(CONFIG_SUFFIXES)):
+        values = read_config(str(config)).values
         reports = values.get("report_to", [])
         reports = [reports] if isinstance(reports, str) else reports
         if "tensorboard" in reports or "all" in reports or values.get("logging_dir"):
@@ -118,6 +119,7 @@ def test_configs_that_report_to_tensorboard_run_after_the_core_install():
     assert needing == {
         "chatglm2-6b-adgen.json",
         "chatglm3-6b-adgen.json",
+        "chatglm3-6b-adgen.yaml",
         "chatglm3-6b-chat.json",
         "glm-4-9b-chat-adgen.json",
     }
