@@ -81,6 +81,24 @@ def chat_messages(query: str, history: Sequence[Turn] = (), source_prefix: str =
     return messages
 
 
+def learned_mask(
+    head: Sequence[int], pieces: Sequence[tuple[Sequence[int], bool]], end_id: int
+) -> tuple[list[int], list[bool]]:
+    """ids = head + every piece + [end_id]; learned: the ids of an assistant piece after its first (role) id,
+    and the id right after an assistant piece (the next piece's role token, or `end_id`): the marker that
+    ends the turn.  This is THUDM's loss mask shifted by one (finetune_hf.py / finetune.py ``[False,
+    *loss_masks]``).  Empty pieces (GLM-4 renders nothing for an empty message) are skipped."""
+    ids, learned = list(head), [False] * len(head)
+    after_answer = False
+    for piece, is_answer in pieces:
+        if not piece:
+            continue
+        ids += piece
+        learned += [after_answer] + [is_answer] * (len(piece) - 1)
+        after_answer = is_answer
+    return ids + [end_id], learned + [after_answer]
+
+
 def or_list(names: Sequence[str]) -> str:
     """ "a", "a or b", "a, b or c": names for a message."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -314,6 +332,17 @@ class Family:
             else:
                 hi = mid
         return best
+
+    # -- conversations (ptune.conversations.Conversation: system / user / assistant / observation) ------
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        """The whole conversation as ids, and per id whether it is learned (every assistant turn's text and
+        the end marker that follows it); no truncation (ptune.chat_format.encode_conversation cuts)."""
+        raise UserError(f"{self.title} models cannot be trained on conversations")
+
+    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        """The conversation's ids followed by the cue for a new assistant answer (predict, chat)."""
+        raise UserError(f"{self.title} models cannot be prompted with conversations")
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
