@@ -52,9 +52,11 @@ def encode_messages(tok: Any, messages: Sequence[Message], add_generation_prompt
     return family_of(tok).encode_messages(tok, messages, add_generation_prompt)
 
 
-def prompt_ids(tok: Any, query: str, history: Sequence[Turn] = (), source_prefix: str = "") -> list[int]:
-    """The full, untruncated prompt ids for the tokenizer's family."""
-    return family_of(tok).prompt_ids(tok, query, history, source_prefix)
+def prompt_ids(
+    tok: Any, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
+) -> list[int]:
+    """The full, untruncated prompt ids for the tokenizer's family (a system message first with `system`)."""
+    return family_of(tok).prompt_ids(tok, query, history, source_prefix, system)
 
 
 def answer_ids(tok: Any, response: str) -> list[int]:
@@ -68,7 +70,12 @@ def target_ids(tok: Any, response: str, max_target_length: int) -> list[int]:
 
 
 def encode_prompt(
-    tok: Any, query: str, history: Any = None, max_source_length: int = 1024, source_prefix: str = ""
+    tok: Any,
+    query: str,
+    history: Any = None,
+    max_source_length: int = 1024,
+    source_prefix: str = "",
+    system: str = "",
 ) -> list[int]:
     """Prompt ids (special tokens included) of at most `max_source_length` ids, for training and generation.
 
@@ -78,7 +85,7 @@ def encode_prompt(
     still sees where its answer starts (`Family.cut_question`).  UserError when even an empty question with
     the template and `source_prefix` does not fit.
     """
-    return family_of(tok).encode_prompt(tok, query, history, max_source_length, source_prefix)
+    return family_of(tok).encode_prompt(tok, query, history, max_source_length, source_prefix, system)
 
 
 def encode_example(

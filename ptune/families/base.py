@@ -72,9 +72,12 @@ def normalize_history(history: Any) -> list[Turn]:
     return turns
 
 
-def chat_messages(query: str, history: Sequence[Turn] = (), source_prefix: str = "") -> list[Message]:
-    """The conversation as role/content messages, `source_prefix` in front of the current question."""
-    messages: list[Message] = []
+def chat_messages(
+    query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
+) -> list[Message]:
+    """The conversation as role/content messages (a system message first when `system` is given),
+    `source_prefix` in front of the current question."""
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
     for q, r in history:
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
     messages.append({"role": "user", "content": source_prefix + query})
@@ -282,34 +285,46 @@ class Family:
         raise NotImplementedError
 
     def conversation(
-        self, query: str, history: Sequence[Turn] = (), source_prefix: str = ""
+        self, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
     ) -> list[Message]:
-        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question."""
-        return chat_messages(query, history, source_prefix)
+        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question,
+        a system message first when `system` is given (`ptune chat --system`)."""
+        return chat_messages(query, history, source_prefix, system)
 
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         """The answer's ids without eos: what the model writes after the generation prompt."""
         return tok.encode(response)
 
-    def prompt_ids(self, tok: Any, query: str, history: Any = (), source_prefix: str = "") -> list[int]:
+    def prompt_ids(
+        self, tok: Any, query: str, history: Any = (), source_prefix: str = "", system: str = ""
+    ) -> list[int]:
         """The full, untruncated prompt ids of one example."""
-        return self.encode_messages(tok, self.conversation(query, normalize_history(history), source_prefix))
+        turns = normalize_history(history)
+        return self.encode_messages(tok, self.conversation(query, turns, source_prefix, system))
 
     def encode_prompt(
-        self, tok: Any, query: str, history: Any, max_source_length: int, source_prefix: str = ""
+        self,
+        tok: Any,
+        query: str,
+        history: Any,
+        max_source_length: int,
+        source_prefix: str = "",
+        system: str = "",
     ) -> list[int]:
         """Prompt ids of at most `max_source_length`: history turns dropped oldest first (re-encoding each
         time), then the question cut by `cut_question`."""
         turns = normalize_history(history)
         while True:
-            ids = self.prompt_ids(tok, query, turns, source_prefix)
+            ids = self.prompt_ids(tok, query, turns, source_prefix, system)
             if len(ids) <= max_source_length:
                 return ids
             if not turns:
-                return self.cut_question(tok, query, source_prefix, max_source_length)
+                return self.cut_question(tok, query, source_prefix, max_source_length, system)
             turns = turns[1:]
 
-    def cut_question(self, tok: Any, query: str, source_prefix: str, max_source_length: int) -> list[int]:
+    def cut_question(
+        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
+    ) -> list[int]:
         """The prompt without history, the question cut from the right so that it fits.
 
         Here for prompts encoded as one text: the question is cut by characters (the most that fit, found by
@@ -318,7 +333,7 @@ class Family:
         """
 
         def build(k: int) -> list[int]:
-            return self.prompt_ids(tok, query[:k], (), source_prefix)
+            return self.prompt_ids(tok, query[:k], (), source_prefix, system)
 
         best = build(0)
         if len(best) > max_source_length:

@@ -108,10 +108,11 @@ class ChatGLM2(OriginalFamily):
         )
 
     def conversation(
-        self, query: str, history: Sequence[Turn] = (), source_prefix: str = ""
+        self, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
     ) -> list[Message]:
-        """`source_prefix` as a leading system message: plain text in front of the first round."""
-        head: list[Message] = [{"role": "system", "content": source_prefix}] if source_prefix else []
+        """`system` then `source_prefix` as a leading system message: plain text in front of the first round."""
+        front = system + source_prefix
+        head: list[Message] = [{"role": "system", "content": front}] if front else []
         return head + super().conversation(query, history)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:

@@ -138,11 +138,16 @@ class ChatGLM3(OriginalFamily):
             ids += self.piece_ids(tok, m)
         return ids + [self.role_id(tok, "assistant")]
 
-    def cut_question(self, tok: Any, query: str, source_prefix: str, max_source_length: int) -> list[int]:
+    def cut_question(
+        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
+    ) -> list[int]:
         """The prompt is a concatenation of separately encoded pieces, so the question's own tokens are cut;
         the opening (begin tokens, <|user|>, newline) and the closing <|assistant|> stay."""
         opening, question = self.message_parts(tok, {"role": "user", "content": source_prefix + query})
-        head = [tok.special_ids[name] for name in self.begin_tokens] + opening
+        head = [tok.special_ids[name] for name in self.begin_tokens]
+        if system:
+            head += self.message_ids(tok, {"role": "system", "content": system})
+        head += opening
         tail = [self.role_id(tok, "assistant")]
         room = max_source_length - len(head) - len(tail)
         if room < 0:

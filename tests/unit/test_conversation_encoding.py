@@ -311,3 +311,20 @@ def test_predict_without_a_final_answer_asks_for_one():
     prompt += [OBS] + chars("\n7") + [A] + chars("\na") + [U] + chars("\nr") + [A]
     assert encoded.input_ids == prompt + chars("\n") + [EOS]
     assert encoded.labels == [-100] * len(prompt) + chars("\n") + [EOS]
+
+
+def test_chat_system_prompt_comes_first():
+    from ptune.chat import ChatSession
+
+    session = ChatSession(CHATGLM3, max_source_length=100, system="S")
+    session.history = [("q", "a")]
+    ids, notes = session.prompt("r")
+    expected = (
+        [G, SOP, SYS] + chars("\nS") + [U] + chars("\nq") + [A] + chars("\na") + [U] + chars("\nr") + [A]
+    )
+    assert (ids, notes) == (expected, [])
+    # Too long for the history: the system prompt stays, the oldest turn goes.
+    session = ChatSession(CHATGLM3, max_source_length=len(expected) - 1, system="S")
+    session.history = [("q", "a")]
+    ids, _ = session.prompt("r")
+    assert ids == [G, SOP, SYS] + chars("\nS") + [U] + chars("\nr") + [A]
