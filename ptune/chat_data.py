@@ -41,6 +41,20 @@ from ptune.families.registry import family_of
 logger = logging.getLogger("ptune")
 
 _READER_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+# Part of the encoders' datasets fingerprint: a change to ptune's encoding code invalidates cached encodings
+# (datasets hashes the encode function's own code, not the functions it calls).
+_ENCODING_FILES = ("chat_data.py", "chat_format.py", "conversations.py", "families")
+ENCODING_DIGEST = hashlib.sha256(
+    b"".join(
+        p.read_bytes()
+        for name in _ENCODING_FILES
+        for p in sorted(
+            [Path(__file__).parent / name]
+            if name.endswith(".py")
+            else (Path(__file__).parent / name).glob("*.py")
+        )
+    )
+).hexdigest()
 STAT_COLUMNS = ("drop", "lost_turns", "cut", "source_len", "target_len")
 
 
@@ -133,7 +147,7 @@ def _lengths(tok, conversation: Conversation) -> tuple[int, int]:
 def make_conversation_encoder(tok, path: str, max_source: int, max_target: int, split: str):
     """The batched `datasets.map` function for conversation rows (see the module docstring)."""
 
-    def encode(batch):
+    def encode(batch, code=ENCODING_DIGEST):  # `code` keys the cache (see ENCODING_DIGEST)
         out = {name: [] for name in ("input_ids", "labels", *STAT_COLUMNS)}
         for line, text in zip(batch["line"], batch["conversation"], strict=True):
             conversation = Conversation.from_json(text)
@@ -158,7 +172,7 @@ def make_prompt_response_encoder(tok, max_source: int, max_target: int, source_p
     """ptune.data's encoding of prompt / response / history rows, with the statistics columns."""
     family = family_of(tok)
 
-    def encode(batch):
+    def encode(batch, code=ENCODING_DIGEST):  # `code` keys the cache (see ENCODING_DIGEST)
         out = {name: [] for name in ("input_ids", "labels", *STAT_COLUMNS)}
         for prompt, response, history in zip(
             batch["prompt"], batch["response"], batch["history"], strict=True
