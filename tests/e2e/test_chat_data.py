@@ -149,3 +149,14 @@ def test_bad_conversation_data_is_one_line(second, message, tiny, tmp_path, hf_c
             str(tmp_path / "out"), "--pre_seq_len", "4", "--max_steps", "1", *COMMON]  # fmt: skip
     assert main(argv) == 2
     assert capsys.readouterr().err == f"ptune train: error: {train}:2: {message}\n"
+
+
+def test_an_unknown_format_is_one_line(tiny, tmp_path, hf_cache, capsys):
+    train = write(tmp_path / "train.json", [{"text": "q"}])
+    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(train), "--output_dir",
+            str(tmp_path / "out"), "--pre_seq_len", "4", *COMMON]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"ptune train: error: {train}:1: cannot tell the data format from the keys ['text']: pass --data_format "
+        "(conversations, messages, alpaca, sharegpt) or --prompt_column/--response_column\n"
+    )
