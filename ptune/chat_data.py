@@ -20,6 +20,7 @@ same config tokenizes once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -101,7 +102,7 @@ def load_conversations(path: str | Path, fmt: str, data_columns, require_answer:
         "path": str(path),
         "digest": hashlib.sha256(path.read_bytes()).hexdigest(),
         "fmt": fmt,
-        "columns": "" if columns is None else __import__("json").dumps(columns, sort_keys=True),
+        "columns": "" if columns is None else json.dumps(columns, sort_keys=True),
         "require_answer": require_answer,
         "reader": _READER_DIGEST,
     }
@@ -241,9 +242,9 @@ def build_split(path, tok, data_args, max_target: int, max_samples, split: str, 
     reasons = Counter(r for r in encoded["drop"] if r)
     for reason, count in sorted(reasons.items()):
         logger.warning("%s: dropped %d of %d rows: %s", path, count, len(encoded), reason)
-    lost = sum(1 for n in encoded["lost_turns"] if n)
+    lost = sum(1 for n, cut in zip(encoded["lost_turns"], encoded["cut"], strict=True) if n or cut)
     if lost:
-        logger.info("%s: %d rows lost their oldest turns to fit max_source_length", path, lost)
+        logger.info("%s: %d rows lost their oldest turns (or the end of their last) to fit", path, lost)
     with _progress_bars(False):
         kept = encoded.filter(lambda row: not row["drop"]).select_columns(["input_ids", "labels"])
     if len(kept) == 0:

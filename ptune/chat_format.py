@@ -10,7 +10,10 @@ is written down); this module is what is the same for all of them:
   ``[[question, answer], ...]`` oldest first, and source_prefix), `encode_prompt` (cut to a length);
 - targets: `answer_ids` cut to ``max_target_length``, then ``eos``, so a target has at most
   ``max_target_length + 1`` ids, like THUDM's; `encode_example` puts prompt and target together;
-- generated ids back to text: `strip_answer`, `decode_response`.
+- generated ids back to text: `strip_answer`, `decode_response`;
+- conversations (ptune.conversations): `encode_conversation` (training: every assistant turn learned, whole
+  turns dropped oldest first to fit) and `encode_last_answer` (eval/predict: the last answer after the rest);
+  how a family writes a conversation is its `conversation_ids` / `conversation_prompt`.
 """
 
 from __future__ import annotations
