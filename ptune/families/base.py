@@ -11,6 +11,9 @@ A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, nativ
   messages, ending with the generation prompt), ``conversation(query, history, source_prefix)`` (THUDM's
   columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
   ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
+- conversations (ptune.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
+  whether it is learned: every assistant turn and its end marker; `learned_mask` builds it for role-token
+  formats) and ``conversation_prompt`` (ending with the cue for a new answer).
 - checkpoint: ``model_type`` of its original folders (``ptune.convert`` converts "chatglm" ones; None: a model
   transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
   ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
