@@ -182,12 +182,14 @@ def make_prompt_response_encoder(tok, max_source: int, max_target: int, source_p
             if not prompt.strip() or (require_response and not response.strip()):
                 encoded, source_len, target_len = Encoded(dropped="an empty prompt or response"), 0, 0
             else:
-                full = family.prompt_ids(tok, prompt, history, source_prefix)
                 source = encode_prompt(tok, prompt, history, max_source, source_prefix)
                 target = target_ids(tok, response, max_target)
-                lost = len(history) - _history_kept(tok, prompt, history, source_prefix, len(source))
+                source_len, lost = len(source), 0
+                if source_len >= max_source:  # perhaps cut: the untruncated length and the turns lost
+                    source_len = len(family.prompt_ids(tok, prompt, history, source_prefix))
+                    lost = len(history) - _history_kept(tok, prompt, history, source_prefix, len(source))
                 encoded = Encoded(source + target, [-100] * len(source) + target, lost_turns=lost)
-                source_len, target_len = len(full), len(family.answer_ids(tok, response))
+                target_len = len(family.answer_ids(tok, response))
             for name, value in _row(encoded, source_len, target_len).items():
                 out[name].append(value)
         return out
