@@ -22,6 +22,8 @@ from transformers import Seq2SeqTrainingArguments
 
 from ptune.argtypes import BadArgument, check_at_least, check_choices
 from ptune.compat import refuse_dead
+from ptune.conversations import FORMATS
+from ptune.errors import UserError
 from ptune.families.registry import FAMILY_NAMES
 from ptune.training_args import TrainingArguments
 
@@ -194,6 +196,21 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Key of the earlier turns, a list of [question, answer] pairs (multi-turn data)."},
     )
+    data_format: Literal[FORMATS] | None = field(  # type: ignore[valid-type]
+        default=None,
+        metadata={
+            "help": "Data format: prompt_response (THUDM's columns), conversations (ChatGLM3's finetune_demo), "
+            "messages (GLM-4's), alpaca, sharegpt. Default: prompt_response when --prompt_column is set, else "
+            "detected from the first row's keys."
+        },
+    )
+    data_columns: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other key or role names for the conversation formats, as a JSON object with "
+            'LLaMA-Factory\'s dataset_info names, e.g. {"messages": "dialog", "user_tag": "human"}.'
+        },
+    )
     train_file: str | None = field(
         default=None, metadata={"help": "Training data: JSON lines (.json/.jsonl) or .csv. Needed by train."}
     )
@@ -282,6 +299,13 @@ class DataTrainingArguments:
             for name_b, b in columns[i + 1 :]:
                 if a is not None and a == b:
                     raise BadArgument(f"--{name_a} and --{name_b} are both {a!r}", name_a, name_b)
+        if self.data_columns is not None:
+            from ptune.conversations import Mapping, parse_data_columns
+
+            try:
+                Mapping.of("conversations", parse_data_columns(self.data_columns))
+            except UserError as e:
+                raise BadArgument(str(e), "data_columns") from None
         if self.val_max_target_length is None:
             # THUDM's rule: reference answers in eval are cut like training answers unless told otherwise.
             self.val_max_target_length = self.max_target_length

@@ -1,6 +1,6 @@
 """`ptune chat`: multi-turn chat in the terminal with a base model and, optionally, a P-Tuning v2 prefix.
 
-    ptune chat --model_name_or_path DIR [--ptuning_checkpoint CKPT] [--max_length 2048] [--max_new_tokens 512]
+    ptune chat --model_name_or_path DIR [--ptuning_checkpoint CKPT] [--system TEXT] [--max_length 2048]
 
 Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
 stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
@@ -100,6 +100,7 @@ class ChatSession:
     tokenizer: object
     max_source_length: int
     source_prefix: str = ""
+    system: str = ""
     history: list[tuple[str, str]] = field(default_factory=list)
     told_about_dropping: bool = False
 
@@ -115,7 +116,7 @@ class ChatSession:
         """
         tok, limit, notes = self.tokenizer, self.max_source_length, []
         kept = list(self.history)
-        while kept and len(prompt_ids(tok, query, kept, self.source_prefix)) > limit:
+        while kept and len(prompt_ids(tok, query, kept, self.source_prefix, self.system)) > limit:
             kept = kept[1:]
         if len(kept) < len(self.history) and not self.told_about_dropping:
             notes.append(
@@ -124,9 +125,9 @@ class ChatSession:
             )
             self.told_about_dropping = True
         self.history = kept
-        if not kept and len(prompt_ids(tok, query, [], self.source_prefix)) > limit:
+        if not kept and len(prompt_ids(tok, query, [], self.source_prefix, self.system)) > limit:
             notes.append(f"(the question is longer than {limit} tokens: only its beginning is used)")
-        return encode_prompt(tok, query, kept, limit, self.source_prefix), notes
+        return encode_prompt(tok, query, kept, limit, self.source_prefix, self.system), notes
 
 
 def _write(text: str) -> None:
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source_prefix", default="", help="Text put in front of every question, as in training."
     )
+    parser.add_argument(
+        "--system",
+        default="",
+        help="System prompt: the conversation's first message (ChatGLM2, which has no system role: plain text "
+        "in front of the first round).",
+    )
     return parser
 
 
@@ -266,13 +273,13 @@ def main(argv: list[str]) -> int:
         args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
     settings = _settings(args)
     tok = load_tokenizer(args.model_name_or_path, args.chat_format)
-    session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix)
-    bare = len(prompt_ids(tok, "", [], args.source_prefix))
+    session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix, args.system)
+    bare = len(prompt_ids(tok, "", [], args.source_prefix, args.system))
     if bare > session.max_source_length:  # fail now, not at the first question
         raise UserError(
             f"--max_length {args.max_length} is too small: minus --max_new_tokens {settings.max_new_tokens} it "
             f"leaves {session.max_source_length} tokens for the prompt, but the chat template and "
-            f"--source_prefix alone take {bare}"
+            f"--source_prefix / --system alone take {bare}"
         )
     model = load_model(
         args.model_name_or_path,

@@ -10,12 +10,16 @@ is written down); this module is what is the same for all of them:
   ``[[question, answer], ...]`` oldest first, and source_prefix), `encode_prompt` (cut to a length);
 - targets: `answer_ids` cut to ``max_target_length``, then ``eos``, so a target has at most
   ``max_target_length + 1`` ids, like THUDM's; `encode_example` puts prompt and target together;
-- generated ids back to text: `strip_answer`, `decode_response`.
+- generated ids back to text: `strip_answer`, `decode_response`;
+- conversations (ptune.conversations): `encode_conversation` (training: every assistant turn learned, whole
+  turns dropped oldest first to fit) and `encode_last_answer` (eval/predict: the last answer after the rest);
+  how a family writes a conversation is its `conversation_ids` / `conversation_prompt`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ptune.families.base import Message, Turn, chat_messages, normalize_history
@@ -30,7 +34,10 @@ __all__ = [
     "chat_messages",
     "chatglm2_prompt_text",
     "decode_response",
+    "Encoded",
+    "encode_conversation",
     "encode_example",
+    "encode_last_answer",
     "encode_messages",
     "encode_prompt",
     "normalize_history",
@@ -48,9 +55,11 @@ def encode_messages(tok: Any, messages: Sequence[Message], add_generation_prompt
     return family_of(tok).encode_messages(tok, messages, add_generation_prompt)
 
 
-def prompt_ids(tok: Any, query: str, history: Sequence[Turn] = (), source_prefix: str = "") -> list[int]:
-    """The full, untruncated prompt ids for the tokenizer's family."""
-    return family_of(tok).prompt_ids(tok, query, history, source_prefix)
+def prompt_ids(
+    tok: Any, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
+) -> list[int]:
+    """The full, untruncated prompt ids for the tokenizer's family (a system message first with `system`)."""
+    return family_of(tok).prompt_ids(tok, query, history, source_prefix, system)
 
 
 def answer_ids(tok: Any, response: str) -> list[int]:
@@ -64,7 +73,12 @@ def target_ids(tok: Any, response: str, max_target_length: int) -> list[int]:
 
 
 def encode_prompt(
-    tok: Any, query: str, history: Any = None, max_source_length: int = 1024, source_prefix: str = ""
+    tok: Any,
+    query: str,
+    history: Any = None,
+    max_source_length: int = 1024,
+    source_prefix: str = "",
+    system: str = "",
 ) -> list[int]:
     """Prompt ids (special tokens included) of at most `max_source_length` ids, for training and generation.
 
@@ -74,7 +88,7 @@ def encode_prompt(
     still sees where its answer starts (`Family.cut_question`).  UserError when even an empty question with
     the template and `source_prefix` does not fit.
     """
-    return family_of(tok).encode_prompt(tok, query, history, max_source_length, source_prefix)
+    return family_of(tok).encode_prompt(tok, query, history, max_source_length, source_prefix, system)
 
 
 def encode_example(
@@ -110,3 +124,87 @@ def decode_response(tok: Any, ids: Sequence[int]) -> str:
     Stripping (as THUDM's predictions are) also removes the newline chatglm3/glm4 answers start with.
     """
     return tok.decode(strip_answer(ids, tok.stop_token_ids), skip_special_tokens=True).strip()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversations (ptune.conversations): every assistant turn learned in one example
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """One encoded example and what truncation did: `lost_turns` oldest turns dropped, `cut` messages cut
+    off the end of the last turn kept, `dropped` the reason the example is left out ("" when kept)."""
+
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    lost_turns: int = 0
+    cut: int = 0
+    dropped: str = ""
+
+
+def masked_labels(ids: Sequence[int], learned: Sequence[bool]) -> list[int]:
+    """labels: the id where it is learned, IGNORE_INDEX elsewhere."""
+    return [i if keep else IGNORE_INDEX for i, keep in zip(ids, learned, strict=True)]
+
+
+def last_span(learned: Sequence[bool]) -> tuple[int, int]:
+    """(start, end) of the last run of learned positions: the last answer and its end marker."""
+    end = len(learned)
+    while end and not learned[end - 1]:
+        end -= 1
+    start = end
+    while start and learned[start - 1]:
+        start -= 1
+    return start, end
+
+
+def encode_conversation(tok: Any, conversation: Any, max_length: int) -> Encoded:
+    """A training example: every assistant turn learned, at most `max_length` ids.
+
+    Too long: the system prompt and tools stay and the oldest whole turns go first (re-encoding each time);
+    if the last turn alone is still too long it is cut after its last assistant message that fits (a turn
+    with a tool call has several), and when not even its first answer fits the example is dropped.
+    """
+    family = family_of(tok)
+    turns = conversation.turns()
+    for lost in range(len(turns)):
+        ids, learned = family.conversation_ids(tok, conversation.with_turns(turns[lost:]))
+        if len(ids) <= max_length:
+            return Encoded(ids, masked_labels(ids, learned), lost_turns=lost)
+    last = turns[-1]
+    for keep in range(len(last) - 1, 0, -1):
+        if last[keep - 1]["role"] != "assistant":
+            continue
+        ids, learned = family.conversation_ids(tok, conversation.with_turns([last[:keep]]))
+        if len(ids) <= max_length:
+            return Encoded(ids, masked_labels(ids, learned), len(turns) - 1, cut=len(last) - keep)
+    return Encoded(dropped=f"longer than {max_length} tokens even with only its last turn's first answer")
+
+
+def encode_last_answer(tok: Any, conversation: Any, max_source: int, max_target: int) -> Encoded:
+    """An eval/predict example: the prompt is everything before the last assistant message (at most
+    `max_source` ids: oldest turns dropped, else the example is dropped), the answer that message cut to
+    `max_target` ids plus its end marker; without an assistant message at the end, the prompt asks for a
+    new answer and the reference is empty."""
+    family = family_of(tok)
+    messages = list(conversation.messages)
+    has_answer = conversation.ends_with_answer()
+    if has_answer:
+        context, answer = messages[:-1], [messages[-1]]
+    else:
+        context, answer = messages, []
+    turns = type(conversation)(tuple(context), conversation.tools).turns()
+    for lost in range(len(turns)):
+        part = conversation.with_turns(turns[lost:] + ([answer] if answer else []))
+        if answer:
+            ids, learned = family.conversation_ids(tok, part)
+            start, end = last_span(learned)
+            prompt, target = ids[:start], ids[start:end]
+            target = target[:-1][: max(max_target, 0)] + target[-1:]
+        else:
+            prompt = family.conversation_prompt(tok, part)
+            target = family.answer_ids(tok, "")[:max_target] + [tok.eos_token_id]
+        if len(prompt) <= max_source:
+            return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target, lost_turns=lost)
+    return Encoded(dropped=f"its last question alone is longer than max_source_length {max_source}")

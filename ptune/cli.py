@@ -16,6 +16,7 @@ USAGE = """usage: ptune VERB [CONFIG.json|CONFIG.yaml] [--flag value ...]
     ptune train   CONFIG.json [--flag value ...]   P-tune a prefix (THUDM's main.py --do_train)
     ptune eval    CONFIG.json [...]                 eval_loss (+ ROUGE/BLEU with --predict_with_generate true)
     ptune predict CONFIG.json [...]                 generated_predictions.txt + predict_results.json
+    ptune data    CONFIG.json [--write_encoded F]   look at the data: counts, lengths, encoded examples
     ptune score   PREDICTIONS.txt                   re-score a predictions file
     ptune chat    --model_name_or_path DIR [--ptuning_checkpoint CKPT]   talk to the model
     ptune export  CHECKPOINT --format thudm         the prefix in THUDM's layout
@@ -67,6 +68,7 @@ VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
 # Verbs in their own modules, imported only when used: (module, function taking argv and returning the exit code).
 MODULE_VERBS = {
     "chat": ("ptune.chat", "main"),
+    "data": ("ptune.data_report", "main"),
     "export": ("ptune.export", "main"),
     "plot": ("ptune.plot", "main"),
     "bench": ("ptune.bench", "main"),

@@ -3,9 +3,8 @@
 Each row gives a prompt, a response and optionally a history of [question, answer] pairs (column names from
 the config). ptune reads the files itself (`read_rows`, the one reader of rows: UTF-8 checked, JSON lines, a
 JSON array or CSV), so that every bad row is reported as `file:LINE` before `datasets` sees it; `datasets` only
-caches the validated rows and their tokenization. Rows with an empty prompt or response are dropped and counted
-(THUDM dropped them silently). Encoding itself (chat format, truncation) is `chat_format.encode_example`;
-batching pads each batch to its longest sample, never to a fixed length.
+caches the validated rows. Encoding, dropping and counting (every format) is ptune.chat_data; batching here
+pads each batch to its longest sample, never to a fixed length.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from ptune.chat_format import encode_example
 from ptune.errors import UserError
 from ptune.io import json_error
 
@@ -263,71 +261,6 @@ def load_rows(
             raise cause from None
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise UserError(f"{path}: cannot read it ({first})") from None
-
-
-def make_encoder(tokenizer, max_source: int, max_target: int, source_prefix: str, require_response=True):
-    """The batched `datasets.map` function: validated rows → input_ids / labels (empty lists for rows to drop).
-
-    Without `require_response` (predict), a row without a response is kept: its answer is just the end id,
-    so it gets a prediction but no reference.
-    """
-
-    def encode(batch):
-        out = {"input_ids": [], "labels": []}
-        for prompt, response, history in zip(
-            batch["prompt"], batch["response"], batch["history"], strict=True
-        ):
-            prompt, response = prompt or "", response or ""
-            if not prompt.strip() or (require_response and not response.strip()):
-                out["input_ids"].append([])
-                out["labels"].append([])
-                continue
-            ids, labels = encode_example(
-                tokenizer, prompt, response, history, max_source, max_target, source_prefix=source_prefix
-            )
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-        return out
-
-    return encode
-
-
-def build_dataset(
-    path,
-    tokenizer,
-    columns: Columns,
-    data_args,
-    max_target: int,
-    max_samples: int | None,
-    require_response=True,
-    cache_dir: str | None = None,
-):
-    """Load, validate, encode and filter one split; logs how many rows were dropped as empty."""
-    dataset = load_rows(path, columns, require_response, cache_dir)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    encoder = make_encoder(
-        tokenizer, data_args.max_source_length, max_target, data_args.source_prefix or "", require_response
-    )
-    with _progress_bars(True):  # the one bar worth showing: tokenizing a large file takes a while
-        encoded = dataset.map(
-            encoder,
-            batched=True,
-            remove_columns=dataset.column_names,
-            num_proc=data_args.preprocessing_num_workers,
-            load_from_cache_file=not data_args.overwrite_cache,
-            desc=f"Tokenizing {Path(path).name}",
-        )
-    with _progress_bars(False):
-        kept = encoded.filter(lambda row: len(row["input_ids"]) > 0)
-    dropped = len(encoded) - len(kept)
-    if dropped:
-        logger.warning(
-            "%s: dropped %d of %d rows with an empty prompt or response", path, dropped, len(encoded)
-        )
-    if len(kept) == 0:
-        raise UserError(f"{path}: no usable rows (every row has an empty prompt or response)")
-    return kept
 
 
 def pad_right(seqs: list[list[int]], value: int) -> list[list[int]]:

@@ -115,30 +115,23 @@ class PTuningRecipe:
             family=self.tokenizer.family,
         )
 
-    def dataset(
-        self, path: str | None, max_target: int, max_samples: int | None, require_response: bool = True
-    ):
-        """Rows of `path`, checked and tokenized for this model (None without a path); rank 0 goes first so
+    def dataset(self, path: str | None, max_target: int, max_samples: int | None, split: str = "train"):
+        """Rows of `path`, checked and encoded for this model as `split` (train: every assistant turn of a
+        conversation learned; eval / predict: its last answer), None without a path; rank 0 goes first so
         the other ranks read its cache."""
-        from ptune.data import Columns, build_dataset
+        from ptune.chat_data import build_split
 
         if path is None:
             return None
-        d = self.data_args
-        path = d.data_file(path)
-        for flag, value in (("--prompt_column", d.prompt_column), ("--response_column", d.response_column)):
-            if value is None:
-                raise UserError(f"{flag} is required: the name of the column in {path} that holds it")
-        columns = Columns(d.prompt_column, d.response_column, d.history_column)
+        path = self.data_args.data_file(path)
         with self.training_args.main_process_first(desc=f"tokenizing {path}"):
-            return build_dataset(
+            return build_split(
                 path,
                 self.tokenizer,
-                columns,
-                d,
+                self.data_args,
                 max_target,
                 max_samples,
-                require_response,
+                split,
                 self.model_args.cache_dir,
             )
 
@@ -202,7 +195,7 @@ class PTuningRecipe:
         train_ds = self.dataset(d.train_file, d.max_target_length, d.max_train_samples)
         eval_ds = None
         if args.eval_strategy != "no":
-            eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples)
+            eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples, "eval")
         return run_training(self.trainer(train_ds, eval_ds), resume, len(train_ds))
 
     def evaluate(self) -> int:
@@ -213,7 +206,7 @@ class PTuningRecipe:
         refuse_overwrite(self.training_args, "eval_results.json")
         self.load()
         d = self.data_args
-        eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples)
+        eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples, "eval")
         if self.training_args.predict_with_generate:  # metrics do not depend on the order; padding does
             eval_ds = eval_ds.select(longest_prompt_first(eval_ds["labels"]))
         trainer = self.trainer(eval_ds=eval_ds)
@@ -234,9 +227,7 @@ class PTuningRecipe:
         refuse_overwrite(self.training_args, "generated_predictions.txt")
         self.load()
         d = self.data_args  # config.parse_args requires test_file for predict
-        test_ds = self.dataset(
-            d.test_file, d.val_max_target_length, d.max_predict_samples, require_response=False
-        )
+        test_ds = self.dataset(d.test_file, d.val_max_target_length, d.max_predict_samples, "predict")
         trainer = self.trainer(score=False)
         pairs, metrics = self.predict_pass(trainer, test_ds, "predict")
         base_answers = None

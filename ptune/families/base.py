@@ -11,6 +11,9 @@ A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, nativ
   messages, ending with the generation prompt), ``conversation(query, history, source_prefix)`` (THUDM's
   columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
   ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
+- conversations (ptune.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
+  whether it is learned: every assistant turn and its end marker; `learned_mask` builds it for role-token
+  formats) and ``conversation_prompt`` (ending with the cue for a new answer).
 - checkpoint: ``model_type`` of its original folders (``ptune.convert`` converts "chatglm" ones; None: a model
   transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
   ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
@@ -72,13 +75,34 @@ def normalize_history(history: Any) -> list[Turn]:
     return turns
 
 
-def chat_messages(query: str, history: Sequence[Turn] = (), source_prefix: str = "") -> list[Message]:
-    """The conversation as role/content messages, `source_prefix` in front of the current question."""
-    messages: list[Message] = []
+def chat_messages(
+    query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
+) -> list[Message]:
+    """The conversation as role/content messages (a system message first when `system` is given),
+    `source_prefix` in front of the current question."""
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
     for q, r in history:
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
     messages.append({"role": "user", "content": source_prefix + query})
     return messages
+
+
+def learned_mask(
+    head: Sequence[int], pieces: Sequence[tuple[Sequence[int], bool]], end_id: int
+) -> tuple[list[int], list[bool]]:
+    """ids = head + every piece + [end_id]; learned: the ids of an assistant piece after its first (role) id,
+    and the id right after an assistant piece (the next piece's role token, or `end_id`): the marker that
+    ends the turn.  This is THUDM's loss mask shifted by one (finetune_hf.py / finetune.py ``[False,
+    *loss_masks]``).  Empty pieces (GLM-4 renders nothing for an empty message) are skipped."""
+    ids, learned = list(head), [False] * len(head)
+    after_answer = False
+    for piece, is_answer in pieces:
+        if not piece:
+            continue
+        ids += piece
+        learned += [after_answer] + [is_answer] * (len(piece) - 1)
+        after_answer = is_answer
+    return ids + [end_id], learned + [after_answer]
 
 
 def or_list(names: Sequence[str]) -> str:
@@ -249,34 +273,46 @@ class Family:
         raise NotImplementedError
 
     def conversation(
-        self, query: str, history: Sequence[Turn] = (), source_prefix: str = ""
+        self, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
     ) -> list[Message]:
-        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question."""
-        return chat_messages(query, history, source_prefix)
+        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question,
+        a system message first when `system` is given (`ptune chat --system`)."""
+        return chat_messages(query, history, source_prefix, system)
 
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         """The answer's ids without eos: what the model writes after the generation prompt."""
         return tok.encode(response)
 
-    def prompt_ids(self, tok: Any, query: str, history: Any = (), source_prefix: str = "") -> list[int]:
+    def prompt_ids(
+        self, tok: Any, query: str, history: Any = (), source_prefix: str = "", system: str = ""
+    ) -> list[int]:
         """The full, untruncated prompt ids of one example."""
-        return self.encode_messages(tok, self.conversation(query, normalize_history(history), source_prefix))
+        turns = normalize_history(history)
+        return self.encode_messages(tok, self.conversation(query, turns, source_prefix, system))
 
     def encode_prompt(
-        self, tok: Any, query: str, history: Any, max_source_length: int, source_prefix: str = ""
+        self,
+        tok: Any,
+        query: str,
+        history: Any,
+        max_source_length: int,
+        source_prefix: str = "",
+        system: str = "",
     ) -> list[int]:
         """Prompt ids of at most `max_source_length`: history turns dropped oldest first (re-encoding each
         time), then the question cut by `cut_question`."""
         turns = normalize_history(history)
         while True:
-            ids = self.prompt_ids(tok, query, turns, source_prefix)
+            ids = self.prompt_ids(tok, query, turns, source_prefix, system)
             if len(ids) <= max_source_length:
                 return ids
             if not turns:
-                return self.cut_question(tok, query, source_prefix, max_source_length)
+                return self.cut_question(tok, query, source_prefix, max_source_length, system)
             turns = turns[1:]
 
-    def cut_question(self, tok: Any, query: str, source_prefix: str, max_source_length: int) -> list[int]:
+    def cut_question(
+        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
+    ) -> list[int]:
         """The prompt without history, the question cut from the right so that it fits.
 
         Here for prompts encoded as one text: the question is cut by characters (the most that fit, found by
@@ -285,7 +321,7 @@ class Family:
         """
 
         def build(k: int) -> list[int]:
-            return self.prompt_ids(tok, query[:k], (), source_prefix)
+            return self.prompt_ids(tok, query[:k], (), source_prefix, system)
 
         best = build(0)
         if len(best) > max_source_length:
@@ -299,6 +335,17 @@ class Family:
             else:
                 hi = mid
         return best
+
+    # -- conversations (ptune.conversations.Conversation: system / user / assistant / observation) ------
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        """The whole conversation as ids, and per id whether it is learned (every assistant turn's text and
+        the end marker that follows it); no truncation (ptune.chat_format.encode_conversation cuts)."""
+        raise UserError(f"{self.title} models cannot be trained on conversations")
+
+    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        """The conversation's ids followed by the cue for a new assistant answer (predict, chat)."""
+        raise UserError(f"{self.title} models cannot be prompted with conversations")
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -10,6 +10,12 @@ Prompt (THUDM's build_prompt + encode with special tokens): ids = ``[gMASK, sop]
 ``"[Round {i}]\\n\\n问：{q}\\n\\n答：{r}\\n\\n"`` per past turn (i from 1), then
 ``"[Round {n+1}]\\n\\n问：{query}\\n\\n答："``.  ChatGLM2 has no system role: a leading system message is
 plain text in front of it all, which is where THUDM put ``source_prefix``.  The answer is ``encode(response)``.
+
+Conversations: ``[gMASK, sop]``, then for round i the text ``"[Round i]\n\n问：q\n\n答："`` (from round 2 on
+preceded by the ``"\n\n"`` that ends the answer before it; the system prompt in front of round 1) encoded
+as one piece, then the answer encoded on its own (learned), and ``</s>`` after the last answer (learned).
+ChatGLM2's format has no end marker between rounds, so an answer other than the last learns only its text.
+ChatGLM2 has no tool or observation role: tools, tool calls and observations are refused.
 """
 
 from __future__ import annotations
@@ -102,10 +108,11 @@ class ChatGLM2(OriginalFamily):
         )
 
     def conversation(
-        self, query: str, history: Sequence[Turn] = (), source_prefix: str = ""
+        self, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
     ) -> list[Message]:
-        """`source_prefix` as a leading system message: plain text in front of the first round."""
-        head: list[Message] = [{"role": "system", "content": source_prefix}] if source_prefix else []
+        """`system` then `source_prefix` as a leading system message: plain text in front of the first round."""
+        front = system + source_prefix
+        head: list[Message] = [{"role": "system", "content": front}] if front else []
         return head + super().conversation(query, history)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
@@ -139,6 +146,41 @@ class ChatGLM2(OriginalFamily):
     ) -> list[int]:
         head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
         return head + tok.encode(self.render(messages, add_generation_prompt))
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        ids = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
+        learned = [False, False]
+        text, rounds = "", 0
+        for m in _chatglm2_messages(conversation):
+            if m["role"] == "system":
+                text = m["content"]
+            elif m["role"] == "user":
+                rounds += 1
+                text += f"{chr(10) * 2 if rounds > 1 else ''}[Round {rounds}]\n\n问：{m['content']}\n\n答："
+            else:
+                piece = tok.encode(text)
+                answer = tok.encode(m["content"])
+                ids += piece + answer
+                learned += [False] * len(piece) + [True] * len(answer)
+                text = ""
+        if text:  # a conversation ending in a question: nothing learned after it
+            piece = tok.encode(text)
+            return ids + piece, learned + [False] * len(piece)
+        return ids + [tok.eos_token_id], learned + [learned[-1]]
+
+    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        return self.encode_messages(tok, _chatglm2_messages(conversation))
+
+
+def _chatglm2_messages(conversation: Any) -> list[Message]:
+    """The conversation's messages, refusing what ChatGLM2's format cannot write."""
+    if conversation.tools is not None:
+        raise UserError("ChatGLM2 has no tool format: tools are for chatglm3 / glm4 models")
+    for m in conversation.messages:
+        if m["role"] == "observation" or "tool_call" in m or m.get("metadata"):
+            raise UserError("ChatGLM2 has no tool calls or observations (chatglm3 / glm4 models have)")
+    ChatGLM2.render(FAMILY, conversation.messages, add_generation_prompt=False)  # user/assistant in turn
+    return list(conversation.messages)
 
 
 FAMILY = ChatGLM2()

@@ -9,18 +9,40 @@ Prompt (THUDM's build_chat_input): ``[gMASK, sop]``, then per message
 in front of the current question.  The answer is ``encode("\\n") + encode(response)`` (the model writes the
 newline after the role token).  Cut to a length, the question's own tokens are cut and the opening (up to
 and including the newline) and the closing ``<|assistant|>`` kept.
+
+Conversations (THUDM's finetune_hf.py process_batch, token for token): ``[gMASK, sop]``, each message as
+above, then ``</s>``; learned: each assistant message after its role token and the id after it (the next
+role token, or the final ``</s>``).  Tools become the system message's content ``system + "\n" +
+json.dumps(tools, indent=4, ensure_ascii=False)`` (the tokenizer's build_chat_input; without a system
+message, the tool demo's "Answer the following questions as best as you can. You have access to the
+following tools:"); a tool call is an assistant message with the tool's name as metadata and
+``"```python\ntool_call(arg='value')\n```"`` as content (THUDM's ChatGLM3 preprocess_utils format_function_call).
 """
 
 from __future__ import annotations
 
+import ast
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from ptune.errors import UserError
-from ptune.families.base import Message, ModelFolder, OriginalFamily, too_small
+from ptune.families.base import Message, ModelFolder, OriginalFamily, learned_mask, too_small
 from ptune.families.chatglm2 import CHATGLM_SPECIALS, ChatGLMTokenizer
 
 CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+# The system prompt ChatGLM3's tool demo puts in front of the tool definitions.
+CHATGLM3_TOOLS_PROMPT = (
+    "Answer the following questions as best as you can. You have access to the following tools:"
+)
+
+
+def tool_call_code(name: str, arguments: dict) -> str:
+    """A ChatGLM3 tool call's text: THUDM's format_function_call, ``tool_call(k=v, ...)`` in a python fence
+    (`ast.unparse` writes what astunparse wrote for these calls: keyword arguments, repr'd values)."""
+    keywords = [ast.keyword(arg=k, value=ast.Constant(v)) for k, v in arguments.items()]
+    call = ast.Call(func=ast.Name(id="tool_call"), args=[], keywords=keywords)
+    return "```python\n" + ast.unparse(call) + "\n```"
 
 
 class ChatGLM3(OriginalFamily):
@@ -72,11 +94,60 @@ class ChatGLM3(OriginalFamily):
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         return tok.encode("\n") + tok.encode(response)
 
-    def cut_question(self, tok: Any, query: str, source_prefix: str, max_source_length: int) -> list[int]:
+    # -- conversations ------------------------------------------------------------------------------
+
+    def family_messages(self, conversation: Any) -> list[Message]:
+        """The conversation in ChatGLM3's terms: tools in the system message, tool calls as code."""
+        system = conversation.system
+        out: list[Message] = []
+        if conversation.tools is not None:
+            head = system[0]["content"] if system else CHATGLM3_TOOLS_PROMPT
+            tools = json.dumps(conversation.tools, indent=4, ensure_ascii=False)
+            out.append({"role": "system", "content": head + "\n" + tools})
+        elif system:
+            out.append({"role": "system", "content": system[0]["content"]})
+        for m in conversation.messages[len(system) :]:
+            call = m.get("tool_call")
+            if call is not None:
+                out.append(self.tool_call_message(call["name"], call["arguments"]))
+            else:
+                out.append({"role": m["role"], "content": m["content"], "metadata": m.get("metadata", "")})
+        return out
+
+    def tool_call_message(self, name: str, arguments: dict) -> Message:
+        return {"role": "assistant", "metadata": name, "content": tool_call_code(name, arguments)}
+
+    def end_id(self, tok: Any) -> int:
+        """The id appended after the last message (learned when it ends an assistant turn)."""
+        return tok.eos_token_id
+
+    def piece_ids(self, tok: Any, message: Message) -> list[int]:
+        """One message's ids inside a conversation (role token first)."""
+        return self.message_ids(tok, message)
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        head = [tok.special_ids[name] for name in self.begin_tokens]
+        pieces = [
+            (self.piece_ids(tok, m), m["role"] == "assistant") for m in self.family_messages(conversation)
+        ]
+        return learned_mask(head, pieces, self.end_id(tok))
+
+    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        ids = [tok.special_ids[name] for name in self.begin_tokens]
+        for m in self.family_messages(conversation):
+            ids += self.piece_ids(tok, m)
+        return ids + [self.role_id(tok, "assistant")]
+
+    def cut_question(
+        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
+    ) -> list[int]:
         """The prompt is a concatenation of separately encoded pieces, so the question's own tokens are cut;
         the opening (begin tokens, <|user|>, newline) and the closing <|assistant|> stay."""
         opening, question = self.message_parts(tok, {"role": "user", "content": source_prefix + query})
-        head = [tok.special_ids[name] for name in self.begin_tokens] + opening
+        head = [tok.special_ids[name] for name in self.begin_tokens]
+        if system:
+            head += self.message_ids(tok, {"role": "system", "content": system})
+        head += opening
         tail = [self.role_id(tok, "assistant")]
         room = max_source_length - len(head) - len(tail)
         if room < 0:

@@ -8,6 +8,14 @@ Prompt: ``[gMASK, <sop>]``, then per message ``[<|role|>] + encode(metadata + "\
 ``[<|assistant|>]``: what GLM-4's chat template renders, tokenized between the specials as the tokenizer does;
 messages with empty content are left out, as the template does.  The answer is ``encode("\\n" + response)``.
 
+Conversations (THUDM's GLM-4 finetune.py process_batch, token for token): ``[gMASK, <sop>]``, then each
+message rendered alone by the folder's chat template through transformers (``apply_chat_template([message])``
+without its leading ``[gMASK]<sop>``, tokenized with the specials in it), then ``<|user|>`` (THUDM's "EOS for
+chat"); learned: each assistant message after its role token and the id after it.  The tools go on the system
+message, where the template writes GLM-4's tools prompt; a tool call is an assistant message with the tool's
+name as metadata and its arguments as JSON (GLM-4's own convention).  A folder without a chat template gets
+GLM-4-9B-chat's (ptune/assets/glm4_chat_template.jinja, copied from its tokenizer_config.json).
+
 Checkpoint: model_type ``chatglm`` like ChatGLM2/3, told apart by `is_glm4_checkpoint` (the one place that
 does); rope_ratio multiplies the RoPE base; THUDM's code has no PrefixEncoder for GLM-4.
 """
@@ -23,6 +31,8 @@ from typing import Any
 from ptune.errors import UserError
 from ptune.families.base import ChatTokenizer, Message, ModelFolder
 from ptune.families.chatglm3 import ChatGLM3
+
+GLM4_CHAT_TEMPLATE = Path(__file__).parents[1] / "assets" / "glm4_chat_template.jinja"
 
 # GLM-4's pre-tokenizer regex (tiktoken `pat_str`), from its tokenization_chatglm.py.
 GLM4_PATTERN = (
@@ -144,7 +154,8 @@ class GLM4Tokenizer(ChatTokenizer):
             extra_special_tokens=list(GLM4_SPECIALS[1:]),
             padding_side="left",
             clean_up_tokenization_spaces=False,
-            chat_template=tokenizer_config.get("chat_template"),
+            chat_template=tokenizer_config.get("chat_template")
+            or GLM4_CHAT_TEMPLATE.read_text(encoding="utf-8"),
             model_max_length=tokenizer_config.get("model_max_length", 128000),
         )
         self.pad_token_id = eos
@@ -159,6 +170,12 @@ class GLM4Tokenizer(ChatTokenizer):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+        """The chat template rendered by transformers (jinja in its sandbox; no remote code)."""
+        return self.hf.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
 
 def _check_added_tokens(path: Path, tokenizer_config: dict[str, Any], special_ids: dict[str, int]) -> None:
@@ -222,6 +239,44 @@ class GLM4(ChatGLM3):
 
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         return tok.encode("\n" + response)
+
+    # -- conversations ------------------------------------------------------------------------------
+
+    def family_messages(self, conversation: Any) -> list[Message]:
+        """The conversation as GLM-4's template takes it: the tools on the system message (one with empty
+        content when there is none, as in THUDM's examples), tool calls as name + JSON arguments."""
+        system = conversation.system
+        out: list[Message] = []
+        if conversation.tools is not None:
+            content = system[0]["content"] if system else ""
+            out.append({"role": "system", "content": content, "tools": conversation.tools})
+        elif system:
+            out.append({"role": "system", "content": system[0]["content"]})
+        for m in conversation.messages[len(system) :]:
+            call = m.get("tool_call")
+            if call is not None:
+                out.append(self.tool_call_message(call["name"], call["arguments"]))
+            else:
+                out.append({"role": m["role"], "content": m["content"], "metadata": m.get("metadata", "")})
+        return out
+
+    def tool_call_message(self, name: str, arguments: dict) -> Message:
+        return {"role": "assistant", "metadata": name, "content": json.dumps(arguments, ensure_ascii=False)}
+
+    def end_id(self, tok: Any) -> int:
+        return tok.special_ids["<|user|>"]  # THUDM's finetune.py appends 151336, <|user|>
+
+    def piece_ids(self, tok: Any, message: Message) -> list[int]:
+        """`apply_chat_template([message])[2:]`: the message rendered alone, [gMASK]<sop> left out."""
+        text = tok.render_chat([message])
+        start = "[gMASK]<sop>"
+        if not text.startswith(start):
+            raise UserError(f"GLM-4's chat template should start with {start}, it renders {text[:40]!r}")
+        if message.get("tools") is not None and text == tok.render_chat(
+            [{k: v for k, v in message.items() if k != "tools"}]
+        ):
+            raise UserError("this GLM-4 tokenizer's chat template does not write tool definitions")
+        return tok.encode(text[len(start) :])
 
     def is_checkpoint(self, config: dict, tokenizer_config: dict, recorded_family: str | None = None) -> bool:
         return is_glm4_checkpoint(config, tokenizer_config, recorded_family)

@@ -7,6 +7,12 @@ lists <|user|> and <|observation|> there); pad falls back to eos when the tokeni
 Prompt: the tokenizer's chat template with ``add_generation_prompt``, tokenized without adding specials (the
 template writes them).  Without a chat template: plain text, each message's content then ``"\\n"``, tokenized
 with the tokenizer's own specials (e.g. a bos).  The answer is ``encode(response)``.
+
+Conversations need a chat template (tools are passed to it as ``tools=``; a tool call as an OpenAI-style
+``tool_calls`` entry, an observation as a ``tool`` message).  The template is rendered for ever longer prefixes
+of the conversation and each new piece of text tokenized on its own (the way LLaMA-Factory encodes turns); an
+assistant message's piece is what the template adds after the generation prompt: learned up to and including
+its first stop id (e.g. ``<|im_end|>``), anything after that (a newline) not.
 """
 
 from __future__ import annotations
@@ -60,10 +66,12 @@ class NativeTokenizer(ChatTokenizer):
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
-    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, tools: list | None = None
+    ) -> str:
         """The chat template rendered as text, by default ending with the generation prompt."""
         return self.hf.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, tools=tools
         )
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -131,6 +139,64 @@ class Native(Family):
             return tok.encode(tok.render_chat(messages, add_generation_prompt=False))
         return tok.encode("".join(f"{m['content']}\n" for m in messages), add_special_tokens=True)
 
+    # -- conversations ------------------------------------------------------------------------------
+
+    def template_messages(self, conversation: Any) -> list[dict]:
+        """Messages as chat templates take them: tool calls as `tool_calls`, observations as `tool`."""
+        out: list[dict] = []
+        for m in conversation.messages:
+            call = m.get("tool_call")
+            if call is not None:
+                function = {"name": call["name"], "arguments": call["arguments"]}
+                out.append(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"type": "function", "function": function}],
+                    }
+                )
+            else:
+                out.append(
+                    {"role": "tool" if m["role"] == "observation" else m["role"], "content": m["content"]}
+                )
+        return out
+
+    def _render(self, tok: Any, messages: list[dict], cue: bool, tools: list | None) -> str:
+        if not tok.has_chat_template:
+            raise UserError(
+                f"{_folder(tok)}: the tokenizer has no chat template, which conversation data needs "
+                "(or use --data_format prompt_response)"
+            )
+        return tok.render_chat(messages, add_generation_prompt=cue, tools=tools)
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        messages, tools = self.template_messages(conversation), conversation.tools
+        if tools and self._render(tok, messages, False, tools) == self._render(tok, messages, False, None):
+            raise UserError(f"{_folder(tok)}: the tokenizer's chat template does not write tools")
+        ids: list[int] = []
+        learned: list[bool] = []
+        done = ""  # the text encoded so far
+        for k, message in enumerate(messages):
+            if message["role"] == "assistant":
+                cue = self._render(tok, messages[:k], True, tools)
+                ids += tok.encode(_after(done, cue, tok))
+                learned += [False] * (len(ids) - len(learned))
+                done = cue
+            text = self._render(tok, messages[: k + 1], False, tools)
+            piece = tok.encode(_after(done, text, tok))
+            if message["role"] == "assistant":
+                stops = set(tok.stop_token_ids)
+                end = next((i + 1 for i, t in enumerate(piece) if t in stops), len(piece))
+                learned += [True] * end + [False] * (len(piece) - end)
+            else:
+                learned += [False] * len(piece)
+            ids += piece
+            done = text
+        return ids, learned
+
+    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        return tok.encode(self._render(tok, self.template_messages(conversation), True, conversation.tools))
+
     def is_checkpoint(self, config: dict, tokenizer_config: dict, recorded_family: str | None = None) -> bool:
         """A model_type no original family has (config.json alone says so)."""
         from ptune.families.registry import FAMILIES
@@ -144,6 +210,21 @@ class Native(Family):
             f"the base model is {config.get('model_type')!r}, not ChatGLM2/3: THUDM's code cannot load this "
             "prefix (ptune can: --ptuning_checkpoint)"
         )
+
+
+def _folder(tok: Any) -> str:
+    """The tokenizer's folder, for messages."""
+    return str(getattr(getattr(tok, "hf", None), "name_or_path", "") or "the tokenizer")
+
+
+def _after(done: str, text: str, tok: Any) -> str:
+    """What `text` adds to `done`; UserError when the template rewrites earlier turns (no prefix)."""
+    if not text.startswith(done):
+        raise UserError(
+            f"{_folder(tok)}: the chat template renders earlier messages differently once later ones "
+            "follow, so assistant turns cannot be marked in one sequence (use --data_format prompt_response)"
+        )
+    return text[len(done) :]
 
 
 FAMILY = Native()

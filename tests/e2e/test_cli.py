@@ -80,7 +80,8 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from ptune.data import Collator, Columns, build_dataset
+    from ptune.chat_data import build_split
+    from ptune.data import Collator
     from ptune.model import load_model
     from ptune.tokenizer import load_tokenizer
 
@@ -97,8 +98,9 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     tok = load_tokenizer(tiny)
     model = load_model(tiny, ptuning_checkpoint=ckpt, device="cpu", family=tok.family)
     data_args = SimpleNamespace(max_source_length=48, source_prefix="", preprocessing_num_workers=None,
-                                overwrite_cache=False)  # fmt: skip
-    rows = build_dataset(DEMO / "dev.json", tok, Columns("content", "summary"), data_args, 16, None)
+                                overwrite_cache=False, prompt_column="content", response_column="summary",
+                                history_column=None, data_format=None)  # fmt: skip
+    rows = build_split(DEMO / "dev.json", tok, data_args, 16, None, "eval")
     batch = Collator(tok.pad_token_id)(list(rows))
     with torch.no_grad():
         logits = model(batch["input_ids"], batch["attention_mask"]).logits

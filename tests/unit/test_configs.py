@@ -18,7 +18,8 @@ CONFIGS = sorted(p for p in (REPO / "configs").iterdir() if p.suffix in (".json"
 def test_there_are_the_recipes_the_docs_promise():
     names = {c.name for c in CONFIGS}
     assert {"demo.json", "chatglm2-6b-adgen.json", "chatglm3-6b-adgen.json", "glm-4-9b-chat-adgen.json",
-            "chatglm3-6b-chat.json", "chatglm3-6b-adgen.yaml"} <= names  # fmt: skip
+            "chatglm3-6b-chat.json", "chatglm3-6b-adgen.yaml", "chatglm3-6b-conversations.json",
+            "glm-4-9b-chat-messages.json"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -28,7 +29,8 @@ def test_config_parses(config, verb):
         "how_to_run"
     )
     model, data, training, _ = parse_args(verb, [str(config)])
-    assert model.pre_seq_len and data.prompt_column and data.response_column
+    assert model.pre_seq_len
+    assert data.data_format in ("conversations", "messages") or (data.prompt_column and data.response_column)
     assert (training.do_train, training.do_predict) == (verb == "train", verb == "predict")
     # transformers turns do_eval on by itself when an eval_strategy is set (the demo evaluates while training)
     assert training.do_eval == (verb == "eval" or training.eval_strategy != "no")
@@ -46,8 +48,11 @@ def test_yaml_recipe_is_the_json_recipe():
         assert values[0] == values[1]  # TrainingArguments compares by to_dict (it holds a device object)
 
 
-def test_demo_config_points_at_shipped_data():
-    data = json.loads((REPO / "configs" / "demo.json").read_text(encoding="utf-8"))
+@pytest.mark.parametrize(
+    "name", ["demo.json", "chatglm3-6b-conversations.json", "glm-4-9b-chat-messages.json"]
+)
+def test_config_points_at_shipped_data(name):
+    data = json.loads((REPO / "configs" / name).read_text(encoding="utf-8"))
     for key in ("train_file", "validation_file", "test_file"):
         assert (REPO / data[key]).is_file()
 

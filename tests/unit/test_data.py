@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from ptune.chat_data import build_split
 from ptune.chat_format import encode_example
 from ptune.data import (
     Collator,
     Columns,
-    build_dataset,
     load_rows,
     longest_prompt_first,
     pad_left,
@@ -44,6 +44,13 @@ def _args(**kw):
         "overwrite_cache": True,
     }
     return SimpleNamespace(**{**base, **kw})
+
+
+def _build(path, tok, columns, args, max_target, max_samples):
+    """A training split of prompt/response rows (ptune.chat_data.build_split with these columns)."""
+    names = {"prompt_column": columns.prompt, "response_column": columns.response}
+    args = SimpleNamespace(**vars(args), **names, history_column=columns.history, data_format=None)
+    return build_split(path, tok, args, max_target, max_samples, "train")
 
 
 def _write(path, rows):
@@ -88,7 +95,7 @@ def test_build_dataset_encodes_counts_and_drops_empty_rows(tmp_path, tok, caplog
     ]
     path = _write(tmp_path / "train.json", rows)
     with caplog.at_level(logging.WARNING, logger="ptune"):
-        ds = build_dataset(path, tok, COLUMNS, _args(), max_target=16, max_samples=None)
+        ds = _build(path, tok, COLUMNS, _args(), max_target=16, max_samples=None)
     assert len(ds) == 2
     assert "dropped 2 of 4 rows" in caplog.text
     expected = encode_example(tok, "类型#上衣", "这件上衣很好看。", [], 32, 16)
@@ -97,12 +104,12 @@ def test_build_dataset_encodes_counts_and_drops_empty_rows(tmp_path, tok, caplog
 
 def test_csv_and_history_columns(tmp_path, tok):
     (tmp_path / "d.csv").write_text("content,summary\n类型#上衣,好看\n", encoding="utf-8")
-    ds = build_dataset(tmp_path / "d.csv", tok, COLUMNS, _args(), max_target=8, max_samples=None)
+    ds = _build(tmp_path / "d.csv", tok, COLUMNS, _args(), max_target=8, max_samples=None)
     assert len(ds) == 1
     path = _write(
         tmp_path / "chat.json", [{"prompt": "再加一呢", "response": "三", "history": [["一加一", "二"]]}]
     )
-    ds = build_dataset(path, tok, Columns("prompt", "response", "history"), _args(), 8, None)
+    ds = _build(path, tok, Columns("prompt", "response", "history"), _args(), 8, None)
     assert ds[0]["input_ids"] == encode_example(tok, "再加一呢", "三", [["一加一", "二"]], 32, 8)[0]
 
 
@@ -143,7 +150,7 @@ def test_bad_rows_name_file_and_line(tmp_path, tok, hf_cache, name, content, mes
     path.write_text(content, encoding="utf-8")
     columns = Columns("prompt", "response", "history") if "history" in content else COLUMNS
     with pytest.raises(UserError) as error:
-        build_dataset(path, tok, columns, _args(), 8, None)
+        _build(path, tok, columns, _args(), 8, None)
     assert str(error.value) == f"{tmp_path}/{message}"
 
 
@@ -160,7 +167,7 @@ def test_non_utf8_bytes_are_located(tmp_path, tok, hf_cache, name, data, message
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(UserError) as error:
-        build_dataset(path, tok, COLUMNS, _args(), 8, None)
+        _build(path, tok, COLUMNS, _args(), 8, None)
     assert str(error.value) == f"{tmp_path}/{message}; save the file as UTF-8"
 
 
@@ -204,7 +211,7 @@ def test_only_the_tokenizing_bar_and_only_on_a_terminal(tmp_path, tok, hf_cache,
     for name, stream in (("log.json", io.StringIO()), ("tty.json", Terminal())):
         path = _write(tmp_path / name, [{"content": "类型#上衣", "summary": "好看"}])
         monkeypatch.setattr(sys, "stderr", stream)
-        build_dataset(path, tok, COLUMNS, _args(), 8, None)
+        _build(path, tok, COLUMNS, _args(), 8, None)
         monkeypatch.undo()
         shown = stream.getvalue()
         if name == "log.json":

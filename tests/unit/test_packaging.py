@@ -121,7 +121,9 @@ def test_configs_that_report_to_tensorboard_run_after_the_core_install():
         "chatglm3-6b-adgen.json",
         "chatglm3-6b-adgen.yaml",
         "chatglm3-6b-chat.json",
+        "chatglm3-6b-conversations.json",
         "glm-4-9b-chat-adgen.json",
+        "glm-4-9b-chat-messages.json",
     }
     assert "tensorboard" in _declared()
 

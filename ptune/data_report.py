@@ -1,0 +1,191 @@
+"""`ptune data CONFIG [--flag ...] [--write_encoded FILE.jsonl]`: look at the data before training.
+
+Reads the tokenizer and the config only (never the weights), then for each split the config names (train_file,
+validation_file, test_file) encodes it exactly as `ptune train|eval|predict` would (ptune.chat_data; the same
+`datasets` cache, so a later run re-uses the tokenization) and prints:
+
+- rows read, kept, and dropped with why;
+- prompt and answer lengths (before truncation) against max_source_length / max_target_length: how many
+  prompts lose history (turns dropped, or a conversation's last turn cut), how many answers are longer than
+  max_target_length (cut in eval/predict; THUDM-style prompt_response training cuts them too);
+- the first two examples decoded, learned spans between ⟦ and ⟧.
+
+and writes `OUTPUT_DIR/data_lengths.png` (the histograms).  `--write_encoded FILE.jsonl` writes every kept
+example: split, row (0-based row of its file), input_ids, labels and, for eval/predict splits, prompt_ids and
+answer_ids (the reference without its end marker), so the encoding can be diffed against another tool's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ptune.errors import UserError
+
+logger = logging.getLogger("ptune")
+
+PNG_NAME = "data_lengths.png"
+OPEN, CLOSE = "⟦", "⟧"
+
+
+def marked(tok, ids: list[int], labels: list[int]) -> str:
+    """The example as text, special tokens written out and each learned span between ⟦ and ⟧."""
+    parts: list[str] = []
+    start = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+            text = tok.decode(ids[start:k], skip_special_tokens=False)
+            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != -100 else text)
+            start = k
+    return "".join(parts)
+
+
+def split_stats(encoded, max_source: int, max_target: int) -> dict:
+    """Counts of one encoded split (ptune.chat_data.encode_split's columns)."""
+    drops: dict[str, int] = {}
+    for reason in encoded["drop"]:
+        if reason:
+            drops[reason] = drops.get(reason, 0) + 1
+    sources, targets = encoded["source_len"], encoded["target_len"]
+    return {
+        "rows": len(encoded),
+        "kept": len(encoded) - sum(drops.values()),
+        "dropped": drops,
+        "lost_history": sum(1 for n, c in zip(encoded["lost_turns"], encoded["cut"], strict=True) if n or c),
+        "prompts_over_max_source_length": sum(1 for n in sources if n > max_source),
+        "answers_over_max_target_length": sum(1 for n in targets if n > max_target),
+        "prompt_tokens_max": max(sources, default=0),
+        "answer_tokens_max": max(targets, default=0),
+    }
+
+
+def draw(splits: list[tuple[str, list[int], list[int], int, int]]):
+    """A Figure with one row per split: prompt-length and answer-length histograms, limits as lines."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3 * len(splits)), layout="constrained")
+    axes = fig.subplots(len(splits), 2, squeeze=False)
+    for row, (name, sources, targets, max_source, max_target) in enumerate(splits):
+        for ax, values, limit, what in (
+            (axes[row][0], sources, max_source, "prompt"),
+            (axes[row][1], targets, max_target, "answer"),
+        ):
+            ax.hist(values, bins=min(40, max(1, len(set(values)))), color="tab:blue")
+            ax.axvline(
+                limit,
+                color="tab:red",
+                linestyle="--",
+                label=f"max_{'source' if what == 'prompt' else 'target'}_length {limit}",
+            )
+            ax.set_title(f"{name}: {what} tokens")
+            ax.set_xlabel("tokens")
+            ax.set_ylabel("rows")
+            ax.legend()
+    return fig
+
+
+def _splits(data_args):
+    """(split, file, max_target_length, max_samples) of every file the config names."""
+    d = data_args
+    candidates = (
+        ("train", d.train_file, d.max_target_length, d.max_train_samples),
+        ("eval", d.validation_file, d.val_max_target_length, d.max_eval_samples),
+        ("predict", d.test_file, d.val_max_target_length, d.max_predict_samples),
+    )
+    return [c for c in candidates if c[1] is not None]
+
+
+def _parse(argv: list[str]):
+    """The config as train / eval / predict read it: the first verb whose data file the config names."""
+    from ptune.argtypes import BadArgument
+    from ptune.parse import parse_args
+
+    needed = {"train": "train_file", "eval": "validation_file", "predict": "test_file"}
+    for verb, name in needed.items():
+        try:
+            return parse_args(verb, argv)
+        except BadArgument as e:
+            if tuple(e.names) != (name,):
+                raise
+    raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
+
+
+def _write_encoded(path: Path, rows: list[dict]) -> None:
+    from ptune.io import replacing
+
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _encoded_rows(split: str, encoded) -> list[dict]:
+    from ptune.data import prompt_length
+
+    rows = []
+    for index, (ids, labels, drop) in enumerate(
+        zip(encoded["input_ids"], encoded["labels"], encoded["drop"], strict=True)
+    ):
+        if drop:
+            continue
+        row = {"split": split, "row": index, "input_ids": ids, "labels": labels}
+        if split != "train":
+            n = prompt_length(labels)
+            row.update(prompt_ids=ids[:n], answer_ids=labels[n:-1])
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    """`ptune data`: report on every split of a config, draw the histograms, optionally write the ids."""
+    from ptune.chat_data import encode_split
+    from ptune.plot import save_png
+    from ptune.recipe import setup_logging
+    from ptune.tokenizer import load_tokenizer
+
+    write_to = None
+    if "--write_encoded" in argv:
+        at = argv.index("--write_encoded")
+        if at + 1 >= len(argv):
+            raise UserError("--write_encoded needs a file name (FILE.jsonl)")
+        write_to = Path(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
+    model_args, data_args, training_args, _ = _parse(argv)
+    setup_logging(training_args)
+    tok = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format)
+    report, drawn, encoded_rows = {}, [], []
+    for split, path, max_target, max_samples in _splits(data_args):
+        encoded = encode_split(path, tok, data_args, max_target, max_samples, split, model_args.cache_dir)
+        stats = split_stats(encoded, data_args.max_source_length, max_target)
+        report[split] = {"file": path, **stats}
+        drawn.append(
+            (split, encoded["source_len"], encoded["target_len"], data_args.max_source_length, max_target)
+        )
+        _print_split(tok, split, path, stats, encoded)
+        encoded_rows += _encoded_rows(split, encoded)
+    png = Path(training_args.output_dir) / PNG_NAME
+    save_png(draw(drawn), png)
+    print(f"histograms: {png}")
+    if write_to is not None:
+        _write_encoded(write_to, encoded_rows)
+        print(f"encoded examples: {write_to} ({len(encoded_rows)} rows)")
+    return 0
+
+
+def _print_split(tok, split: str, path: str, stats: dict, encoded) -> None:
+    print(f"== {split}: {path}")
+    print(f"rows {stats['rows']}, kept {stats['kept']}")
+    for reason, count in sorted(stats["dropped"].items()):
+        print(f"dropped {count}: {reason}")
+    print(
+        f"prompts: longest {stats['prompt_tokens_max']} tokens, {stats['prompts_over_max_source_length']} over "
+        f"max_source_length, {stats['lost_history']} lose history; answers: longest "
+        f"{stats['answer_tokens_max']} tokens, {stats['answers_over_max_target_length']} over max_target_length"
+    )
+    shown = 0
+    for ids, labels, drop in zip(encoded["input_ids"], encoded["labels"], encoded["drop"], strict=True):
+        if drop or shown == 2:
+            continue
+        shown += 1
+        print(f"-- example {shown} ({len(ids)} tokens, learned spans in {OPEN} {CLOSE}):")
+        print(marked(tok, ids, labels))

@@ -1,0 +1,82 @@
+"""`ptune data`: counts, lengths, decoded examples, the histogram PNG, --write_encoded, no weights read, and
+a tokenization cache that `ptune train` re-uses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ptune.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data" / "demo" / "chat_conversations.json"
+
+
+def _config(tmp_path, model, **extra) -> Path:
+    config = {
+        "model_name_or_path": str(model),
+        "train_file": str(DEMO),
+        "validation_file": str(DEMO),
+        "output_dir": str(tmp_path / "out"),
+        "max_source_length": 40,
+        "max_target_length": 8,
+        "pre_seq_len": 4,
+        "max_steps": 1,
+        "report_to": "none",
+        "use_cpu": True,
+        **extra,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def test_data_report_without_weights(tiny, tmp_path, hf_cache, capsys):
+    from ptune.chat_data import build_split
+    from ptune.tokenizer import load_tokenizer
+
+    bare = tmp_path / "tokenizer-only"  # config.json and the tokenizer: no weights at all
+    bare.mkdir()
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(tiny / name, bare / name)
+    encoded_file = tmp_path / "encoded.jsonl"
+    assert main(["data", str(_config(tmp_path, bare)), "--write_encoded", str(encoded_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"== train: {DEMO}\nrows 8, kept 7\ndropped 1: longer than 49 tokens" in out
+    assert f"== eval: {DEMO}\nrows 8, kept 7\ndropped 1: its last question alone is longer than" in out
+    assert "<|assistant|>⟦\n 4加4等于8。</s>⟧" in out  # the first example, its learned span marked
+    assert (tmp_path / "out" / "data_lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+    rows = [json.loads(line) for line in encoded_file.read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["train"] * 7 + ["eval"] * 7
+    tok = load_tokenizer(tiny)
+    args = SimpleNamespace(max_source_length=40, source_prefix="", preprocessing_num_workers=None, overwrite_cache=False,
+                           prompt_column=None, response_column=None, history_column=None, data_format=None,
+                           data_columns=None)  # fmt: skip
+    train = build_split(DEMO, tok, args, 8, None, "train")
+    assert [(r["input_ids"], r["labels"]) for r in rows[:7]] == list(
+        zip(train["input_ids"], train["labels"], strict=True)
+    )
+    evaluation = build_split(DEMO, tok, args, 8, None, "eval")
+    assert [r["input_ids"] for r in rows[7:]] == evaluation["input_ids"]
+    first = rows[7]
+    assert first["prompt_ids"] + first["answer_ids"] + first["input_ids"][-1:] == first["input_ids"]
+
+
+def test_train_reuses_the_tokenization_of_ptune_data(tiny, tmp_path, hf_cache, monkeypatch, capsys):
+    config = _config(tmp_path, tiny, max_source_length=64, max_target_length=16)
+    assert main(["data", str(config)]) == 0
+
+    def no_encoding(text):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr("ptune.chat_data.Conversation.from_json", no_encoding)
+    assert main(["train", str(config)]) == 0  # into the folder that holds data_lengths.png
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["train_samples"] == 8
+    # The control: told to tokenize again, the same run does.
+    with pytest.raises(AssertionError, match="tokenized again"):
+        main(["train", str(config), "--output_dir", str(tmp_path / "again"), "--overwrite_cache", "true"])

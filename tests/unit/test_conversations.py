@@ -1,0 +1,112 @@
+"""Data formats: detection, each format read into one Conversation, and bad rows named by file:line and field."""
+
+import pytest
+
+from ptune.conversations import Conversation, check_same_format, parse_row, row_format
+from ptune.errors import UserError
+
+
+def test_detection_from_keys():
+    assert row_format({"conversations": [{"role": "user", "content": "q"}]}) == "conversations"
+    assert row_format({"conversations": [{"from": "human", "value": "q"}]}) == "sharegpt"
+    assert row_format({"messages": []}) == "messages"
+    assert row_format({"instruction": "i", "input": "", "output": "o"}) == "alpaca"
+    assert row_format({"prompt": "p", "response": "r"}) == "prompt_response"
+    assert row_format({"dialog": [{"role": "user"}]}, {"messages": "dialog"}) == "messages"
+    assert row_format({"text": "x"}) is None
+
+
+def test_alpaca_with_system_and_history():
+    row = {"instruction": "i", "input": "x", "output": "o", "system": "s", "history": [["q1", "a1"]]}
+    assert parse_row(row, "alpaca", "f:1", None, True) == Conversation(
+        (
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "i\nx"},
+            {"role": "assistant", "content": "o"},
+        )
+    )
+
+
+def test_sharegpt_roles_system_tools_and_function_calls():
+    row = {
+        "system": "s",
+        "tools": '[{"name": "f"}]',
+        "conversations": [
+            {"from": "human", "value": "q"},
+            {"from": "function_call", "value": '{"name": "f", "arguments": "{\\"x\\": 1}"}'},
+            {"from": "observation", "value": "7"},
+            {"from": "gpt", "value": "a"},
+        ],
+    }
+    assert parse_row(row, "sharegpt", "f:1", None, True) == Conversation(
+        (
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_call": {"name": "f", "arguments": {"x": 1}}},
+            {"role": "observation", "content": "7"},
+            {"role": "assistant", "content": "a"},
+        ),
+        [{"name": "f"}],
+    )
+
+
+def test_messages_with_mapped_names():
+    columns = {"messages": "dialog", "role_tag": "speaker", "content_tag": "text", "assistant_tag": "bot"}
+    row = {"dialog": [{"speaker": "user", "text": "q"}, {"speaker": "bot", "text": "a", "metadata": "f"}]}
+    assert parse_row(row, "messages", "f:1", columns, True).messages == (
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "metadata": "f"},
+    )
+
+
+def test_turns_start_at_user_messages():
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"}, {"role": "observation", "content": "o"},
+                        {"role": "assistant", "content": "b"}, {"role": "user", "content": "r"}]}  # fmt: skip
+    conversation = parse_row(row, "messages", "f:1", None, True)
+    assert [[m["content"] for m in t] for t in conversation.turns()] == [["q", "a", "o", "b"], ["r"]]
+    assert not conversation.ends_with_answer()
+
+
+U = {"role": "user", "content": "q"}
+A = {"role": "assistant", "content": "a"}
+
+
+@pytest.mark.parametrize(
+    "row,fmt,message",
+    [
+        ({"conversations": [U, {"role": "bot", "content": "a"}]}, "conversations",
+         "f.json:3: conversations[1].role: unknown role 'bot' (expected system, user, assistant, observation, tool)"),
+        ({"messages": [U]}, "messages", "f.json:3: messages: no assistant message (nothing to learn)"),
+        ({"messages": [], "tools": []}, "messages", "f.json:3: messages: empty conversation"),
+        ({"conversations": [U, A], "tools": {"name": "f"}}, "conversations",
+         "f.json:3: tools: must be a list of tool definitions, got dict"),
+        ({"messages": [{"role": "system", "content": "s", "tools": "f"}, U, A]}, "messages",
+         "f.json:3: messages[0].tools: must be a list of tool definitions, got str"),
+        ({"messages": [U, {"role": "assistant", "content": 5}]}, "messages",
+         "f.json:3: messages[1].content: must be a string, got int"),
+        ({"messages": [A, U]}, "messages",
+         "f.json:3: messages: the first message after the system prompt must be a user message"),
+        ({"messages": [U, A, {"role": "system", "content": "s"}]}, "messages",
+         "f.json:3: messages[2].role: a system message must come first"),
+        ({"conversations": "q"}, "conversations", "f.json:3: conversations: must be a list of messages, got str"),
+        ({"prompt": "q"}, "messages", "f.json:3: no 'messages' field (a messages file; keys ['prompt'])"),
+        ({"instruction": "i"}, "alpaca", "f.json:3: output: must be a string, got nothing"),
+    ],
+)  # fmt: skip
+def test_bad_rows_name_line_and_field(row, fmt, message):
+    with pytest.raises(UserError) as error:
+        parse_row(row, fmt, "f.json:3", None, True)
+    assert str(error.value) == message
+
+
+def test_mixed_formats_are_refused():
+    with pytest.raises(UserError) as error:
+        check_same_format("conversations", {"messages": [U, A]}, "f.json:2", None)
+    assert (
+        str(error.value)
+        == "f.json:2: a messages row in a conversations file (mixed formats; keys ['messages'])"
+    )
+    check_same_format("conversations", {"conversations": [U, A]}, "f.json:2", None)  # the same format: fine
