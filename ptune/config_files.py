@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -279,11 +280,12 @@ def from_finetune_demo(config: ConfigFile, lines: dict[tuple, int]) -> ConfigFil
         put(("data_config", key), value, _DATA_CONFIG[key])
     _map_training_args(section("training_args"), put, refuse)
     _map_peft_config(section("peft_config"), put, refuse)
-    if config.values.get("combine") is False:
-        raise refuse(
-            ("combine",),
-            "false trains every assistant turn of a conversation; ptune trains the last answer of each "
-            "example (combine: true)",
+    if config.values.get("combine") is True:
+        # GLM-4's ptuning_v2.yaml sets it: refusing would refuse THUDM's own recipe, so say what differs.
+        logging.getLogger("ptune").warning(
+            "%s: combine: true made THUDM's GLM-4 script learn only the last assistant turn; ptune learns "
+            "every assistant turn of a conversation (THUDM's combine: false)",
+            config.path,
         )
     out.data_dir_relative = tuple(
         name

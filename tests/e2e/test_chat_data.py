@@ -160,3 +160,34 @@ def test_an_unknown_format_is_one_line(tiny, tmp_path, hf_cache, capsys):
         f"ptune train: error: {train}:1: cannot tell the data format from the keys ['text']: pass --data_format "
         "(conversations, messages, alpaca, sharegpt) or --prompt_column/--response_column\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("family", "fixture", "fmt"),
+    [("chatglm3", "chatglm3_ptuning_v2.yaml", "conversations"), ("glm4", "glm4_ptuning_v2.yaml", "messages")],
+)
+def test_thudm_finetune_demo_yaml_trains_on_its_own_data_layout(
+    family, fixture, fmt, models, tmp_path, hf_cache, caplog
+):
+    """THUDM's own ptuning_v2.yaml, unchanged, on a DATA_DIR laid out as its finetune demo expects (train.json
+    and dev.json, or .jsonl, in its format): no column flags needed, every assistant turn learned; GLM-4's `combine: true`
+    is accepted with a warning saying that ptune learns every turn."""
+    thudm = REPO / "tests" / "fixtures" / "thudm_finetune_demo" / fixture
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.json", "dev.json", "train.jsonl", "dev.jsonl"):  # ChatGLM3's names, GLM-4's
+        write(data / name, [as_format(r, fmt) for r in demo_rows()])
+    out = tmp_path / "out"
+    argv = ["train", str(thudm), "--data_dir", str(data), "--model_name_or_path", str(models[family]),
+            "--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+            "--max_new_tokens", "4", "--preprocessing_num_workers", "1", "--dataloader_num_workers", "0",
+            "--per_device_eval_batch_size", "8", *COMMON]  # fmt: skip
+    with caplog.at_level("WARNING", logger="ptune"):
+        assert main(argv) == 0
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("eval_rouge-l" in h for h in history)  # predict_with_generate: true in THUDM's yaml
+    warned = [r.getMessage() for r in caplog.records if "combine" in r.getMessage()]
+    assert warned == ([] if family == "chatglm3" else [f"{thudm}: combine: true made THUDM's GLM-4 script learn "
+                      "only the last assistant turn; ptune learns every assistant turn of a conversation "
+                      "(THUDM's combine: false)"])  # fmt: skip
