@@ -117,17 +117,27 @@ def check_limits(args: argparse.Namespace) -> None:
         raise UserError("--api_key is empty")
 
 
-def load(args: argparse.Namespace, prefixes: dict[str, str]):
-    """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base."""
+def load(
+    base: str,
+    prefixes: dict[str, str],
+    *,
+    chat_format: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    quantization_bit: int | None = None,
+):
+    """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base as
+    `ptune predict` checks it (`check_prefix_base`, `prefix_from_state`)."""
     from ptune.chat import _device
     from ptune.checkpoint import read_prefix_state
     from ptune.model import load_model
     from ptune.prefix import check_prefix_base, prefix_from_state
     from ptune.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(args.model_name_or_path, args.chat_format)
-    model = load_model(args.model_name_or_path, dtype=args.dtype, device=_device(args.device),
-                       quantization_bit=args.quantization_bit, family=tok.family)  # fmt: skip
+    tok = load_tokenizer(base, chat_format)
+    model = load_model(
+        base, dtype=dtype, device=_device(device), quantization_bit=quantization_bit, family=tok.family
+    )
     encoders = {}
     for name, path in prefixes.items():
         check_prefix_base(path, model.source)
@@ -169,7 +179,14 @@ def main(argv: list[str]) -> int:
         raise UserError(
             f"--prefix {base}: the base model is served under that name; pick another (or --name)"
         )
-    tok, model, encoders = load(args, prefixes)
+    tok, model, encoders = load(
+        args.model_name_or_path,
+        prefixes,
+        chat_format=args.chat_format,
+        dtype=args.dtype,
+        device=args.device,
+        quantization_bit=args.quantization_bit,
+    )
     engine = Engine(model, encoders, tok.pad_token_id)
     scheduler = Scheduler(engine, tok, tok.stop_token_ids, args.max_batch, args.max_queue)
     served = Served(base, family_of(tok).name, {n: e.config.pre_seq_len for n, e in encoders.items()}, tok,

@@ -39,6 +39,7 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     status: int = 200
+    ids: tuple[int, ...] = ()  # "done": every generated id, the closing stop id included
 
 
 @dataclass
@@ -89,8 +90,7 @@ class Scheduler:
         self._stopping = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="ptune-scheduler", daemon=True)
-        self.finished = 0
-        self.failed = 0
+        self.finished = self.failed = self.cancelled = 0
 
     # -------------------------------------------------------------------------------- request side
     def start(self) -> None:
@@ -114,6 +114,7 @@ class Scheduler:
                 "waiting": len(self.waiting),
                 "finished": self.finished,
                 "failed": self.failed,
+                "cancelled": self.cancelled,
             }
 
     def drain(self) -> None:
@@ -128,6 +129,7 @@ class Scheduler:
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._fail_all("the server is shutting down")  # what the loop left (nothing, if it ended)
 
     # -------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -137,22 +139,29 @@ class Scheduler:
                     self._wake.wait()
                 if self._stopping:
                     break
-                lengths = [len(r.prompt) for r in self.waiting]
-                count = admit_count(len(self.rows), lengths, self.max_batch, self.max_prefill_tokens)
-                joining = [self.waiting.popleft() for _ in range(count)]
-            self._drop_cancelled()
-            joining = [r for r in joining if not r.cancelled.is_set()]
-            try:
-                if joining:
-                    self._prefill(joining)
-                if self.rows:
-                    self._decode()
-            except Exception as e:  # a failed step (e.g. out of memory) fails its rows, not the server
-                logger.exception("generation step failed")
-                for request in joining + [row.request for row in self.rows]:
-                    self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
-                self.rows, self.cache = [], None
+            self.step()
         self._fail_all("the server is shutting down")
+
+    def step(self) -> None:
+        """One scheduling step: drop rows whose client left, admit and prefill waiting requests, then one
+        decode step for every running row (the loop calls it; tests call it directly)."""
+        with self._wake:
+            lengths = [len(r.prompt) for r in self.waiting]
+            count = admit_count(len(self.rows), lengths, self.max_batch, self.max_prefill_tokens)
+            joining = [self.waiting.popleft() for _ in range(count)]
+        self._drop_cancelled()
+        self.cancelled += sum(r.cancelled.is_set() for r in joining)
+        joining = [r for r in joining if not r.cancelled.is_set()]
+        try:
+            if joining:
+                self._prefill(joining)
+            if self.rows:
+                self._decode()
+        except Exception as e:  # a failed step (e.g. out of memory) fails its rows, not the server
+            logger.exception("generation step failed")
+            for request in {id(r): r for r in joining + [row.request for row in self.rows]}.values():
+                self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
+            self.rows, self.cache = [], None
 
     def _prefill(self, joining: list[Job]) -> None:
         new, logits = self.engine.prefill([r.prompt for r in joining], [r.prefix for r in joining])
@@ -193,7 +202,8 @@ class Scheduler:
                 row.request.sink(Event("text", piece))
             if reason is not None:
                 done.add(first + k)
-                row.request.sink(Event("done", "", reason, len(row.request.prompt), row.generated))
+                ids = tuple(row.answer.ids) + ((token,) if token in self.stop_ids else ())
+                row.request.sink(Event("done", "", reason, len(row.request.prompt), row.generated, ids=ids))
                 self.finished += 1
             row.next_token = token
         if done:
@@ -201,6 +211,7 @@ class Scheduler:
 
     def _drop_cancelled(self) -> None:
         gone = [i for i, row in enumerate(self.rows) if row.request.cancelled.is_set()]
+        self.cancelled += len(gone)
         if gone:
             self._keep([i for i in range(len(self.rows)) if i not in gone])
 

@@ -23,14 +23,17 @@ def find_stop(text: str, stops: Sequence[str]) -> int | None:
 
 def settled_length(text: str, stops: Sequence[str]) -> int:
     """How much of `text` cannot change any more as tokens are added: without a trailing U+FFFD run, without
-    trailing whitespace, and without a tail that is the beginning of a stop string."""
-    end = len(text.rstrip(REPLACEMENT_CHAR).rstrip())
-    for stop in stops:
-        for k in range(min(len(stop) - 1, end), 0, -1):  # longest tail of text[:end] that starts `stop`
-            if text[:end].endswith(stop[:k]):
-                end = min(end, len(text[:end]) - k)
-                break
-    return end
+    trailing whitespace, and without a tail that is the beginning of a stop string (repeated until none is
+    left: cutting a stop's beginning may leave whitespace at the end again)."""
+    end = len(text)
+    while True:
+        cut = len(text[:end].rstrip(REPLACEMENT_CHAR).rstrip())
+        for stop in stops:
+            k = next((k for k in range(min(len(stop) - 1, cut), 0, -1) if text[:cut].endswith(stop[:k])), 0)
+            cut -= k
+        if cut == end:
+            return end
+        end = cut
 
 
 class AnswerText:
