@@ -23,6 +23,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from ptune.chat_format import encode_messages
@@ -94,6 +95,27 @@ def authorized(header: str | None, key: str, basic: bool) -> bool:
     return False
 
 
+class ApiKeyMiddleware:
+    """401 for every path but /health without the key (a plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would sit between the app and the client's disconnect messages)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/health":
+            return await self.app(scope, receive, send)
+        page = not path.startswith("/v1/")
+        if authorized(Headers(scope=scope).get("authorization"), self.key, basic=page):
+            return await self.app(scope, receive, send)
+        error = ApiError(
+            401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
+        )
+        challenge = 'Basic realm="ptune"' if page else "Bearer"
+        await error_response(error, {"WWW-Authenticate": challenge})(scope, receive, send)
+
+
 def error_response(error: ApiError, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
@@ -109,18 +131,8 @@ def create_app(scheduler: Scheduler, served: Served) -> FastAPI:
         scheduler.stop()
 
     app = FastAPI(title="ptune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def api_key(request: Request, call_next):
-        if served.api_key is None or request.url.path == "/health":
-            return await call_next(request)
-        page = not request.url.path.startswith("/v1/")
-        if authorized(request.headers.get("authorization"), served.api_key, basic=page):
-            return await call_next(request)
-        error = ApiError(
-            401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
-        )
-        return error_response(error, {"WWW-Authenticate": 'Basic realm="ptune"' if page else "Bearer"})
+    if served.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=served.api_key)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -203,26 +215,33 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
     return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events
 
 
-async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str) -> JSONResponse:
-    """Wait for the whole answer; a client that hangs up meanwhile frees its row."""
+async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str) -> Response:
+    """Wait for the whole answer. The body is read, so the next ASGI message can only be the client hanging
+    up (as Starlette's StreamingResponse listens for it): a watcher then frees the row at once."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancelled.set()
+        events.put_nowait(Event("cancelled"))
+
+    watcher = asyncio.create_task(watch())
     pieces = []
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                continue
+            event = await events.get()
             if event.kind == "text":
                 pieces.append(event.text)
             elif event.kind == "error":
                 return error_response(ApiError(event.status, event.text))
+            elif event.kind == "cancelled":
+                return Response(status_code=499)  # nobody is listening any more
             else:
                 body = completion_body(new_id(), model, "".join(pieces), event.finish_reason,
                                        event.prompt_tokens, event.completion_tokens)  # fmt: skip
                 return JSONResponse(body)
     finally:
+        watcher.cancel()
         job.cancelled.set()  # no-op for a finished row
 
 
