@@ -142,3 +142,16 @@ def test_openai_client_errors(client):
             model="p2", messages=[{"role": "user", "content": "x"}], max_tokens=9999
         )
     assert e.value.code == "context_length_exceeded"
+
+
+def test_bench_serve_against_the_running_server(server, capsys):
+    argv = ["bench", "--serve", "--url", server.url, "--concurrency", "1,3", "--prefixes", "1,4",
+            "--requests", "2", "--max_tokens", "4"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[:5] for row in rows] == [
+        ["as", "running", "1", "1", "2"],
+        ["as", "running", "1", "3", "6"],
+        ["as", "running", "4", "1", "2"],
+        ["as", "running", "4", "3", "6"],
+    ]
