@@ -17,6 +17,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -121,8 +122,8 @@ def error_response(error: ApiError, headers: dict | None = None) -> JSONResponse
 
 
 def create_app(scheduler: Scheduler, served: Served) -> FastAPI:
-    """The app around a started (or to be started) scheduler; the lifespan starts it and stops it."""
-    from contextlib import asynccontextmanager
+    """The app around a scheduler that its lifespan starts and stops; the routes are the functions below,
+    which find both in `request.app.state`."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -131,57 +132,71 @@ def create_app(scheduler: Scheduler, served: Served) -> FastAPI:
         scheduler.stop()
 
     app = FastAPI(title="ptune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.served = scheduler, served
     if served.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=served.api_key)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
-
-    @app.get("/health")
-    async def health():
-        stats = scheduler.stats()
-        status = "draining" if scheduler.draining else "ok"
-        return JSONResponse({"status": status, **stats}, status_code=503 if scheduler.draining else 200)
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": served.model_list()}
-
-    @app.get("/v1/models/{model_id}")
-    async def model(model_id: str):
-        served.prefix_of(model_id)
-        return next(m for m in served.model_list() if m["id"] == model_id)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
-        return error_response(exc)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        chat = parse_chat_request(await request.body())
-        job, events = _job(chat, served)
-        try:
-            accepted = scheduler.submit(job)
-        except RuntimeError:
-            raise ApiError(503, "the server is shutting down", code="shutting_down") from None
-        if not accepted:
-            raise ApiError(429, f"too many requests waiting ({scheduler.max_queue}); retry later",
-                           code="rate_limit_exceeded")  # fmt: skip
-        if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            stream = _stream(job, events, chat.model, include_usage)
-            return StreamingResponse(
-                stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
-        return await _collect(request, job, events, chat.model)
-
-    @app.get("/")
-    async def page():
-        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
-
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/", page, methods=["GET"])
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in OpenAI's error shape."""
+    return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def health(request: Request) -> JSONResponse:
+    """Unauthenticated: ok (200) or draining (503, after SIGTERM), with the scheduler's counts."""
+    scheduler: Scheduler = request.app.state.scheduler
+    status = "draining" if scheduler.draining else "ok"
+    return JSONResponse(
+        {"status": status, **scheduler.stats()}, status_code=503 if scheduler.draining else 200
+    )
+
+
+async def list_models(request: Request) -> dict:
+    return {"object": "list", "data": request.app.state.served.model_list()}
+
+
+async def get_model(model_id: str, request: Request) -> dict:
+    served: Served = request.app.state.served
+    served.prefix_of(model_id)  # 404 for an unknown one
+    return next(m for m in served.model_list() if m["id"] == model_id)
+
+
+async def page(request: Request) -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+
+async def chat_completions(request: Request) -> Response:
+    """Check the request, queue it (429 past the queue, 503 while draining), then answer whole or streamed."""
+    scheduler: Scheduler = request.app.state.scheduler
+    chat = parse_chat_request(await request.body())
+    job, events = _job(chat, request.app.state.served)
+    try:
+        accepted = scheduler.submit(job)
+    except RuntimeError:
+        raise ApiError(503, "the server is shutting down", code="shutting_down") from None
+    if not accepted:
+        raise ApiError(429, f"too many requests waiting ({scheduler.max_queue}); retry later",
+                       code="rate_limit_exceeded")  # fmt: skip
+    if chat.stream:
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        stream = _stream(job, events, chat.model, include_usage)
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    return await _collect(request, job, events, chat.model)
 
 
 def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:

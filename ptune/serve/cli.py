@@ -161,16 +161,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: list[str]) -> int:
-    """`ptune serve`: load, bind, serve until SIGTERM or Ctrl-C; 0 after a clean stop."""
+def build(args: argparse.Namespace):
+    """(scheduler, what is served, "family, device") from checked arguments: the models loaded."""
     from ptune.families.registry import family_of
     from ptune.parse import base_from_checkpoint
-    from ptune.serve.app import Served, create_app
+    from ptune.serve.app import Served
     from ptune.serve.engine import Engine
     from ptune.serve.scheduler import Scheduler
 
-    args = build_parser().parse_args(argv)
-    check_limits(args)
     prefixes = parse_prefixes(args.prefix)
     if args.model_name_or_path is None:
         args.model_name_or_path = base_from_checkpoint("serve", next(iter(prefixes.values()), None))
@@ -179,19 +177,23 @@ def main(argv: list[str]) -> int:
         raise UserError(
             f"--prefix {base}: the base model is served under that name; pick another (or --name)"
         )
-    tok, model, encoders = load(
-        args.model_name_or_path,
-        prefixes,
-        chat_format=args.chat_format,
-        dtype=args.dtype,
-        device=args.device,
-        quantization_bit=args.quantization_bit,
-    )
-    engine = Engine(model, encoders, tok.pad_token_id)
-    scheduler = Scheduler(engine, tok, tok.stop_token_ids, args.max_batch, args.max_queue)
+    tok, model, encoders = load(args.model_name_or_path, prefixes, chat_format=args.chat_format, dtype=args.dtype,
+                                device=args.device, quantization_bit=args.quantization_bit)  # fmt: skip
+    scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, args.max_batch,
+                          args.max_queue)  # fmt: skip
     served = Served(base, family_of(tok).name, {n: e.config.pre_seq_len for n, e in encoders.items()}, tok,
                     args.max_length, args.max_new_tokens, args.api_key)  # fmt: skip
-    sock = bind(args.host, args.port)
+    return scheduler, served, f"{tok.family}, {model.device}"
+
+
+def main(argv: list[str]) -> int:
+    """`ptune serve`: load, bind, serve until SIGTERM or Ctrl-C; 0 after a clean stop."""
+    from ptune.serve.app import create_app
+
+    args = build_parser().parse_args(argv)
+    check_limits(args)
+    sock = bind(args.host, args.port)  # before loading: a busy port is said at once, not after minutes
+    scheduler, served, what = build(args)
     host, port = sock.getsockname()[:2]
     if args.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
@@ -200,7 +202,7 @@ def main(argv: list[str]) -> int:
                             timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
     server = DrainingServer(config, scheduler)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    print(f"ptune serve: {url} serving {', '.join([base, *prefixes])} ({tok.family}, {model.device}); "
+    print(f"ptune serve: {url} serving {', '.join([served.base, *served.prefixes])} ({what}); "
           "SIGTERM or Ctrl-C stops", flush=True)  # fmt: skip
     server.run(sockets=[sock])
     stats = scheduler.stats()

@@ -155,3 +155,30 @@ def test_bench_serve_against_the_running_server(server, capsys):
         ["as", "running", "4", "1", "2"],
         ["as", "running", "4", "3", "6"],
     ]
+
+
+def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
+    import socket
+
+    base, prefixes = serve_models
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    model = ["--model_name_or_path", str(base), "--port", "0"]  # a later --port wins
+    cases = [
+        (["--prefix", "p2"], "--prefix p2: expected NAME=CHECKPOINT"),
+        (["--prefix", "a b=x"], "--prefix a b=x: the name must be letters, digits and ._:- (at most 64)"),
+        (["--prefix", "a=/nonexistent/ckpt"], "--prefix a=/nonexistent/ckpt: /nonexistent/ckpt not found"),
+        (["--prefix", f"a={prefixes['p2']}", "--prefix", f"a={prefixes['p4']}"], "--prefix a is given twice"),
+        (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
+         "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
+        (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
+        (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
+    ]  # fmt: skip
+    try:
+        for flags, message in cases:
+            assert main(["serve", *model, *flags]) == 2, flags
+            assert capsys.readouterr().err == f"ptune serve: error: {message}\n"
+    finally:
+        busy.close()
