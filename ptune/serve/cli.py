@@ -193,7 +193,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_limits(args)
     sock = bind(args.host, args.port)  # before loading: a busy port is said at once, not after minutes
-    scheduler, served, what = build(args)
+    try:
+        scheduler, served, what = build(args)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     if args.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
