@@ -266,10 +266,19 @@ async def _stream(job: Job, events: asyncio.Queue, model: str, include_usage: bo
     id_ = new_id()
     try:
         yield sse(chunk_body(id_, model, {"role": "assistant", "content": ""}))
+        pending = None
         while True:
-            event = await events.get()
+            event, pending = pending or await events.get(), None
             if event.kind == "text":
-                yield sse(chunk_body(id_, model, {"content": event.text}))
+                # Pieces that arrived while the last one was being sent go out as one chunk: a client (or
+                # this loop) that falls behind the model catches up instead of lagging ever more.
+                text = event.text
+                while not events.empty():
+                    pending = events.get_nowait()
+                    if pending.kind != "text":
+                        break
+                    text, pending = text + pending.text, None
+                yield sse(chunk_body(id_, model, {"content": text}))
             elif event.kind == "error":
                 yield sse(error_body(event.text, ApiError.TYPES.get(event.status, "server_error")))
                 return

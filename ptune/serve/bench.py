@@ -6,7 +6,7 @@
 Without a model it makes a tiny ChatGLM3 checkpoint and 8 random prefixes in a temporary folder. For every
 number of prefixes and of clients, each client sends `--requests` streamed greedy chat completions one after
 the other (request k of client c uses prefix (c + k) mod prefixes); the table gives requests/s, generated
-tokens/s, time to first token and the time between tokens (p50/p95). `--baseline` runs the same against a
+tokens/s, time to first token and time per output token after the first (p50/p95 over requests). `--baseline` runs the same against a
 second server with `--max_batch 1` (one request at a time) and prints how much batching gains. `--url`
 benchmarks a server that is already running instead.
 
@@ -60,17 +60,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(timings: list[Timing], wall: float) -> dict[str, float]:
-    """requests/s and tokens/s over `wall` seconds; time to first token and between tokens (ms, p50/p95)."""
+    """requests/s and tokens/s over `wall` seconds; time to first token and time per output token after it
+    (ms, p50/p95 over requests; a request's (last arrival - first) / (tokens - 1), as vLLM's TPOT)."""
     first = [(t.arrivals[0] - t.sent) * 1000 for t in timings if t.arrivals]
-    gaps = [(b - a) * 1000 for t in timings for a, b in zip(t.arrivals, t.arrivals[1:], strict=False)]
+    per_token = [
+        (t.arrivals[-1] - t.arrivals[0]) * 1000 / (t.tokens - 1)
+        for t in timings
+        if t.arrivals and t.tokens > 1
+    ]
     return {
         "requests": len(timings),
         "requests_per_s": len(timings) / wall,
         "tokens_per_s": sum(t.tokens for t in timings) / wall,
         "ttft_p50_ms": percentile(first, 0.5),
         "ttft_p95_ms": percentile(first, 0.95),
-        "token_p50_ms": percentile(gaps, 0.5),
-        "token_p95_ms": percentile(gaps, 0.95),
+        "token_p50_ms": percentile(per_token, 0.5),
+        "token_p95_ms": percentile(per_token, 0.95),
     }
 
 
@@ -161,6 +166,8 @@ def served_models(url: str) -> tuple[str, list[str]]:
     try:
         conn.request("GET", "/v1/models")
         data = json.loads(conn.getresponse().read())["data"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--url {url}: no ptune serve answers there ({e})") from None
     finally:
         conn.close()
     return data[0]["id"], [m["id"] for m in data[1:]]
@@ -186,6 +193,63 @@ def tiny_models(folder: Path, count: int) -> tuple[str, dict[str, str]]:
         write_prefix_files(model, out, [base / f for f in tok.files])
         prefixes[f"prefix{i}"] = str(out)
     return str(base), prefixes
+
+
+def run_in_process(scheduler, tok, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+    """The same closed loop as `run_clients` without HTTP: `clients` requests in flight on the scheduler
+    (stepped here), each finished one replaced by the next until clients x requests are done."""
+    from ptune.chat_format import encode_messages
+    from ptune.serve.engine import Sampling
+    from ptune.serve.scheduler import Job
+
+    timings: list[Timing] = []
+    sent = [0]
+
+    def submit(c: int) -> None:
+        k, timing = sent[0], Timing(time.perf_counter(), [], 0)
+        sent[0] += 1
+        prompt = encode_messages(tok, [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}])
+
+        def sink(event) -> None:
+            if event.kind == "text" or (event.kind == "done" and not timing.arrivals):
+                timing.arrivals.append(time.perf_counter())
+            if event.kind == "done":
+                timing.tokens = event.completion_tokens
+                timings.append(timing)
+                if sent[0] < clients * requests:
+                    submit(c)
+
+        scheduler.submit(Job(prompt, models[(c + k) % len(models)], max_tokens, Sampling(0.0), (), sink))
+
+    start = time.perf_counter()
+    for c in range(clients):
+        submit(c)
+    while scheduler.rows or scheduler.waiting:
+        scheduler.step()
+    return summarize(timings, time.perf_counter() - start)
+
+
+def measure_in_process(base: str, prefixes: dict[str, str], args: argparse.Namespace) -> list[dict]:
+    """`--in_process`: the scheduler and model alone, batched (--max_batch) and one at a time."""
+    from ptune.serve.cli import load
+    from ptune.serve.engine import Engine
+    from ptune.serve.scheduler import Scheduler
+
+    tok, model, encoders = load(base, prefixes, device=args.device)
+    engine, rows = Engine(model, encoders, tok.pad_token_id), []
+    for label, max_batch in (
+        (f"in-process ({args.max_batch})", args.max_batch),
+        ("in-process, one at a time", 1),
+    ):
+        for count in args.prefixes:
+            for clients in args.concurrency:
+                scheduler = Scheduler(
+                    engine, tok, tok.stop_token_ids, max_batch, max_queue=clients * args.requests
+                )
+                summary = run_in_process(scheduler, tok, list(prefixes)[:count], clients, args.requests,
+                                         args.max_tokens)  # fmt: skip
+                rows.append({"server": label, "prefixes": count, "clients": clients, **summary})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- the verb
@@ -227,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", action="store_true", help="Also run a server with --max_batch 1 and compare."
     )
     p.add_argument("--device", help="The server's --device.")
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="Also run the scheduler in this process, without HTTP (batched and one at a time).",
+    )
     p.add_argument("--json", help="Also write the rows to this JSON file.")
     return p  # fmt: skip
 
@@ -259,13 +328,19 @@ def table(rows: list[dict]) -> str:
 
 
 def gains(rows: list[dict]) -> list[str]:
-    """tokens/s of the batched server over the one-at-a-time server, for every setting both ran."""
-    alone = {(r["prefixes"], r["clients"]): r["tokens_per_s"] for r in rows if r["server"] == "one at a time"}
+    """tokens/s batched over one at a time, for every setting both ran (over HTTP and in-process apart)."""
+
+    def kind(row: dict) -> str:
+        return "in-process" if row["server"].startswith("in-process") else "over HTTP"
+
+    baseline = {(kind(r), r["prefixes"], r["clients"]): r["tokens_per_s"] for r in rows
+                if r["server"].endswith("one at a time")}  # fmt: skip
     return [
-        f"{r['prefixes']} prefix(es), {r['clients']} clients: batched {r['tokens_per_s'] / alone[key]:.1f}x "
-        "the tokens/s of one at a time"
+        f"{kind(r)}, {r['prefixes']} prefix(es), {r['clients']} clients: batched "
+        f"{r['tokens_per_s'] / baseline[key]:.1f}x the tokens/s of one at a time"
         for r in rows
-        if r["server"] != "one at a time" and (key := (r["prefixes"], r["clients"])) in alone
+        if not r["server"].endswith("one at a time")
+        and (key := (kind(r), r["prefixes"], r["clients"])) in baseline
     ]
 
 
@@ -276,6 +351,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.requests < 1 or args.max_tokens < 1:
         raise UserError("--requests and --max_tokens must be at least 1")
+    if args.url and args.in_process:
+        raise UserError(
+            "--in_process loads the model here: give --model_name_or_path (or nothing), not --url"
+        )
     if args.url:
         rows = measure(args.url.rstrip("/"), "as running", served_models(args.url)[1], args)
     else:
@@ -297,6 +376,8 @@ def main(argv: list[str]) -> int:
                 finally:
                     proc.terminate()
                     proc.wait(60)
+            if args.in_process:
+                rows += measure_in_process(base, prefixes, args)
     print(table(rows))
     for line in gains(rows):
         print(line)

@@ -21,7 +21,7 @@ def test_summarize():
     s = summarize(timings, wall=2.0)
     assert s["requests"] == 2 and s["requests_per_s"] == 1.0 and s["tokens_per_s"] == 2.5
     assert s["ttft_p50_ms"] == pytest.approx(200.0)  # first pieces after 100 and 300 ms
-    assert s["token_p50_ms"] == pytest.approx(100.0)  # gaps 100, 200, 100 ms
+    assert s["token_p50_ms"] == pytest.approx(125.0)  # per request: 300 ms / 2 tokens, 100 ms / 1 token
 
 
 def test_gains_and_table():
@@ -31,7 +31,7 @@ def test_gains_and_table():
         {"server": "one at a time", "prefixes": 8, "clients": 32, "requests": 128, "requests_per_s": 8.0,
          "tokens_per_s": 240.0, "ttft_p50_ms": 900, "ttft_p95_ms": 1500, "token_p50_ms": 4, "token_p95_ms": 6},
     ]  # fmt: skip
-    assert gains(rows) == ["8 prefix(es), 32 clients: batched 5.0x the tokens/s of one at a time"]
+    assert gains(rows) == ["over HTTP, 8 prefix(es), 32 clients: batched 5.0x the tokens/s of one at a time"]
     lines = table(rows).splitlines()
     assert lines[0].split() == ["server", "prefixes", "clients", "requests", "req/s", "tokens/s", "TTFT", "p50",
                                 "TTFT", "p95", "token", "p50", "token", "p95"]  # fmt: skip
