@@ -5,8 +5,8 @@ function training and `ptune predict` build prompts with) and handed to the sche
 back through an asyncio queue, as one JSON body or as server-sent events ending in `data: [DONE]`.
 
 Security defaults (README "Serving"): with an API key every path but `/health` needs `Authorization: Bearer
-KEY` (the page and its files also take HTTP Basic auth with the key as password, so that a browser can ask
-for it); errors are one line in OpenAI's error object and never a traceback.
+KEY` (or HTTP Basic auth with the key as password, which the page's 401 makes a browser ask for and send);
+errors are one line in OpenAI's error object and never a traceback.
 """
 
 from __future__ import annotations
@@ -79,15 +79,15 @@ class Served:
                        param="model")  # fmt: skip
 
 
-def authorized(header: str | None, key: str, basic: bool) -> bool:
-    """`Authorization: Bearer KEY` (or, where `basic`, HTTP Basic with KEY as the password), compared in
-    constant time."""
+def authorized(header: str | None, key: str) -> bool:
+    """`Authorization: Bearer KEY`, or HTTP Basic with KEY as the password (what a browser sends once the
+    page asked for it), compared in constant time."""
     if not header:
         return False
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer":
         return hmac.compare_digest(value.strip().encode(), key.encode())
-    if basic and scheme.lower() == "basic":
+    if scheme.lower() == "basic":
         try:
             password = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
         except ValueError:
@@ -98,7 +98,8 @@ def authorized(header: str | None, key: str, basic: bool) -> bool:
 
 class ApiKeyMiddleware:
     """401 for every path but /health without the key (a plain ASGI middleware: Starlette's
-    BaseHTTPMiddleware would sit between the app and the client's disconnect messages)."""
+    BaseHTTPMiddleware would sit between the app and the client's disconnect messages). The page's 401 asks
+    the browser for the key (HTTP Basic), which then sends it with the page's own API calls."""
 
     def __init__(self, app, key: str):
         self.app, self.key = app, key
@@ -107,13 +108,12 @@ class ApiKeyMiddleware:
         path = scope.get("path", "")
         if scope["type"] != "http" or path == "/health":
             return await self.app(scope, receive, send)
-        page = not path.startswith("/v1/")
-        if authorized(Headers(scope=scope).get("authorization"), self.key, basic=page):
+        if authorized(Headers(scope=scope).get("authorization"), self.key):
             return await self.app(scope, receive, send)
         error = ApiError(
             401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
         )
-        challenge = 'Basic realm="ptune"' if page else "Bearer"
+        challenge = "Bearer" if path.startswith("/v1/") else 'Basic realm="ptune"'
         await error_response(error, {"WWW-Authenticate": challenge})(scope, receive, send)
 
 

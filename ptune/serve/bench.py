@@ -237,6 +237,8 @@ def measure_in_process(base: str, prefixes: dict[str, str], args: argparse.Names
 
     tok, model, encoders = load(base, prefixes, device=args.device)
     engine, rows = Engine(model, encoders, tok.pad_token_id), []
+    warm = Scheduler(engine, tok, tok.stop_token_ids, args.max_batch)
+    run_in_process(warm, tok, list(prefixes), min(len(prefixes), args.max_batch), 1, 4)  # warm-up, not timed
     for label, max_batch in (
         (f"in-process ({args.max_batch})", args.max_batch),
         ("in-process, one at a time", 1),

@@ -48,9 +48,10 @@ def test_api_key_guards_every_path_but_health(guarded):
     assert call(guarded.port, "GET", "/")[2]["www-authenticate"] == 'Basic realm="ptune"'  # the browser asks
     basic = {"Authorization": "Basic " + base64.b64encode(f"me:{KEY}".encode()).decode()}
     assert call(guarded.port, "GET", "/", headers=basic)[0] == 200
-    assert (
-        call(guarded.port, "GET", "/v1/models", headers=basic)[0] == 401
-    )  # the API takes the Bearer key only
+    assert call(guarded.port, "GET", "/v1/models", headers=basic)[0] == 200  # what the page's calls send
+    wrong_basic = {"Authorization": "Basic " + base64.b64encode(b"me:wrong").decode()}
+    assert call(guarded.port, "GET", "/v1/models", headers=wrong_basic)[0] == 401
+    assert call(guarded.port, "GET", "/v1/models")[2]["www-authenticate"] == "Bearer"
     wrong = openai.OpenAI(base_url=guarded.url + "/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
