@@ -3,6 +3,8 @@ different lengths (random, so that each answers differently), on a free loopback
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from ptune.tiny import make_tiny_checkpoint
@@ -30,3 +32,29 @@ def server(serve_models, tmp_path_factory):
     running = Server(args, tmp_path_factory.mktemp("serve-log") / "serve.log")
     yield running
     assert running.stop() == 0, running.output()
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; "
+    ".ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by selenium through Debian's chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,800",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from tests.e2e.conftest import needs_chromium
 from tests.serving import Server, call, chat_body
 
 KEY = "sk-test-0123456789"
@@ -106,6 +107,38 @@ def test_a_client_that_hangs_up_frees_its_row(guarded):
     plain.close()
     wait_for(lambda: health(guarded)["running"] == 0)
     assert health(guarded)["cancelled"] == before + 2
+
+
+@needs_chromium
+def test_the_page_works_behind_the_api_key(guarded, browser):
+    """In Chromium, signed in with the key (as the Basic-auth dialog would): the models load and a message is
+    answered (the page's own API calls carry the key)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"http://me:{KEY}@127.0.0.1:{guarded.port}/")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready")
+    )
+    assert [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#model option")] == [
+        "tiny-chatglm3", "p2"
+    ]  # fmt: skip
+    browser.find_element(By.ID, "input").send_keys("hi")
+    browser.find_element(By.ID, "send").click()
+    answer = WebDriverWait(browser, 60).until(
+        lambda d: next(
+            (
+                m
+                for m in d.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")
+                if m.get_attribute("data-state") != "streaming"
+            ),
+            False,
+        )  # fmt: skip
+    )
+    assert answer.get_attribute("data-state") == "done" and answer.get_attribute("data-finish") in (
+        "stop",
+        "length",
+    )
 
 
 def test_sigterm_during_load_finishes_the_accepted_requests_and_exits_0(guarded):

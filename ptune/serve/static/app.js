@@ -39,7 +39,7 @@ function bubble(log, role, text, model) {
 
 // POST a streamed chat completion and call onText(piece) for every piece; resolves with the finish reason.
 async function streamChat(model, messages, onText, signal) {
-  const response = await fetch("/v1/chat/completions", {
+  const response = await fetch(`${location.origin}/v1/chat/completions`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ model, messages, stream: true, ...settings() }),
@@ -159,7 +159,7 @@ function showView(name) {
 }
 
 async function loadModels() {
-  const response = await fetch("/v1/models");
+  const response = await fetch(`${location.origin}/v1/models`); // origin: never the user:key@ of the URL
   if (!response.ok) {
     showStatus(`cannot list the models (HTTP ${response.status})`);
     return;
