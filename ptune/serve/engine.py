@@ -56,9 +56,6 @@ class Engine:
     def device(self) -> torch.device:
         return self.model.device
 
-    def pre_seq_len(self, name: str | None) -> int:
-        return 0 if name is None else int(self.prefix_kv[name][0][0].shape[2])
-
     @torch.inference_mode()
     def _forward(self, input_ids, mask, positions, layers: KV | None) -> tuple[torch.Tensor, KV]:
         """One decoder pass over input_ids [B, S] after the cache `layers` ([B, G, T, hn]; mask [B, T + S]):
