@@ -149,7 +149,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ptune bench [...]`: print the table. Bad input raises UserError (`ptune VERB: error: ...`, exit 2)."""
+    """`ptune bench [...]`: print the table. Bad input raises UserError (`ptune VERB: error: ...`, exit 2).
+    `ptune bench --serve ...` benchmarks a live `ptune serve` instead (ptune/serve/bench.py)."""
+    if argv is not None and "--serve" in argv:
+        from ptune.serve import bench as serve_bench
+
+        return serve_bench.main([a for a in argv if a != "--serve"])
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 

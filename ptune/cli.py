@@ -21,7 +21,8 @@ USAGE = """usage: ptune VERB [CONFIG.json|CONFIG.yaml] [--flag value ...]
     ptune chat    --model_name_or_path DIR [--ptuning_checkpoint CKPT]   talk to the model
     ptune export  CHECKPOINT --format thudm         the prefix in THUDM's layout
     ptune plot    OUTPUT_DIR                        redraw training_curves.png
-    ptune bench   [--shape tiny|6b ...]             speed and memory
+    ptune bench   [--shape tiny|6b ...]             speed and memory (--serve: of a live server)
+    ptune serve   --model_name_or_path DIR --prefix NAME=CKPT ...   OpenAI-compatible API + chat page
 
 `ptune VERB --help` lists a verb's arguments. Bad input ends in one line on stderr and exit code 2
 (`--debug` shows the traceback)."""
@@ -72,6 +73,7 @@ MODULE_VERBS = {
     "export": ("ptune.export", "main"),
     "plot": ("ptune.plot", "main"),
     "bench": ("ptune.bench", "main"),
+    "serve": ("ptune.serve.cli", "main"),
 }
 
 

@@ -41,8 +41,15 @@ class GenerationSettings:
         )
 
 
-def _next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, generator) -> torch.Tensor:
-    """logits [B, V] float32 → token ids [B]."""
+def sampling_warpers(settings: GenerationSettings) -> LogitsProcessorList:
+    """Temperature then top-p, as THUDM's sampling (and `ptune serve`'s sampling rows) apply them."""
+    return LogitsProcessorList(
+        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
+    )
+
+
+def next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, generator) -> torch.Tensor:
+    """logits [B, V] float32 → token ids [B]: argmax, or a draw from the warped distribution."""
     if not settings.do_sample:
         return logits.argmax(-1)
     logits = warpers(None, logits)
@@ -81,14 +88,12 @@ def iter_tokens(
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
     stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
-    warpers = LogitsProcessorList(
-        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
-    )
+    warpers = sampling_warpers(settings)
     for step in range(settings.max_new_tokens):
         logits = head(hidden).float()
         if step < settings.min_new_tokens:
             logits[:, stops] = float("-inf")
-        token = _next_tokens(logits, settings, warpers, generator)
+        token = next_tokens(logits, settings, warpers, generator)
         yield token
         if step + 1 == settings.max_new_tokens:
             return

@@ -1,0 +1,236 @@
+"""`ptune serve`: load one base model and its prefixes, then serve them on uvicorn until SIGTERM / Ctrl-C.
+
+    ptune serve --model_name_or_path BASE --prefix NAME=CHECKPOINT [--prefix NAME2=CHECKPOINT2 ...]
+                [--host 127.0.0.1] [--port 8000] [--api_key KEY] [--max_batch 16] [--quantization_bit 4|8]
+
+On SIGTERM (or Ctrl-C) the server stops listening, answers 503 to requests on open connections, finishes the
+requests it has accepted (at most --shutdown_timeout seconds, then fails them), and exits with code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from ptune.args import CHAT_FORMATS
+from ptune.errors import UserError
+from ptune.parse import Parser
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="ptune serve", description="Serve a base model and its P-Tuning v2 prefixes over an "
+               "OpenAI-compatible HTTP API (and a chat page at /).")  # fmt: skip
+    p.add_argument(
+        "--model_name_or_path", help="Base model folder (default: the base the first --prefix names)."
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="A prefix checkpoint served as model NAME (repeatable).",
+    )
+    p.add_argument("--name", help="The base model's name in the API (default: its folder's name).")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default %(default)s: this machine only)."
+    )
+    p.add_argument("--port", type=int, default=8000, help="Port (default %(default)s; 0: any free port).")
+    p.add_argument(
+        "--api_key",
+        default=os.environ.get("PTUNE_API_KEY"),
+        help="Require 'Authorization: Bearer KEY' on every path but /health (default: $PTUNE_API_KEY).",
+    )
+    p.add_argument(
+        "--max_batch", type=int, default=16, help="Most requests generated together (default %(default)s)."
+    )
+    p.add_argument(
+        "--max_queue",
+        type=int,
+        default=64,
+        help="Most requests waiting for a free row; past it: 429 (default %(default)s).",
+    )
+    p.add_argument(
+        "--max_length",
+        type=int,
+        default=2048,
+        help="Most prompt + max_tokens tokens per request; past it: 400 (default %(default)s).",
+    )
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=512,
+        help="max_tokens of a request that gives none (default %(default)s).",
+    )
+    p.add_argument("--quantization_bit", type=int, choices=(4, 8), help="Quantize the base's linear layers.")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+    p.add_argument(
+        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
+    )
+    p.add_argument(
+        "--shutdown_timeout",
+        type=float,
+        default=30.0,
+        help="Seconds SIGTERM waits for accepted requests before failing them (default %(default)s).",
+    )
+    return p  # fmt: skip
+
+
+def parse_prefixes(values: list[str]) -> dict[str, str]:
+    """--prefix NAME=CHECKPOINT values → {name: checkpoint}; names unique, made of letters, digits, ._:-."""
+    prefixes: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not path:
+            raise UserError(f"--prefix {value}: expected NAME=CHECKPOINT")
+        if not NAME.match(name):
+            raise UserError(f"--prefix {value}: the name must be letters, digits and ._:- (at most 64)")
+        if name in prefixes:
+            raise UserError(f"--prefix {name} is given twice")
+        if not Path(path).exists():
+            raise UserError(f"--prefix {value}: {path} not found")
+        prefixes[name] = path
+    return prefixes
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: not a port number")
+    if args.api_key is not None and not args.api_key.strip():
+        raise UserError("--api_key is empty")
+
+
+def load(
+    base: str,
+    prefixes: dict[str, str],
+    *,
+    chat_format: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    quantization_bit: int | None = None,
+):
+    """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base as
+    `ptune predict` checks it (`check_prefix_base`, `prefix_from_state`)."""
+    from ptune.chat import _device
+    from ptune.checkpoint import read_prefix_state
+    from ptune.model import load_model
+    from ptune.prefix import check_prefix_base, prefix_from_state
+    from ptune.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(base, chat_format)
+    model = load_model(
+        base, dtype=dtype, device=_device(device), quantization_bit=quantization_bit, family=tok.family
+    )
+    encoders = {}
+    for name, path in prefixes.items():
+        check_prefix_base(path, model.source)
+        encoder = prefix_from_state(model.base, read_prefix_state(path), path, None, None, dropout=0.0)
+        encoders[name] = encoder.to(model.device).eval()
+    return tok, model, encoders
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that --port 0 can report the port it got."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build(args: argparse.Namespace):
+    """(scheduler, what is served, "family, device") from checked arguments: the models loaded."""
+    from ptune.families.registry import family_of
+    from ptune.parse import base_from_checkpoint
+    from ptune.serve.app import Served
+    from ptune.serve.engine import Engine
+    from ptune.serve.scheduler import Scheduler
+
+    prefixes = parse_prefixes(args.prefix)
+    if args.model_name_or_path is None:
+        args.model_name_or_path = base_from_checkpoint("serve", next(iter(prefixes.values()), None))
+    base = args.name or Path(args.model_name_or_path).resolve().name
+    if base in prefixes:
+        raise UserError(
+            f"--prefix {base}: the base model is served under that name; pick another (or --name)"
+        )
+    tok, model, encoders = load(args.model_name_or_path, prefixes, chat_format=args.chat_format, dtype=args.dtype,
+                                device=args.device, quantization_bit=args.quantization_bit)  # fmt: skip
+    scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, args.max_batch,
+                          args.max_queue)  # fmt: skip
+    served = Served(base, family_of(tok).name, {n: e.config.pre_seq_len for n, e in encoders.items()}, tok,
+                    args.max_length, args.max_new_tokens, args.api_key)  # fmt: skip
+    return scheduler, served, f"{tok.family}, {model.device}"
+
+
+def main(argv: list[str]) -> int:
+    """`ptune serve`: load, bind, serve until SIGTERM or Ctrl-C; 0 after a clean stop."""
+    from ptune.serve.app import create_app
+
+    args = build_parser().parse_args(argv)
+    check_limits(args)
+    sock = bind(args.host, args.port)  # before loading: a busy port is said at once, not after minutes
+    try:
+        scheduler, served, what = build(args)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    if args.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
+              file=sys.stderr)  # fmt: skip
+    config = uvicorn.Config(create_app(scheduler, served), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
+    server = DrainingServer(config, scheduler)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    print(f"ptune serve: {url} serving {', '.join([served.base, *served.prefixes])} ({what}); "
+          "SIGTERM or Ctrl-C stops", flush=True)  # fmt: skip
+    server.run(sockets=[sock])
+    stats = scheduler.stats()
+    if server.received:
+        print(f"ptune serve: stopped by {signal.Signals(server.received[0]).name}: {stats['finished']} requests "
+              f"answered, {stats['failed']} failed", flush=True)  # fmt: skip
+    return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server, plus: the first SIGTERM/SIGINT makes the scheduler refuse new requests (503) while
+    uvicorn stops listening and waits for the accepted ones; and the signal is not raised again after the
+    graceful stop (uvicorn re-raises it so that the process dies of it; ptune exits 0 after a clean stop)."""
+
+    def __init__(self, config: uvicorn.Config, scheduler):
+        super().__init__(config)
+        self.scheduler = scheduler
+        self.received: list[int] = []
+
+    def handle_exit(self, sig, frame):
+        self.scheduler.drain()
+        super().handle_exit(sig, frame)
+
+    async def _serve(self, sockets=None):
+        await super()._serve(sockets)
+        self.received = list(self._captured_signals)
+        self._captured_signals.clear()

@@ -1,0 +1,104 @@
+"""The model side of the server: one frozen base, each prefix's keys/values computed once, prefill and decode.
+
+A prefix in inference is a constant: `PrefixEncoder(1, dtype)` gives the same L pairs [1, G, P, hn] for every
+request (no dropout in eval), so it is computed once when the server starts and only copied into the rows
+that use it (ptune/serve/batch.py). The forward passes are those of `ptune.generate.iter_tokens`: the prompt
+prefilled with 0-based positions after the prefix slots, then one token per row and step, each at its own
+next position, so greedy answers are token for token those of `ptune predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from ptune.generate import GenerationSettings, next_tokens, sampling_warpers
+from ptune.model import PrefixTunedLM
+from ptune.prefix import PrefixEncoder, cache_argument
+from ptune.serve.batch import KV, BatchCache, prefix_block, prompt_block
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens: greedy when `temperature` is 0, else temperature + top-p sampling."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(do_sample=not self.greedy, temperature=self.temperature, top_p=self.top_p)
+
+
+class Engine:
+    """Runs the base model for the scheduler. `prefixes`: name → PrefixEncoder (already on the model's device)."""
+
+    def __init__(self, model: PrefixTunedLM, prefixes: dict[str, PrefixEncoder], pad_id: int):
+        self.model = model
+        self.pad_id = pad_id
+        self.decoder = model.base.get_decoder()
+        self.head = model.base.get_output_embeddings()
+        self.cache_kw = cache_argument(type(self.decoder))
+        with torch.inference_mode():
+            self.prefix_kv: dict[str, KV] = {
+                name: [(k.contiguous(), v.contiguous()) for k, v in encoder.eval()(1, model.dtype)]
+                for name, encoder in prefixes.items()
+            }
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def _forward(self, input_ids, mask, positions, layers: KV | None) -> tuple[torch.Tensor, KV]:
+        """One decoder pass over input_ids [B, S] after the cache `layers` ([B, G, T, hn]; mask [B, T + S]):
+        (logits of each row's last position [B, V] float32, the grown cache [B, G, T + S, hn])."""
+        cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        hidden = self.decoder(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            **{self.cache_kw: cache},
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        return self.head(hidden).float(), [(layer.keys, layer.values) for layer in cache.layers]
+
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], prefixes: Sequence[str | None]
+    ) -> tuple[BatchCache, torch.Tensor]:
+        """New rows (prompt ids, prefix name or None each) in one pass: their cache [n, G, P + S, hn] and
+        the logits of their first answer token [n, V]."""
+        start = prefix_block([None if name is None else self.prefix_kv[name] for name in prefixes])
+        input_ids, prompt_mask, positions = prompt_block(prompts, self.pad_id, self.device)
+        mask = prompt_mask if start is None else torch.cat([start.mask, prompt_mask], dim=1)
+        logits, layers = self._forward(input_ids, mask, positions, None if start is None else start.layers)
+        return BatchCache(layers, mask), logits
+
+    def decode(
+        self, cache: BatchCache, tokens: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[BatchCache, torch.Tensor]:
+        """One step for every running row: tokens [B] at positions [B] → (the cache one slot longer, logits [B, V])."""
+        mask = torch.cat([cache.mask, cache.mask.new_ones(cache.rows, 1)], dim=1)
+        logits, layers = self._forward(tokens[:, None], mask, positions[:, None], cache.layers)
+        return BatchCache(layers, mask), logits
+
+
+def pick_tokens(
+    logits: torch.Tensor, sampling: Sequence[Sampling], generators: Sequence[torch.Generator | None]
+) -> list[int]:
+    """logits [B, V] → one token per row, each by its own rule (`ptune.generate.next_tokens`): greedy rows
+    by argmax over the whole batch at once, sampling rows one by one with their own generator."""
+    tokens = logits.argmax(-1).tolist()
+    for i, rule in enumerate(sampling):
+        if not rule.greedy:
+            settings = rule.settings()
+            row = next_tokens(logits[i : i + 1], settings, sampling_warpers(settings), generators[i])
+            tokens[i] = int(row[0])
+    return tokens

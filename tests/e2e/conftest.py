@@ -1,0 +1,60 @@
+"""A live `ptune serve` shared by the API and chat-page tests: a tiny ChatGLM3 base and four prefixes of
+different lengths (random, so that each answers differently), on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.serving import Server, make_prefix
+from tools.tiny import make_tiny_checkpoint
+
+SERVE_PREFIXES = {"p2": 2, "p4": 4, "p8": 8, "p16": 16}  # name: pre_seq_len (seed = pre_seq_len)
+
+
+@pytest.fixture(scope="session")
+def serve_models(tmp_path_factory):
+    """(base folder, {prefix name: checkpoint folder})."""
+    root = tmp_path_factory.mktemp("serve")
+    base = make_tiny_checkpoint(root / "tiny-chatglm3", "chatglm3")
+    prefixes = {name: make_prefix(base, root / name, n, seed=n) for name, n in SERVE_PREFIXES.items()}
+    return base, prefixes
+
+
+@pytest.fixture(scope="session")
+def server(serve_models, tmp_path_factory):
+    """The running server (`.port`, `.url`); stopped with SIGTERM at the end of the session."""
+    base, prefixes = serve_models
+    args = ["--model_name_or_path", str(base), "--max_batch", "16", "--max_queue", "64"]
+    for name, path in prefixes.items():
+        args += ["--prefix", f"{name}={path}"]
+    running = Server(args, tmp_path_factory.mktemp("serve-log") / "serve.log")
+    yield running
+    assert running.stop() == 0, running.output()
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; "
+    ".ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by selenium through Debian's chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,800",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

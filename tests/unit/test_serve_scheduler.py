@@ -1,0 +1,121 @@
+"""Continuous batching in-process: rows with different prefixes (or none), prompt lengths and max_tokens join
+and leave the batch at different steps, and each row's greedy answer is token for token that of
+`ptune.generate.generate` for its prompt alone (what `ptune predict` runs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptune.serve.cli import load
+from ptune.serve.engine import Engine, Sampling
+from ptune.serve.scheduler import Job, Scheduler
+from tests.serving import make_prefix, reference_answers
+
+PROMPTS = ["你好", "hello there, how are you doing today?", "类型#上衣*材质#牛仔布*颜色#白色*风格#简约", "a"]
+PREFIXES = {"p2": (2, 11), "p5": (5, 12), "p8": (8, 13)}  # name: (pre_seq_len, seed)
+MAX = 12
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prefixes")
+    paths = {name: make_prefix(tiny, folder / name, n, seed) for name, (n, seed) in PREFIXES.items()}
+    tok, model, encoders = load(str(tiny), {name: str(p) for name, p in paths.items()})
+    expected = {None: reference_answers(tiny, None, PROMPTS, MAX)}
+    for name, path in paths.items():
+        expected[name] = reference_answers(tiny, path, PROMPTS, MAX)
+    return tok, Engine(model, encoders, tok.pad_token_id), expected
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        self.events.append(event)
+
+    @property
+    def done(self):
+        return next((e for e in self.events if e.kind == "done"), None)
+
+    @property
+    def text(self):
+        return "".join(e.text for e in self.events if e.kind == "text")
+
+
+def job(tok, prefix, prompt, max_tokens, sink):
+    from ptune.chat_format import encode_messages
+
+    ids = encode_messages(tok, [{"role": "user", "content": prompt}])
+    return Job(ids, prefix, max_tokens, Sampling(temperature=0.0), (), sink)
+
+
+def test_rows_join_and_leave_with_their_own_prefix(served):
+    tok, engine, expected = served
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=6, max_queue=16)
+    plan = [  # (step at which it is submitted, prefix, prompt, max_tokens)
+        (0, "p2", PROMPTS[0], 12),
+        (0, None, PROMPTS[1], 5),
+        (2, "p8", PROMPTS[2], 9),
+        (2, "p5", PROMPTS[3], 12),
+        (3, "p2", PROMPTS[1], 7),
+        (3, None, PROMPTS[2], 12),
+        (6, "p8", PROMPTS[0], 3),
+        (6, "p5", PROMPTS[1], 12),  # waits: 6 rows are running at step 6
+    ]
+    records, sizes = [], []
+    for step in range(40):
+        for at, prefix, prompt, max_tokens in plan:
+            if at == step:
+                records.append((prefix, prompt, max_tokens, Recorder()))
+                assert scheduler.submit(job(tok, prefix, prompt, max_tokens, records[-1][3]))
+        scheduler.step()
+        sizes.append(len(scheduler.rows))
+        if step > 6 and not scheduler.rows and not scheduler.waiting:
+            break
+    assert max(sizes) == 6 and sizes[-1] == 0  # the batch filled up and emptied
+    for prefix, prompt, max_tokens, record in records:
+        text, ids = expected[prefix][prompt]
+        want = ids[:max_tokens]
+        assert list(record.done.ids) == want, (prefix, prompt)
+        assert record.done.finish_reason == ("stop" if want[-1] in tok.stop_token_ids else "length")
+        assert record.done.completion_tokens == len(want)
+        if len(want) == len(ids):
+            assert record.text == text
+
+
+def test_cancelled_rows_leave_and_the_queue_is_bounded(served):
+    tok, engine, _ = served
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=2, max_queue=1)
+    a, b, c = Recorder(), Recorder(), Recorder()
+    first, second = job(tok, "p2", PROMPTS[0], 50, a), job(tok, None, PROMPTS[1], 50, b)
+    assert scheduler.submit(first)
+    assert not scheduler.submit(job(tok, None, PROMPTS[0], 5, c))  # one may wait: full
+    scheduler.step()
+    assert scheduler.submit(second)
+    scheduler.step()
+    assert len(scheduler.rows) == 2 and scheduler.cache.rows == 2
+    first.cancelled.set()
+    scheduler.step()
+    assert [row.request for row in scheduler.rows] == [second] and scheduler.cache.rows == 1
+    assert scheduler.stats() == {"running": 1, "waiting": 0, "finished": 0, "failed": 0, "cancelled": 1}
+    scheduler.drain()
+    with pytest.raises(RuntimeError):
+        scheduler.submit(job(tok, None, PROMPTS[0], 5, c))
+    scheduler.stop()  # fails what is left
+    assert b.events[-1].kind == "error" and b.events[-1].status == 503
+    assert a.done is None
+
+
+def test_seeded_sampling_repeats(served):
+    tok, engine, _ = served
+    texts = []
+    for _ in range(2):
+        scheduler = Scheduler(engine, tok, tok.stop_token_ids)
+        record = Recorder()
+        request = job(tok, "p5", PROMPTS[1], 8, record)
+        scheduler.submit(Job(request.prompt, "p5", 8, Sampling(1.0, 0.9, seed=7), (), record))
+        while scheduler.rows or scheduler.waiting:
+            scheduler.step()
+        texts.append(record.done.ids)
+    assert texts[0] == texts[1] and len(texts[0]) > 0
