@@ -15,8 +15,8 @@ fi
 if [ -d output/demo ]; then rm -rf output/demo.previous && mv output/demo output/demo.previous; fi
 echo "== 2/4 P-tuning a 16-token prefix on data/demo/train.json: 240 steps, evaluated at step 0, 120, 240 (~25 s)"
 ptune train configs/demo.json "$@"
-echo "== 3/4 predicting data/demo/dev.json with the trained prefix"
-ptune predict configs/demo.json --ptuning_checkpoint output/demo "$@"
+echo "== 3/4 predicting data/demo/dev.json with the trained prefix, and with the base alone (--compare_base)"
+ptune predict configs/demo.json --ptuning_checkpoint output/demo --compare_base true "$@"
 echo "== 4/4 the dev predictions before (the base alone) and after P-tuning"
 python scripts/demo_report.py
 echo "predictions: output/demo/generated_predictions.txt   curves: output/demo/training_curves.png"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Print the demo's figures, the ones the README quotes (tests/test_demo.py checks that they agree):
 the evaluation ROUGE-L at each evaluation, how many dev predictions name the input's colour and garment
-before P-tuning (the base alone, no prefix) and after (output_dir/generated_predictions.txt), and both
-predictions for the first three dev rows that the base alone gets wrong.
+before P-tuning (the base alone, no prefix) and after, both from output_dir/generated_predictions.txt as
+`ptune predict --compare_base true` writes it, and both predictions for the first three dev rows that the base
+alone gets wrong.
 
 python scripts/demo_report.py [configs/demo.json]   (after scripts/demo.sh, which runs it last)
 """
@@ -26,26 +27,6 @@ def names_input(content: str, prediction: str) -> bool:
     return attrs["颜色"] in prediction and attrs["类型"] in prediction
 
 
-def base_predictions(cfg: dict, contents: list[str]) -> list[str]:
-    """Greedy answers of the base model alone (no prefix) to the chat prompts predict builds."""
-    import torch
-
-    from ptune.chat_format import decode_response, encode_prompt
-    from ptune.data import pad_left
-    from ptune.generate import GenerationSettings, generate
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(cfg["model_name_or_path"])
-    model = load_model(cfg["model_name_or_path"], dtype="float32", device="cpu")
-    prompts = [encode_prompt(tok, c, None, cfg["max_source_length"]) for c in contents]
-    ids = torch.tensor(pad_left(prompts, tok.pad_token_id))
-    mask = torch.tensor(pad_left([[1] * len(p) for p in prompts], 0))
-    settings = GenerationSettings(max_new_tokens=cfg["max_target_length"])
-    out = generate(model, ids, mask, tok.stop_token_ids, tok.pad_token_id, settings)
-    return [decode_response(tok, row.tolist()) for row in out]
-
-
 def figures(config: Path) -> dict:
     """What the report shows, from the config's base model, output_dir and test_file (paths as in the
     config: relative ones are taken from the current directory, as ptune does)."""
@@ -53,8 +34,8 @@ def figures(config: Path) -> dict:
     out = Path(cfg["output_dir"])
     history = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
     contents = [row[cfg["prompt_column"]] for row in read_jsonl(Path(cfg["test_file"]))]
-    after = [row["predict"] for row in read_jsonl(out / "generated_predictions.txt")]
-    before = base_predictions(cfg, contents)
+    rows = read_jsonl(out / "generated_predictions.txt")  # written by `ptune predict --compare_base true`
+    after, before = [row["predict"] for row in rows], [row["base_predict"] for row in rows]
     return {
         "rouge_l": [(h["step"], h["eval_rouge-l"]) for h in history if "eval_rouge-l" in h],
         "contents": contents,

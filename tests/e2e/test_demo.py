@@ -1,5 +1,5 @@
 """The README's demo, hermetically: the base as scripts/demo.sh makes it, `ptune train configs/demo.json`,
-`ptune predict configs/demo.json --ptuning_checkpoint`, then scripts/demo_report.py. The prefix must learn the
+`ptune predict configs/demo.json --ptuning_checkpoint ... --compare_base true`, then scripts/demo_report.py. The prefix must learn the
 attributes → description mapping, and the figures the README quotes must be the ones this run prints."""
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def demo(tmp_path_factory):
         assert load_script("make_demo_base").main([str(tmp / "base"), *base_flags]) == 0
         assert main(["train", str(config), "--disable_tqdm", "true"]) == 0
         out = str(tmp / "out")
-        assert main(["predict", str(config), "--ptuning_checkpoint", out, "--disable_tqdm", "true"]) == 0
+        predict = shlex.split(re.search(r"ptune predict configs/demo\.json (.*) \"\$@\"", script).group(1))
+        predict = [out if arg == "output/demo" else arg for arg in predict]  # demo.sh's flags, our folder
+        assert "--compare_base" in predict
+        assert main(["predict", str(config), *predict, "--disable_tqdm", "true"]) == 0
         report = load_script("demo_report")
         text = report.render(report.figures(config))
     finally:
