@@ -92,7 +92,7 @@ def load_conversations(path: str | Path, fmt: str, data_columns, require_answer:
     """The checked rows of a conversation-format file as a `datasets.Dataset` (columns line, conversation)."""
     import datasets
 
-    from ptune.data import _kind
+    from ptune.data import _kind, generated_dataset
 
     path = Path(path)
     _kind(path)
@@ -106,20 +106,7 @@ def load_conversations(path: str | Path, fmt: str, data_columns, require_answer:
         "require_answer": require_answer,
         "reader": _READER_DIGEST,
     }
-    try:
-        with _progress_bars(False):
-            return datasets.Dataset.from_generator(
-                _conversation_rows, features=features, gen_kwargs=kwargs, cache_dir=cache_dir
-            )
-    except Exception as e:  # datasets wraps the generator's errors: surface ours
-        cause = e
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise UserError(
-            f"{path}: cannot read it ({str(e).splitlines()[0][:300] if str(e) else e!r})"
-        ) from None
+    return generated_dataset(path, _conversation_rows, features, kwargs, cache_dir)
 
 
 def _row(encoded: Encoded, source_len: int, target_len: int) -> dict:

@@ -248,10 +248,19 @@ def load_rows(
         "require_response": require_response,
         "reader": _READER_DIGEST,
     }
+    return generated_dataset(path, _examples, features, kwargs, cache_dir)
+
+
+def generated_dataset(path: Path, generator, features, gen_kwargs: dict, cache_dir: str | None):
+    """`datasets.Dataset.from_generator(generator, **gen_kwargs)`, cached by datasets under `cache_dir` (keyed by
+    `gen_kwargs`: put the file's digest there), with the generator's UserError surfaced as it was raised
+    (datasets wraps it) and any other failure as one line naming `path`."""
+    import datasets
+
     try:
         with _progress_bars(False):
             return datasets.Dataset.from_generator(
-                _examples, features=features, gen_kwargs=kwargs, cache_dir=cache_dir
+                generator, features=features, gen_kwargs=gen_kwargs, cache_dir=cache_dir
             )
     except Exception as e:  # datasets wraps the generator's errors: surface ours
         cause = e

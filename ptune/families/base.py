@@ -266,6 +266,27 @@ class Family:
 
     # -- prompts ------------------------------------------------------------------------------------
 
+    def family_messages(self, conversation: Any) -> list[Message]:
+        """The conversation as this family's chat format takes it: the system message (with the tools, as
+        `system_message` puts them), then every other message, tool calls written by `tool_call_message`."""
+        system = conversation.system
+        head = self.system_message(system[0]["content"] if system else None, conversation.tools)
+        out: list[Message] = [head] if head is not None else []
+        for m in conversation.messages[len(system) :]:
+            call = m.get("tool_call")
+            if call is not None:
+                out.append(self.tool_call_message(call["name"], call["arguments"]))
+            else:
+                out.append({"role": m["role"], "content": m["content"], "metadata": m.get("metadata", "")})
+        return out
+
+    def system_message(self, content: str | None, tools: list | None) -> Message | None:
+        """The system message for a system prompt (None: the conversation has none) and tool definitions."""
+        return None if content is None else {"role": "system", "content": content}
+
+    def tool_call_message(self, name: str, arguments: dict) -> Message:
+        raise NotImplementedError(f"{type(self).__name__} writes no tool calls")
+
     def encode_messages(
         self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
     ) -> list[int]:

@@ -96,23 +96,13 @@ class ChatGLM3(OriginalFamily):
 
     # -- conversations ------------------------------------------------------------------------------
 
-    def family_messages(self, conversation: Any) -> list[Message]:
-        """The conversation in ChatGLM3's terms: tools in the system message, tool calls as code."""
-        system = conversation.system
-        out: list[Message] = []
-        if conversation.tools is not None:
-            head = system[0]["content"] if system else CHATGLM3_TOOLS_PROMPT
-            tools = json.dumps(conversation.tools, indent=4, ensure_ascii=False)
-            out.append({"role": "system", "content": head + "\n" + tools})
-        elif system:
-            out.append({"role": "system", "content": system[0]["content"]})
-        for m in conversation.messages[len(system) :]:
-            call = m.get("tool_call")
-            if call is not None:
-                out.append(self.tool_call_message(call["name"], call["arguments"]))
-            else:
-                out.append({"role": m["role"], "content": m["content"], "metadata": m.get("metadata", "")})
-        return out
+    def system_message(self, content: str | None, tools: list | None) -> Message | None:
+        """ChatGLM3's: the tools as JSON in the system message, after its prompt (its tokenizer's default
+        tools prompt when the conversation has none)."""
+        if tools is None:
+            return super().system_message(content, tools)
+        head = CHATGLM3_TOOLS_PROMPT if content is None else content
+        return {"role": "system", "content": head + "\n" + json.dumps(tools, indent=4, ensure_ascii=False)}
 
     def tool_call_message(self, name: str, arguments: dict) -> Message:
         return {"role": "assistant", "metadata": name, "content": tool_call_code(name, arguments)}

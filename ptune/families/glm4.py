@@ -242,23 +242,12 @@ class GLM4(ChatGLM3):
 
     # -- conversations ------------------------------------------------------------------------------
 
-    def family_messages(self, conversation: Any) -> list[Message]:
-        """The conversation as GLM-4's template takes it: the tools on the system message (one with empty
-        content when there is none, as in THUDM's examples), tool calls as name + JSON arguments."""
-        system = conversation.system
-        out: list[Message] = []
-        if conversation.tools is not None:
-            content = system[0]["content"] if system else ""
-            out.append({"role": "system", "content": content, "tools": conversation.tools})
-        elif system:
-            out.append({"role": "system", "content": system[0]["content"]})
-        for m in conversation.messages[len(system) :]:
-            call = m.get("tool_call")
-            if call is not None:
-                out.append(self.tool_call_message(call["name"], call["arguments"]))
-            else:
-                out.append({"role": m["role"], "content": m["content"], "metadata": m.get("metadata", "")})
-        return out
+    def system_message(self, content: str | None, tools: list | None) -> Message | None:
+        """As GLM-4's template takes them: the tools on the system message (one with empty content when the
+        conversation has none, as in THUDM's examples)."""
+        if tools is None:
+            return super().system_message(content, tools)
+        return {"role": "system", "content": content or "", "tools": tools}
 
     def tool_call_message(self, name: str, arguments: dict) -> Message:
         return {"role": "assistant", "metadata": name, "content": json.dumps(arguments, ensure_ascii=False)}
