@@ -119,3 +119,30 @@ def test_seeded_sampling_repeats(served):
             scheduler.step()
         texts.append(record.done.ids)
     assert texts[0] == texts[1] and len(texts[0]) > 0
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path):
+    """`ptune serve --quantization_bit`: the batched rows (a prefix and none, together) answer token for token
+    what `generate` gives for each prompt alone on the same quantized base and prefix."""
+    import torch
+
+    from ptune.generate import GenerationSettings, generate
+    from ptune.model import load_model
+
+    prefix = make_prefix(tiny, tmp_path / "p4", 4, 21)
+    tok, model, encoders = load(str(tiny), {"p4": str(prefix)}, quantization_bit=bits)
+    scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, max_batch=4)
+    plan = [(name, prompt) for name in ("p4", None) for prompt in PROMPTS[:2]]
+    records = [Recorder() for _ in plan]
+    for (name, prompt), record in zip(plan, records, strict=True):
+        assert scheduler.submit(job(tok, name, prompt, 6, record))
+    while scheduler.rows or scheduler.waiting:
+        scheduler.step()
+    for (name, prompt), record in zip(plan, records, strict=True):
+        alone = load_model(tiny, ptuning_checkpoint=prefix if name else None, quantization_bit=bits,
+                           family=tok.family)  # fmt: skip
+        ids = job(tok, name, prompt, 6, None).prompt
+        want = generate(alone, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                        tok.stop_token_ids, tok.pad_token_id, GenerationSettings(max_new_tokens=6))[0].tolist()  # fmt: skip
+        assert list(record.done.ids) == want, (bits, name, prompt)
