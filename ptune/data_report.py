@@ -111,6 +111,37 @@ def _parse(argv: list[str]):
     raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
 
 
+def check_outputs(model_args, data_args, training_args, write_to: Path | None) -> None:
+    """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
+    writable, space), and --write_encoded never replaces a data file, a file of the model folders, or (without
+    --overwrite_output_dir) any existing file."""
+    from ptune.rundir import check_output_dir
+
+    folders = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--tokenizer_name": model_args.tokenizer_name,
+    }
+    check_output_dir(training_args.output_dir, folders)
+    if write_to is None:
+        return
+    target = write_to.resolve()
+    for flag in ("train_file", "validation_file", "test_file"):
+        path = getattr(data_args, flag)
+        if path and Path(data_args.data_file(path)).resolve() == target:
+            raise UserError(f"--write_encoded {write_to} is the --{flag}: it would replace your data")
+    for flag, folder in folders.items():
+        if folder and Path(folder).is_dir() and target.parent == Path(folder).resolve():
+            raise UserError(f"--write_encoded {write_to} is inside the {flag} folder; write it elsewhere")
+    if write_to.is_dir():
+        raise UserError(f"--write_encoded {write_to}: is a folder; give a file name (FILE.jsonl)")
+    if write_to.exists() and not training_args.overwrite_output_dir:
+        raise UserError(
+            f"--write_encoded {write_to}: exists; pass --overwrite_output_dir true to replace it, or another name"
+        )
+    if not write_to.parent.is_dir():
+        raise UserError(f"--write_encoded {write_to}: folder {write_to.parent} does not exist")
+
+
 def _write_encoded(path: Path, rows: list[dict]) -> None:
     from ptune.io import replacing
 
@@ -151,6 +182,7 @@ def main(argv: list[str]) -> int:
         write_to = Path(argv[at + 1])
         argv = argv[:at] + argv[at + 2 :]
     model_args, data_args, training_args, _ = _parse(argv)
+    check_outputs(model_args, data_args, training_args, write_to)
     setup_logging(training_args)
     tok = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format)
     report, drawn, encoded_rows = {}, [], []

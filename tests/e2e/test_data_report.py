@@ -80,3 +80,36 @@ def test_train_reuses_the_tokenization_of_ptune_data(tiny, tmp_path, hf_cache, m
     # The control: told to tokenize again, the same run does.
     with pytest.raises(AssertionError, match="tokenized again"):
         main(["train", str(config), "--output_dir", str(tmp_path / "again"), "--overwrite_cache", "true"])
+
+
+def _snapshot(*folders: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_data_report_never_replaces_data_models_or_files(tiny, tmp_path, hf_cache, capsys):
+    """--write_encoded onto a data file, into the model folder, or onto an existing file (without
+    --overwrite_output_dir), and output_dir = the model folder: one line, exit 2, every file as it was."""
+    data = tmp_path / "data"
+    data.mkdir()
+    train = data / "train.json"
+    shutil.copy(DEMO, train)
+    config = _config(tmp_path, tiny, train_file=str(train), validation_file=str(train))
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("mine\n", encoding="utf-8")
+    before = _snapshot(data, tiny, tmp_path)
+    cases = [
+        (["--write_encoded", str(train)], f"--write_encoded {train} is the --train_file: it would replace your data"),
+        (["--write_encoded", str(tiny / "x.jsonl")],
+         f"--write_encoded {tiny / 'x.jsonl'} is inside the --model_name_or_path folder; write it elsewhere"),
+        (["--write_encoded", str(kept)],
+         f"--write_encoded {kept}: exists; pass --overwrite_output_dir true to replace it, or another name"),
+        (["--output_dir", str(tiny)], f"--output_dir {tiny} is the --model_name_or_path folder"),
+    ]  # fmt: skip
+    for flags, message in cases:
+        capsys.readouterr()
+        assert main(["data", str(config), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(f"ptune data: error: {message}") and err.count("\n") == 1, err
+    assert _snapshot(data, tiny, tmp_path) == before
+    assert main(["data", str(config), "--write_encoded", str(kept), "--overwrite_output_dir", "true"]) == 0
+    assert json.loads(kept.read_text(encoding="utf-8").splitlines()[0])["split"] == "train"
