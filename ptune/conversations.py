@@ -144,10 +144,26 @@ def row_format(row: dict, data_columns: dict | None = None) -> str | None:
 
 
 def check_same_format(fmt: str, row: dict, where: str, data_columns: dict | None) -> None:
-    """A row of another format than the file's first is an error naming both."""
+    """A row of another format than the file's first is an error naming both. A row that can be read as
+    `fmt` is fine even when detection would say otherwise (--data_columns can give messages and
+    conversations the same key; a message may carry both role tags)."""
+    if _fits(row, fmt, data_columns):
+        return
     found = row_format(row, data_columns)
     if found is not None and found != fmt and fmt != "prompt_response":
         raise UserError(f"{where}: a {found} row in a {fmt} file (mixed formats; keys {sorted(row)})")
+
+
+def _fits(row: dict, fmt: str, data_columns: dict | None) -> bool:
+    """Whether a row has `fmt`'s keys: its message list (whose first entry has the format's role tag) or,
+    for alpaca, the prompt and response keys."""
+    names = Mapping.of(fmt, data_columns)
+    if fmt == "alpaca":
+        return names["prompt"] in row and names["response"] in row
+    items = row.get(names["messages"]) if names["messages"] else None
+    if not isinstance(items, list):
+        return False
+    return not items or not isinstance(items[0], dict) or names["role_tag"] in items[0]
 
 
 def _text(value: Any, where: str, name: str, required: bool = True) -> str:
@@ -242,7 +258,8 @@ def _message(item: dict, names: Mapping, where: str, at: str) -> tuple[list[dict
         result = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
         call = {"role": "assistant", "content": "", "tool_call": {"name": name, "arguments": parameters}}
         return [call, {"role": "observation", "content": result}], None
-    content = _text(item.get(content_tag), where, f"{at}.{content_tag}", required=role == "system")
+    # a system message may be tools alone; any other message without its text is a data error, never ""
+    content = _text(item.get(content_tag), where, f"{at}.{content_tag}", required=role != "system")
     if role == "function":  # sharegpt: {"name": ..., "arguments": {...}} as JSON text
         try:
             call = json.loads(content)
