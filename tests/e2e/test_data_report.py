@@ -113,3 +113,15 @@ def test_data_report_never_replaces_data_models_or_files(tiny, tmp_path, hf_cach
     assert _snapshot(data, tiny, tmp_path) == before
     assert main(["data", str(config), "--write_encoded", str(kept), "--overwrite_output_dir", "true"]) == 0
     assert json.loads(kept.read_text(encoding="utf-8").splitlines()[0])["split"] == "train"
+
+
+def test_data_report_reads_the_files_inside_data_dir(tiny, tmp_path, hf_cache, capsys):
+    # THUDM's finetune_demo layout: relative file names, read inside --data_dir as ptune train reads them
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(DEMO, data / "train.json")
+    config = _config(tmp_path, tiny, train_file="train.json", validation_file="train.json")
+    assert main(["data", str(config), "--data_dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"== train: {data / 'train.json'}\nrows 8, kept 7\n" in out
+    assert f"== eval: {data / 'train.json'}\nrows 8, kept 7\n" in out
