@@ -188,13 +188,19 @@ def _tools(value: Any, where: str, name: str, allow_text: bool) -> list | None:
     return value
 
 
-def _check_order(messages: list[dict], where: str, key: str, require_answer: bool) -> None:
-    """System only first; the first message after it a user one; an assistant message somewhere."""
+def _check_order(
+    messages: list[dict], where: str, key: str, require_answer: bool, origins: list[str] | None = None
+) -> None:
+    """System only first; the first message after it a user one; an assistant message somewhere.
+    `origins`: the field each message came from (a file's entry can give two messages, or none of them)."""
     if not messages:
         raise UserError(f"{where}: {key}: empty conversation")
     for i, m in enumerate(messages):
         if m["role"] == "system" and i > 0:
-            raise UserError(f"{where}: {key}[{i}].role: a system message must come first")
+            at = origins[i] if origins else f"{key}[{i}]"
+            if messages[0]["role"] == "system":
+                raise UserError(f"{where}: {at}.role: a second system message (one, first, is allowed)")
+            raise UserError(f"{where}: {at}.role: a system message must come first")
     rest = messages[1:] if messages[0]["role"] == "system" else messages
     if not rest or rest[0]["role"] != "user":
         raise UserError(f"{where}: {key}: the first message after the system prompt must be a user message")
@@ -219,6 +225,7 @@ def parse_row(
     messages: list[dict] = []
     if fmt == "sharegpt" and row.get(names["system"]):
         messages.append({"role": "system", "content": _text(row[names["system"]], where, names["system"])})
+    origins = [names["system"]] * len(messages)
     for i, item in enumerate(items):
         at = f"{key}[{i}]"
         if not isinstance(item, dict):
@@ -229,7 +236,8 @@ def parse_row(
                 raise UserError(f"{where}: {at}.tools: tools are given twice (also at the top)")
             tools = item_tools
         messages.extend(new)
-    _check_order(messages, where, key, require_answer)
+        origins += [at] * len(new)
+    _check_order(messages, where, key, require_answer, origins)
     return Conversation(tuple(messages), tools)
 
 
