@@ -125,3 +125,11 @@ def test_data_report_reads_the_files_inside_data_dir(tiny, tmp_path, hf_cache, c
     out = capsys.readouterr().out
     assert f"== train: {data / 'train.json'}\nrows 8, kept 7\n" in out
     assert f"== eval: {data / 'train.json'}\nrows 8, kept 7\n" in out
+
+
+@pytest.mark.parametrize("flag,split", [("--validation_file", "eval"), ("--test_file", "predict")])
+def test_data_report_of_a_config_without_train_file(tiny, tmp_path, hf_cache, capsys, flag, split):
+    config = _config(tmp_path, tiny, train_file=None, validation_file=None)
+    assert main(["data", str(config), flag, str(DEMO)]) == 0
+    out = capsys.readouterr().out
+    assert f"== {split}: {DEMO}\nrows 8, kept " in out and "== train" not in out
