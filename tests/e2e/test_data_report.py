@@ -133,3 +133,19 @@ def test_data_report_of_a_config_without_train_file(tiny, tmp_path, hf_cache, ca
     assert main(["data", str(config), flag, str(DEMO)]) == 0
     out = capsys.readouterr().out
     assert f"== {split}: {DEMO}\nrows 8, kept " in out and "== train" not in out
+
+
+def test_an_alpaca_csv_encodes_as_its_json_twin(tiny, tmp_path, hf_cache):
+    rows = [
+        {"instruction": "翻译", "input": "hello", "output": "你好"},
+        {"instruction": "写诗", "input": "", "output": "床"},
+    ]
+    (tmp_path / "a.json").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    (tmp_path / "a.csv").write_text("instruction,input,output\n翻译,hello,你好\n写诗,,床\n", "utf-8")
+    written = []
+    for name in ("a.json", "a.csv"):
+        config = _config(tmp_path, tiny, train_file=str(tmp_path / name), validation_file=None)
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["data", str(config), "--overwrite_output_dir", "true", "--write_encoded", str(out)]) == 0
+        written.append([json.loads(line) for line in out.read_text("utf-8").splitlines()])
+    assert len(written[0]) == 2 and written[0] == written[1]
