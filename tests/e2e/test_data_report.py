@@ -149,3 +149,13 @@ def test_an_alpaca_csv_encodes_as_its_json_twin(tiny, tmp_path, hf_cache):
         assert main(["data", str(config), "--overwrite_output_dir", "true", "--write_encoded", str(out)]) == 0
         written.append([json.loads(line) for line in out.read_text("utf-8").splitlines()])
     assert len(written[0]) == 2 and written[0] == written[1]
+
+
+def test_source_prefix_is_refused_for_conversations(tiny, tmp_path, hf_cache, capsys):
+    config = _config(tmp_path, tiny)
+    assert main(["data", str(config), "--source_prefix", "前缀"]) == 2
+    assert capsys.readouterr().err == (
+        f"ptune data: error: --source_prefix is for prompt_response data; {DEMO} is conversations: put the text "
+        "in a system message (or ptune chat --system) instead\n"
+    )
+    assert not (tmp_path / "out").exists()
