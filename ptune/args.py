@@ -270,7 +270,10 @@ class DataTrainingArguments:
         metadata={"help": "Leave padding out of the loss and of the decoded reference answers."},
     )
     source_prefix: str = field(
-        default="", metadata={"help": "Text put in front of every prompt (before the chat formatting)."}
+        default="",
+        metadata={
+            "help": "Text put in front of every prompt (before the chat formatting); prompt_response data only."
+        },
     )
     forced_bos_token: str | None = field(
         default=None, metadata={"help": "THUDM flag, unused (for encoder-decoder translation models)."}

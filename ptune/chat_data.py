@@ -210,6 +210,11 @@ def encode_split(path, tok, data_args, max_target: int, max_samples, split: str,
             tok, data_args.max_source_length, max_target, data_args.source_prefix or "", require
         )
     else:
+        if data_args.source_prefix:  # never dropped silently: a conversation has its system message for it
+            raise UserError(
+                f"--source_prefix is for prompt_response data; {path} is {fmt}: put the text in a system "
+                "message (or ptune chat --system) instead"
+            )
         rows = load_conversations(path, fmt, getattr(data_args, "data_columns", None), require, cache_dir)
         encoder = make_conversation_encoder(tok, str(path), data_args.max_source_length, max_target, split)
     if max_samples is not None:

@@ -173,13 +173,34 @@ def encode_conversation(tok: Any, conversation: Any, max_length: int) -> Encoded
         if len(ids) <= max_length:
             return Encoded(ids, masked_labels(ids, learned), lost_turns=lost)
     last = turns[-1]
+    full = family.conversation_ids(tok, conversation.with_turns([last]))
     for keep in range(len(last) - 1, 0, -1):
         if last[keep - 1]["role"] != "assistant":
             continue
-        ids, learned = family.conversation_ids(tok, conversation.with_turns([last[:keep]]))
+        cut = family.conversation_ids(tok, conversation.with_turns([last[:keep]]))
+        ids, learned = end_as_in_full(*cut, *full)
         if len(ids) <= max_length:
             return Encoded(ids, masked_labels(ids, learned), len(turns) - 1, cut=len(last) - keep)
     return Encoded(dropped=f"longer than {max_length} tokens even with only its last turn's first answer")
+
+
+def end_as_in_full(
+    ids: Sequence[int], learned: Sequence[bool], full_ids: Sequence[int], full_learned: Sequence[bool]
+) -> tuple[list[int], list[bool]]:
+    """A conversation cut after an assistant message mid-turn ends with the family's end id (ChatGLM3 `</s>`,
+    GLM-4 `<|user|>`), but there the whole conversation goes on with the next message's role token (after
+    a tool call `<|observation|>`), which is what the model must learn to say at that point, not to stop.
+    When `ids` are `full_ids` but for their last id, and both learn that position, the full one's id is kept.
+    """
+    n = len(ids)
+    if (
+        0 < n < len(full_ids)
+        and list(full_ids[: n - 1]) == list(ids[: n - 1])
+        and learned[-1]
+        and full_learned[n - 1]
+    ):
+        return [*ids[:-1], full_ids[n - 1]], list(learned)
+    return list(ids), list(learned)
 
 
 def encode_last_answer(tok: Any, conversation: Any, max_source: int, max_target: int) -> Encoded:

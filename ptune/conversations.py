@@ -144,10 +144,26 @@ def row_format(row: dict, data_columns: dict | None = None) -> str | None:
 
 
 def check_same_format(fmt: str, row: dict, where: str, data_columns: dict | None) -> None:
-    """A row of another format than the file's first is an error naming both."""
+    """A row of another format than the file's first is an error naming both. A row that can be read as
+    `fmt` is fine even when detection would say otherwise (--data_columns can give messages and
+    conversations the same key; a message may carry both role tags)."""
+    if _fits(row, fmt, data_columns):
+        return
     found = row_format(row, data_columns)
     if found is not None and found != fmt and fmt != "prompt_response":
         raise UserError(f"{where}: a {found} row in a {fmt} file (mixed formats; keys {sorted(row)})")
+
+
+def _fits(row: dict, fmt: str, data_columns: dict | None) -> bool:
+    """Whether a row has `fmt`'s keys: its message list (whose first entry has the format's role tag) or,
+    for alpaca, the prompt and response keys."""
+    names = Mapping.of(fmt, data_columns)
+    if fmt == "alpaca":
+        return names["prompt"] in row and names["response"] in row
+    items = row.get(names["messages"]) if names["messages"] else None
+    if not isinstance(items, list):
+        return False
+    return not items or not isinstance(items[0], dict) or names["role_tag"] in items[0]
 
 
 def _text(value: Any, where: str, name: str, required: bool = True) -> str:
@@ -172,13 +188,19 @@ def _tools(value: Any, where: str, name: str, allow_text: bool) -> list | None:
     return value
 
 
-def _check_order(messages: list[dict], where: str, key: str, require_answer: bool) -> None:
-    """System only first; the first message after it a user one; an assistant message somewhere."""
+def _check_order(
+    messages: list[dict], where: str, key: str, require_answer: bool, origins: list[str] | None = None
+) -> None:
+    """System only first; the first message after it a user one; an assistant message somewhere.
+    `origins`: the field each message came from (a file's entry can give two messages, or none of them)."""
     if not messages:
         raise UserError(f"{where}: {key}: empty conversation")
     for i, m in enumerate(messages):
         if m["role"] == "system" and i > 0:
-            raise UserError(f"{where}: {key}[{i}].role: a system message must come first")
+            at = origins[i] if origins else f"{key}[{i}]"
+            if messages[0]["role"] == "system":
+                raise UserError(f"{where}: {at}.role: a second system message (one, first, is allowed)")
+            raise UserError(f"{where}: {at}.role: a system message must come first")
     rest = messages[1:] if messages[0]["role"] == "system" else messages
     if not rest or rest[0]["role"] != "user":
         raise UserError(f"{where}: {key}: the first message after the system prompt must be a user message")
@@ -203,6 +225,7 @@ def parse_row(
     messages: list[dict] = []
     if fmt == "sharegpt" and row.get(names["system"]):
         messages.append({"role": "system", "content": _text(row[names["system"]], where, names["system"])})
+    origins = [names["system"]] * len(messages)
     for i, item in enumerate(items):
         at = f"{key}[{i}]"
         if not isinstance(item, dict):
@@ -213,7 +236,8 @@ def parse_row(
                 raise UserError(f"{where}: {at}.tools: tools are given twice (also at the top)")
             tools = item_tools
         messages.extend(new)
-    _check_order(messages, where, key, require_answer)
+        origins += [at] * len(new)
+    _check_order(messages, where, key, require_answer, origins)
     return Conversation(tuple(messages), tools)
 
 
@@ -242,7 +266,8 @@ def _message(item: dict, names: Mapping, where: str, at: str) -> tuple[list[dict
         result = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
         call = {"role": "assistant", "content": "", "tool_call": {"name": name, "arguments": parameters}}
         return [call, {"role": "observation", "content": result}], None
-    content = _text(item.get(content_tag), where, f"{at}.{content_tag}", required=role == "system")
+    # a system message may be tools alone; any other message without its text is a data error, never ""
+    content = _text(item.get(content_tag), where, f"{at}.{content_tag}", required=role != "system")
     if role == "function":  # sharegpt: {"name": ..., "arguments": {...}} as JSON text
         try:
             call = json.loads(content)

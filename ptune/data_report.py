@@ -86,12 +86,13 @@ def draw(splits: list[tuple[str, list[int], list[int], int, int]]):
 
 
 def _splits(data_args):
-    """(split, file, max_target_length, max_samples) of every file the config names."""
+    """(split, file, max_target_length, max_samples) of every file the config names, inside --data_dir as
+    train / eval / predict read it."""
     d = data_args
     candidates = (
-        ("train", d.train_file, d.max_target_length, d.max_train_samples),
-        ("eval", d.validation_file, d.val_max_target_length, d.max_eval_samples),
-        ("predict", d.test_file, d.val_max_target_length, d.max_predict_samples),
+        ("train", d.data_file(d.train_file), d.max_target_length, d.max_train_samples),
+        ("eval", d.data_file(d.validation_file), d.val_max_target_length, d.max_eval_samples),
+        ("predict", d.data_file(d.test_file), d.val_max_target_length, d.max_predict_samples),
     )
     return [c for c in candidates if c[1] is not None]
 

@@ -318,8 +318,8 @@ def parse_args(
         generation = _build(GenerationArguments, values)
         training = _build(TrainingArguments, values)
         _check_together(model, data, training, generation)
-    except BadArgument as error:
-        raise UserError(_from_config_only(error, config, flag_keys)) from None
+    except BadArgument as error:  # still a BadArgument: `ptune data` tries the next verb on a missing file
+        raise BadArgument(_from_config_only(error, config, flag_keys), *error.names) from None
     if generation.max_new_tokens is None:
         generation.max_new_tokens = data.val_max_target_length
     return model, data, training, generation

@@ -113,3 +113,49 @@ def test_data_report_never_replaces_data_models_or_files(tiny, tmp_path, hf_cach
     assert _snapshot(data, tiny, tmp_path) == before
     assert main(["data", str(config), "--write_encoded", str(kept), "--overwrite_output_dir", "true"]) == 0
     assert json.loads(kept.read_text(encoding="utf-8").splitlines()[0])["split"] == "train"
+
+
+def test_data_report_reads_the_files_inside_data_dir(tiny, tmp_path, hf_cache, capsys):
+    # THUDM's finetune_demo layout: relative file names, read inside --data_dir as ptune train reads them
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(DEMO, data / "train.json")
+    config = _config(tmp_path, tiny, train_file="train.json", validation_file="train.json")
+    assert main(["data", str(config), "--data_dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"== train: {data / 'train.json'}\nrows 8, kept 7\n" in out
+    assert f"== eval: {data / 'train.json'}\nrows 8, kept 7\n" in out
+
+
+@pytest.mark.parametrize("flag,split", [("--validation_file", "eval"), ("--test_file", "predict")])
+def test_data_report_of_a_config_without_train_file(tiny, tmp_path, hf_cache, capsys, flag, split):
+    config = _config(tmp_path, tiny, train_file=None, validation_file=None)
+    assert main(["data", str(config), flag, str(DEMO)]) == 0
+    out = capsys.readouterr().out
+    assert f"== {split}: {DEMO}\nrows 8, kept " in out and "== train" not in out
+
+
+def test_an_alpaca_csv_encodes_as_its_json_twin(tiny, tmp_path, hf_cache):
+    rows = [
+        {"instruction": "翻译", "input": "hello", "output": "你好"},
+        {"instruction": "写诗", "input": "", "output": "床"},
+    ]
+    (tmp_path / "a.json").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    (tmp_path / "a.csv").write_text("instruction,input,output\n翻译,hello,你好\n写诗,,床\n", "utf-8")
+    written = []
+    for name in ("a.json", "a.csv"):
+        config = _config(tmp_path, tiny, train_file=str(tmp_path / name), validation_file=None)
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["data", str(config), "--overwrite_output_dir", "true", "--write_encoded", str(out)]) == 0
+        written.append([json.loads(line) for line in out.read_text("utf-8").splitlines()])
+    assert len(written[0]) == 2 and written[0] == written[1]
+
+
+def test_source_prefix_is_refused_for_conversations(tiny, tmp_path, hf_cache, capsys):
+    config = _config(tmp_path, tiny)
+    assert main(["data", str(config), "--source_prefix", "前缀"]) == 2
+    assert capsys.readouterr().err == (
+        f"ptune data: error: --source_prefix is for prompt_response data; {DEMO} is conversations: put the text "
+        "in a system message (or ptune chat --system) instead\n"
+    )
+    assert not (tmp_path / "out").exists()

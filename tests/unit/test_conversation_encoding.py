@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ptune.chat_format import encode_conversation, encode_last_answer
+from ptune.chat_format import encode_conversation, encode_last_answer, end_as_in_full
 from ptune.conversations import parse_row
 from ptune.errors import UserError
 
@@ -281,10 +281,20 @@ def test_truncation_drops_oldest_turns_keeps_system_and_counts():
 def test_a_too_long_last_turn_is_cut_after_an_answer():
     one_turn = parse_row({"conversations": ROW["conversations"][:4]}, "conversations", "t:1", None, True)
     expected = assemble([([G, SOP], F), ([SYS] + chars("\nS"), F), ([U] + chars("\nq"), F), ([A], F),
-                         (chars("f\n```python\ntool_call(x=1)\n```"), T), ([EOS], T)])  # fmt: skip
+                         (chars("f\n```python\ntool_call(x=1)\n```"), T), ([OBS], T)])  # fmt: skip
     encoded = encode_conversation(CHATGLM3, one_turn, len(expected[0]))
     assert (encoded.input_ids, encoded.labels) == expected
     assert (encoded.lost_turns, encoded.cut) == (0, 2)  # observation and answer cut
+    # the call ends with <|observation|> as in the whole conversation (not </s>: "stop after a tool call")
+
+
+def test_a_cut_ends_with_the_id_the_whole_conversation_learns_there():
+    # pure: ids cut after an answer end with an end id (9); the whole conversation has 7 there, learned
+    assert end_as_in_full([1, 2, 9], [F, T, T], [1, 2, 7, 3, 4], [F, T, T, T, F]) == ([1, 2, 7], [F, T, T])
+    # the whole one differs before the end, or does not learn that position: the cut stays as it is
+    assert end_as_in_full([1, 5, 9], [F, T, T], [1, 2, 7, 3], [F, T, T, T]) == ([1, 5, 9], [F, T, T])
+    assert end_as_in_full([1, 2, 9], [F, T, T], [1, 2, 7, 3], [F, T, F, T]) == ([1, 2, 9], [F, T, T])
+    assert end_as_in_full([1, 2, 9], [F, T, T], [1, 2, 9], [F, T, T]) == ([1, 2, 9], [F, T, T])
 
 
 def test_eval_example_is_the_last_answer():

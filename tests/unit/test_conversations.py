@@ -91,9 +91,19 @@ A = {"role": "assistant", "content": "a"}
          "f.json:3: messages: the first message after the system prompt must be a user message"),
         ({"messages": [U, A, {"role": "system", "content": "s"}]}, "messages",
          "f.json:3: messages[2].role: a system message must come first"),
+        ({"messages": [{"role": "system", "content": "s"}, U, {"role": "system", "content": "t"}, A]}, "messages",
+         "f.json:3: messages[2].role: a second system message (one, first, is allowed)"),
+        ({"system": "s", "conversations": [{"from": "system", "value": "t"}, {"from": "human", "value": "q"}]},
+         "sharegpt", "f.json:3: conversations[0].role: a second system message (one, first, is allowed)"),
+        ({"conversations": [U, {"role": "tool", "name": "f", "observation": "7"}, A, {"role": "system", "content": "s"}]},
+         "conversations", "f.json:3: conversations[3].role: a system message must come first"),
         ({"conversations": "q"}, "conversations", "f.json:3: conversations: must be a list of messages, got str"),
         ({"prompt": "q"}, "messages", "f.json:3: no 'messages' field (a messages file; keys ['prompt'])"),
         ({"instruction": "i"}, "alpaca", "f.json:3: output: must be a string, got nothing"),
+        ({"conversations": [{"role": "user"}, A]}, "conversations",
+         "f.json:3: conversations[0].content: must be a string, got nothing"),
+        ({"messages": [U, {"role": "assistant", "content": None}]}, "messages",
+         "f.json:3: messages[1].content: must be a string, got nothing"),
     ],
 )  # fmt: skip
 def test_bad_rows_name_line_and_field(row, fmt, message):
@@ -110,3 +120,27 @@ def test_mixed_formats_are_refused():
         == "f.json:2: a messages row in a conversations file (mixed formats; keys ['messages'])"
     )
     check_same_format("conversations", {"conversations": [U, A]}, "f.json:2", None)  # the same format: fine
+
+
+def test_a_system_message_may_hold_only_tools():
+    row = {"messages": [{"role": "system", "tools": [{"name": "f"}]}, U, A]}
+    assert parse_row(row, "messages", "f:1", None, True) == Conversation(
+        ({"role": "system", "content": ""}, U, A), [{"name": "f"}]
+    )
+
+
+def test_a_row_of_the_given_format_is_not_called_mixed():
+    # --data_columns gives conversations and messages one key: the file's format is the one asked for
+    columns = {"messages": "dialog"}
+    check_same_format("conversations", {"dialog": [U, A]}, "f.json:2", columns)
+    assert parse_row({"dialog": [U, A]}, "conversations", "f:2", columns, True).messages == (U, A)
+    both = {"conversations": [{"from": "human", "value": "q", **U}, {"from": "gpt", "value": "a", **A}]}
+    check_same_format("conversations", both, "f.json:2", None)  # both role tags: read as asked
+    check_same_format("sharegpt", both, "f.json:2", None)
+    with pytest.raises(UserError) as error:  # a sharegpt row in a conversations file is still refused
+        check_same_format(
+            "conversations", {"conversations": [{"from": "human", "value": "q"}]}, "f.json:2", None
+        )
+    assert str(error.value) == (
+        "f.json:2: a sharegpt row in a conversations file (mixed formats; keys ['conversations'])"
+    )
