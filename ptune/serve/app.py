@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ptune.chat_format import encode_messages
 from ptune.errors import UserError
@@ -181,7 +182,11 @@ async def page(request: Request) -> FileResponse:
 async def chat_completions(request: Request) -> Response:
     """Check the request, queue it (429 past the queue, 503 while draining), then answer whole or streamed."""
     scheduler: Scheduler = request.app.state.scheduler
-    chat = parse_chat_request(await request.body())
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone before its body was in: nobody to answer, nothing to log
+        return Response(status_code=499)
+    chat = parse_chat_request(body)
     job, events = _job(chat, request.app.state.served)
     try:
         accepted = scheduler.submit(job)
