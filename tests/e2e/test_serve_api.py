@@ -192,6 +192,8 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
         (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
          "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
         (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
+        (["--api_key", "clé"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
+        (["--api_key", " sk-1"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
     ]  # fmt: skip
     try:
