@@ -211,17 +211,7 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
         prompt = encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
     except UserError as e:
         raise ApiError(400, str(e), param="messages") from None
-    room = served.max_length - len(prompt)
-    wanted = chat.requested_tokens
-    max_tokens = wanted if wanted is not None else min(served.max_new_tokens, room)
-    if max_tokens > room or room <= 0:
-        raise ApiError(
-            400,
-            f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is more than this server's "
-            f"limit of {served.max_length} tokens (--max_length)",
-            code="context_length_exceeded",
-            param="max_tokens" if wanted is not None else "messages",
-        )
+    max_tokens = answer_budget(len(prompt), chat.requested_tokens, served)
     temperature = 1.0 if chat.temperature is None else chat.temperature  # OpenAI's default
     sampling = Sampling(temperature, 1.0 if chat.top_p is None else chat.top_p, chat.seed)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -233,6 +223,21 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
             pass
 
     return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events
+
+
+def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int:
+    """max_tokens for a prompt: the request's, or else --max_new_tokens cut to the room --max_length leaves;
+    ApiError 400 (context_length_exceeded) when the prompt plus it does not fit."""
+    room = served.max_length - prompt_tokens
+    if wanted is None and room <= 0:
+        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) leaves no room for an answer within this "
+                       f"server's limit of {served.max_length} tokens (--max_length)",
+                       code="context_length_exceeded", param="messages")  # fmt: skip
+    if wanted is not None and wanted > room:
+        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) is more than this "
+                       f"server's limit of {served.max_length} tokens (--max_length)",
+                       code="context_length_exceeded", param="max_tokens")  # fmt: skip
+    return wanted if wanted is not None else min(served.max_new_tokens, room)
 
 
 async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str) -> Response:
