@@ -122,6 +122,10 @@ BAD = [  # (body, status, message)
     (chat_body("p2", "hi", temperature="hot"), 400, "temperature: Input should be a valid number"),
     (chat_body("p2", "hi", max_tokens=5000), 400, "the prompt (9 tokens) plus max_tokens (5000) is more than this "
      "server's limit of 2048 tokens (--max_length)"),
+    ({"model": "p2", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "messages.0.content: only text parts are supported, got a part of type 'image_url'"),
+    ({"model": "p2", "messages": [{"role": "user", "content": None}]}, 400,
+     "messages.0.content: must be a string or a list of text parts, got null"),
     ({"model": "p2", "messages": [{"role": "user", "content": "hi " * 700}]}, 400, "the prompt (2107 tokens) "
      "leaves no room for an answer within this server's limit of 2048 tokens (--max_length)"),
 ]  # fmt: skip
