@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ptune.chat_format import encode_messages
 from ptune.errors import UserError
@@ -181,7 +182,11 @@ async def page(request: Request) -> FileResponse:
 async def chat_completions(request: Request) -> Response:
     """Check the request, queue it (429 past the queue, 503 while draining), then answer whole or streamed."""
     scheduler: Scheduler = request.app.state.scheduler
-    chat = parse_chat_request(await request.body())
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone before its body was in: nobody to answer, nothing to log
+        return Response(status_code=499)
+    chat = parse_chat_request(body)
     job, events = _job(chat, request.app.state.served)
     try:
         accepted = scheduler.submit(job)
@@ -206,17 +211,7 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
         prompt = encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
     except UserError as e:
         raise ApiError(400, str(e), param="messages") from None
-    room = served.max_length - len(prompt)
-    wanted = chat.requested_tokens
-    max_tokens = wanted if wanted is not None else min(served.max_new_tokens, room)
-    if max_tokens > room or room <= 0:
-        raise ApiError(
-            400,
-            f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is more than this server's "
-            f"limit of {served.max_length} tokens (--max_length)",
-            code="context_length_exceeded",
-            param="max_tokens" if wanted is not None else "messages",
-        )
+    max_tokens = answer_budget(len(prompt), chat.requested_tokens, served)
     temperature = 1.0 if chat.temperature is None else chat.temperature  # OpenAI's default
     sampling = Sampling(temperature, 1.0 if chat.top_p is None else chat.top_p, chat.seed)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -228,6 +223,21 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
             pass
 
     return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events
+
+
+def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int:
+    """max_tokens for a prompt: the request's, or else --max_new_tokens cut to the room --max_length leaves;
+    ApiError 400 (context_length_exceeded) when the prompt plus it does not fit."""
+    room = served.max_length - prompt_tokens
+    if wanted is None and room <= 0:
+        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) leaves no room for an answer within this "
+                       f"server's limit of {served.max_length} tokens (--max_length)",
+                       code="context_length_exceeded", param="messages")  # fmt: skip
+    if wanted is not None and wanted > room:
+        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) is more than this "
+                       f"server's limit of {served.max_length} tokens (--max_length)",
+                       code="context_length_exceeded", param="max_tokens")  # fmt: skip
+    return wanted if wanted is not None else min(served.max_new_tokens, room)
 
 
 async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str) -> Response:

@@ -24,6 +24,7 @@ from ptune.errors import UserError
 from ptune.parse import Parser
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Bearer header carries as sent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +116,10 @@ def check_limits(args: argparse.Namespace) -> None:
         raise UserError(f"--port {args.port}: not a port number")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api_key is empty")
+    if args.api_key is not None and not API_KEY.match(args.api_key):
+        # Starlette reads header bytes as latin-1 and the openai client refuses to send anything but ASCII,
+        # so such a key could never be given: say so at start rather than answer 401 forever (the key itself is not echoed).
+        raise UserError("--api_key must be printable ASCII without spaces (an HTTP header carries no other)")
 
 
 def load(

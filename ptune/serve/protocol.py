@@ -15,6 +15,7 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ptune.families.base import Message
 
@@ -53,6 +54,22 @@ class TextPart(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v):
+        # Said here: pydantic's own message for the union would name its first branch ("content.str: Input
+        # should be a valid string") and hide what is wrong.
+        if v is None:
+            raise PydanticCustomError("content", "must be a string or a list of text parts, got null")
+        for part in v if isinstance(v, list) else ():
+            if isinstance(part, dict) and part.get("type", "text") != "text":
+                raise PydanticCustomError(
+                    "content",
+                    "only text parts are supported, got a part of type {kind}",
+                    {"kind": repr(part["type"])},
+                )
+        return v
 
     def as_message(self) -> Message:
         """The family-level message: developer is OpenAI's new name for system; text parts joined."""

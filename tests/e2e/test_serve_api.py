@@ -122,6 +122,12 @@ BAD = [  # (body, status, message)
     (chat_body("p2", "hi", temperature="hot"), 400, "temperature: Input should be a valid number"),
     (chat_body("p2", "hi", max_tokens=5000), 400, "the prompt (9 tokens) plus max_tokens (5000) is more than this "
      "server's limit of 2048 tokens (--max_length)"),
+    ({"model": "p2", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "messages.0.content: only text parts are supported, got a part of type 'image_url'"),
+    ({"model": "p2", "messages": [{"role": "user", "content": None}]}, 400,
+     "messages.0.content: must be a string or a list of text parts, got null"),
+    ({"model": "p2", "messages": [{"role": "user", "content": "hi " * 700}]}, 400, "the prompt (2107 tokens) "
+     "leaves no room for an answer within this server's limit of 2048 tokens (--max_length)"),
 ]  # fmt: skip
 
 
@@ -192,6 +198,8 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
         (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
          "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
         (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
+        (["--api_key", "clé"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
+        (["--api_key", " sk-1"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
     ]  # fmt: skip
     try:
