@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from ptune.chat_format import encode_messages
@@ -59,6 +60,7 @@ class Served:
     max_length: int = 2048
     max_new_tokens: int = 512
     api_key: str | None = None
+    allowed_hosts: list[str] | None = None  # Host headers answered (None: any); see serve.cli.allowed_hosts
     created: int = field(default_factory=lambda: int(time.time()))
 
     def model_list(self) -> list[dict]:
@@ -136,6 +138,8 @@ def create_app(scheduler: Scheduler, served: Served) -> FastAPI:
     app.state.scheduler, app.state.served = scheduler, served
     if served.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=served.api_key)
+    if served.allowed_hosts is not None:  # added last: runs first, before the key is even looked at
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=served.allowed_hosts)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ApiError, api_error)
     app.add_api_route("/health", health, methods=["GET"])

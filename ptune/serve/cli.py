@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000, help="Port (default %(default)s; 0: any free port).")
     p.add_argument(
+        "--allowed_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="On a loopback --host, a Host header to accept besides 127.0.0.1, localhost and [::1] (repeatable; "
+        "a reverse proxy's name; '*': any).",
+    )
+    p.add_argument(
         "--api_key",
         default=os.environ.get("PTUNE_API_KEY"),
         help="Require 'Authorization: Bearer KEY' on every path but /health (default: $PTUNE_API_KEY).",
@@ -191,6 +199,23 @@ def build(args: argparse.Namespace):
     return scheduler, served, f"{tok.family}, {model.device}"
 
 
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """The Host headers a server listening on `host` answers; None: any.
+
+    Bound to a loopback address, only this machine's own names: a web page the user visits could otherwise
+    reach the server through DNS rebinding (its name resolving to 127.0.0.1) and read the answers. Listening on
+    another address, any name clients use is fine (and an --api_key is what guards it)."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or "*" in extra:
+        return None
+    return ["127.0.0.1", "localhost", "[::1]", *(name.lower() for name in extra)]
+
+
 def main(argv: list[str]) -> int:
     """`ptune serve`: load, bind, serve until SIGTERM or Ctrl-C; 0 after a clean stop."""
     from ptune.serve.app import create_app
@@ -207,6 +232,7 @@ def main(argv: list[str]) -> int:
     if args.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
               file=sys.stderr)  # fmt: skip
+    served.allowed_hosts = allowed_hosts(host, args.allowed_host)
     config = uvicorn.Config(create_app(scheduler, served), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
     server = DrainingServer(config, scheduler)

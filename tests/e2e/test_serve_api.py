@@ -208,3 +208,22 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
             assert capsys.readouterr().err == f"ptune serve: error: {message}\n"
     finally:
         busy.close()
+
+
+def test_a_loopback_server_answers_only_its_own_host_names(server):
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends `Host: evil.example`; a
+    server bound to loopback answers only 127.0.0.1, localhost and [::1] (with any port)."""
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+        status, text, _ = call(server.port, "GET", "/v1/models", headers={"Host": host})
+        assert (status, text) == (400, "Invalid host header"), host
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "LOCALHOST", f"[::1]:{server.port}"):
+        assert call(server.port, "GET", "/v1/models", headers={"Host": host})[0] == 200, host
+
+
+def test_allowed_hosts_by_address():
+    from ptune.serve.cli import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", []) == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts("::1", ["MyProxy"]) == ["127.0.0.1", "localhost", "[::1]", "myproxy"]
+    assert allowed_hosts("127.0.0.1", ["*"]) is None
+    assert allowed_hosts("0.0.0.0", []) is None and allowed_hosts("192.168.1.5", []) is None
