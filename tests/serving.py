@@ -1,5 +1,5 @@
-"""Test support for `ptune serve`: prefix checkpoints with random prefixes, a real server process on a free
-loopback port, raw HTTP calls, and the answers the server must give (computed with `ptune.generate`)."""
+"""Test support for `ptune serve`: a real server process on a free loopback port, raw HTTP calls, and the
+answers the server must give (computed with `ptune.generate`). Random prefixes: `ptune.serve.bench.random_prefix`."""
 
 from __future__ import annotations
 
@@ -15,21 +15,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_prefix(base: Path, out: Path, pre_seq_len: int, seed: int) -> Path:
-    """A prefix checkpoint folder for `base` with a random (normal-initialised) prefix of `pre_seq_len` rows,
-    written by ptune's own checkpoint writer, as training would leave it."""
-    from ptune.checkpoint import write_prefix_files
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(base)
-    torch.manual_seed(seed)
-    model = load_model(base, pre_seq_len=pre_seq_len, family=tok.family)
-    out.mkdir(parents=True, exist_ok=True)
-    write_prefix_files(model, out, [base / f for f in tok.files])
-    return out
 
 
 def reference_answers(base: Path, checkpoint: Path | None, prompts: list[str], max_new_tokens: int):

@@ -173,25 +173,28 @@ def served_models(url: str) -> tuple[str, list[str]]:
     return data[0]["id"], [m["id"] for m in data[1:]]
 
 
-def random_prefixes(base: str, folder: Path, count: int) -> dict[str, str]:
-    """`count` random 16-token prefixes for `base` (seeded 0..count-1), written under `folder`: the speed of
-    serving does not depend on what a prefix learned."""
+def random_prefix(base: str | Path, out: Path, pre_seq_len: int, seed: int) -> Path:
+    """A prefix checkpoint folder for `base` with a random (normal-initialised, seeded) prefix of `pre_seq_len`
+    rows, written by ptune's own checkpoint writer as training would leave it: the speed of serving does not
+    depend on what a prefix learned (and the tests need prefixes that answer differently)."""
     import torch
 
     from ptune.checkpoint import write_prefix_files
     from ptune.model import load_model
     from ptune.tokenizer import load_tokenizer
 
+    base = Path(base)
     tok = load_tokenizer(base)
-    prefixes = {}
-    for i in range(count):
-        torch.manual_seed(i)
-        model = load_model(base, pre_seq_len=16, family=tok.family, device="cpu")
-        out = folder / f"prefix{i}"
-        out.mkdir()
-        write_prefix_files(model, out, [Path(base) / f for f in tok.files])
-        prefixes[f"prefix{i}"] = str(out)
-    return prefixes
+    torch.manual_seed(seed)
+    model = load_model(base, pre_seq_len=pre_seq_len, family=tok.family, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    write_prefix_files(model, out, [base / f for f in tok.files])
+    return out
+
+
+def random_prefixes(base: str, folder: Path, count: int) -> dict[str, str]:
+    """`count` random 16-token prefixes for `base` (seeded 0..count-1), written under `folder`."""
+    return {f"prefix{i}": str(random_prefix(base, folder / f"prefix{i}", 16, i)) for i in range(count)}
 
 
 def run_in_process(scheduler, tok, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from tests.serving import Server, make_prefix
+from ptune.serve.bench import random_prefix
+from tests.serving import Server
 from tools.tiny import make_tiny_checkpoint
 
 SERVE_PREFIXES = {"p2": 2, "p4": 4, "p8": 8, "p16": 16}  # name: pre_seq_len (seed = pre_seq_len)
@@ -18,7 +19,7 @@ def serve_models(tmp_path_factory):
     """(base folder, {prefix name: checkpoint folder})."""
     root = tmp_path_factory.mktemp("serve")
     base = make_tiny_checkpoint(root / "tiny-chatglm3", "chatglm3")
-    prefixes = {name: make_prefix(base, root / name, n, seed=n) for name, n in SERVE_PREFIXES.items()}
+    prefixes = {name: random_prefix(base, root / name, n, seed=n) for name, n in SERVE_PREFIXES.items()}
     return base, prefixes
 
 

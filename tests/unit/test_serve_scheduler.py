@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from ptune.serve.bench import random_prefix
 from ptune.serve.cli import load
 from ptune.serve.engine import Engine, Sampling
 from ptune.serve.scheduler import Job, Scheduler
-from tests.serving import make_prefix, reference_answers
+from tests.serving import reference_answers
 
 PROMPTS = ["你好", "hello there, how are you doing today?", "类型#上衣*材质#牛仔布*颜色#白色*风格#简约", "a"]
 PREFIXES = {"p2": (2, 11), "p5": (5, 12), "p8": (8, 13)}  # name: (pre_seq_len, seed)
@@ -19,7 +20,7 @@ MAX = 12
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prefixes")
-    paths = {name: make_prefix(tiny, folder / name, n, seed) for name, (n, seed) in PREFIXES.items()}
+    paths = {name: random_prefix(tiny, folder / name, n, seed) for name, (n, seed) in PREFIXES.items()}
     tok, model, encoders = load(str(tiny), {name: str(p) for name, p in paths.items()})
     expected = {None: reference_answers(tiny, None, PROMPTS, MAX)}
     for name, path in paths.items():
@@ -130,7 +131,7 @@ def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path)
     from ptune.generate import GenerationSettings, generate
     from ptune.model import load_model
 
-    prefix = make_prefix(tiny, tmp_path / "p4", 4, 21)
+    prefix = random_prefix(tiny, tmp_path / "p4", 4, 21)
     tok, model, encoders = load(str(tiny), {"p4": str(prefix)}, quantization_bit=bits)
     scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, max_batch=4)
     plan = [(name, prompt) for name in ("p4", None) for prompt in PROMPTS[:2]]
