@@ -8,17 +8,11 @@ import json
 import pytest
 
 from ptune.compare import comparison_rows, format_comparison
-from ptune.errors import UserError
 from ptune.parse import parse_args
 from ptune.predictions import read_predictions, write_predictions
+from tests.parsing import error_of
 
 BASE = ["--model_name_or_path", "m", "--output_dir", "out"]
-
-
-def error_of(verb: str, argv: list[str]) -> str:
-    with pytest.raises(UserError) as caught:
-        parse_args(verb, argv)
-    return str(caught.value)
 
 
 def test_compare_base_is_refused_for_train_and_without_a_prefix(tmp_path):

@@ -18,6 +18,7 @@ from ptune.args import (
 )
 from ptune.errors import UserError
 from ptune.parse import load_config_file, parse_args
+from tests.parsing import BASE, error_of
 
 # THUDM/ChatGLM2-6B ptuning/train.sh and evaluate.sh, flag for flag.
 TRAIN_SH = (
@@ -36,15 +37,6 @@ EVALUATE_SH = (
     "--max_target_length 64 --per_device_eval_batch_size 1 --predict_with_generate --pre_seq_len 128 "
     "--quantization_bit 4"
 ).split()
-BASE = ["--model_name_or_path", "m", "--output_dir", "out", "--train_file", "train.json"]
-
-
-def error_of(verb: str, argv: list[str]) -> str:
-    with pytest.raises(UserError) as caught:
-        parse_args(verb, argv)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def write_config(tmp_path, values: dict, name: str = "cfg.json") -> str:

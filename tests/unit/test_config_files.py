@@ -8,20 +8,11 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.errors import UserError
 from ptune.parse import load_config_file, parse_args
+from tests.parsing import BASE, error_of
 
 # THUDM's own files, copied unchanged (source and commit on each file's first line).
 THUDM = Path(__file__).resolve().parents[1] / "fixtures" / "thudm_finetune_demo"
-BASE = ["--model_name_or_path", "m", "--output_dir", "out", "--train_file", "train.json"]
-
-
-def error_of(verb: str, argv: list[str]) -> str:
-    with pytest.raises(UserError) as caught:
-        parse_args(verb, argv)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def yaml_file(tmp_path, text: str, name: str = "cfg.yaml") -> str:
