@@ -172,6 +172,20 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     return text
 
 
+def add_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """--chat_format, --dtype, --device: how a model is loaded for chatting and serving."""
+    parser.add_argument(
+        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ptune chat",
@@ -186,16 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ptuning_checkpoint",
         help="Prefix checkpoint folder (ptune or THUDM); pre_seq_len and prefix_projection are read from it.",
     )
-    parser.add_argument(
-        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+    add_loading_flags(parser)
     parser.add_argument(
         "--max_length",
         type=int,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import uvicorn
 
-from ptune.args import CHAT_FORMATS
 from ptune.errors import UserError
 from ptune.parse import Parser
 
@@ -28,6 +27,8 @@ API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Be
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ptune.chat import add_loading_flags
+
     p = Parser(prog="ptune serve", description="Serve a base model and its P-Tuning v2 prefixes over an "
                "OpenAI-compatible HTTP API (and a chat page at /).")  # fmt: skip
     p.add_argument(
@@ -80,16 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="max_tokens of a request that gives none (default %(default)s).",
     )
     p.add_argument("--quantization_bit", type=int, choices=(4, 8), help="Quantize the base's linear layers.")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
-    p.add_argument(
-        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
-    )
+    add_loading_flags(p)
     p.add_argument(
         "--shutdown_timeout",
         type=float,
@@ -199,19 +191,23 @@ def build(args: argparse.Namespace):
     return scheduler, served, f"{tok.family}, {model.device}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a --host value or the bound address) is this machine only."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
     """The Host headers a server listening on `host` answers; None: any.
 
     Bound to a loopback address, only this machine's own names: a web page the user visits could otherwise
     reach the server through DNS rebinding (its name resolving to 127.0.0.1) and read the answers. Listening on
     another address, any name clients use is fine (and an --api_key is what guards it)."""
-    import ipaddress
-
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback or "*" in extra:
+    if not is_loopback(host) or "*" in extra:
         return None
     return ["127.0.0.1", "localhost", "[::1]", *(name.lower() for name in extra)]
 
@@ -229,7 +225,7 @@ def main(argv: list[str]) -> int:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
-    if args.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
+    if args.api_key is None and not is_loopback(host):
         print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
               file=sys.stderr)  # fmt: skip
     served.allowed_hosts = allowed_hosts(host, args.allowed_host)
