@@ -116,12 +116,10 @@ def check_outputs(model_args, data_args, training_args, write_to: Path | None) -
     """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
     writable, space), and --write_encoded never replaces a data file, a file of the model folders, or (without
     --overwrite_output_dir) any existing file."""
+    from ptune.recipe import model_folders
     from ptune.rundir import check_output_dir
 
-    folders = {
-        "--model_name_or_path": model_args.model_name_or_path,
-        "--tokenizer_name": model_args.tokenizer_name,
-    }
+    folders = model_folders(model_args)
     check_output_dir(training_args.output_dir, folders)
     if write_to is None:
         return

@@ -29,6 +29,14 @@ from ptune.errors import UserError
 logger = logging.getLogger("ptune")
 
 
+def model_folders(model_args) -> dict[str, str | None]:
+    """The folders a run reads its model from, by flag: nothing ptune writes may land in them."""
+    return {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--tokenizer_name": model_args.tokenizer_name,
+    }
+
+
 class PTuningRecipe:
     """The four parsed argument groups of one verb (`train`, `eval`, `predict`) and what they set up."""
 
@@ -59,9 +67,7 @@ class PTuningRecipe:
         """output_dir may not be the model or tokenizer folder, a file, read-only or full."""
         from ptune.rundir import check_output_dir
 
-        m = self.model_args
-        folders = {"--model_name_or_path": m.model_name_or_path, "--tokenizer_name": m.tokenizer_name}
-        check_output_dir(self.training_args.output_dir, folders)
+        check_output_dir(self.training_args.output_dir, model_folders(self.model_args))
 
     def resume_target(self) -> str | None:
         """`resume_from_checkpoint`: a path, or true for the newest *complete* checkpoint in output_dir;
