@@ -193,8 +193,26 @@ def random_prefix(base: str | Path, out: Path, pre_seq_len: int, seed: int) -> P
 
 
 def random_prefixes(base: str, folder: Path, count: int) -> dict[str, str]:
-    """`count` random 16-token prefixes for `base` (seeded 0..count-1), written under `folder`."""
-    return {f"prefix{i}": str(random_prefix(base, folder / f"prefix{i}", 16, i)) for i in range(count)}
+    """`count` random 16-token prefixes for `base` (seeded 0..count-1), written under `folder`; the base is
+    loaded once (a 6B one takes a while), each prefix a fresh encoder on it."""
+    import torch
+
+    from ptune.checkpoint import write_prefix_files
+    from ptune.model import load_model
+    from ptune.prefix import PrefixEncoder
+    from ptune.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(base)
+    model = load_model(base, pre_seq_len=16, family=tok.family, device="cpu")
+    prefixes = {}
+    for i in range(count):
+        torch.manual_seed(i)
+        model.prefix_encoder = PrefixEncoder(model.prefix_encoder.config)
+        out = folder / f"prefix{i}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_prefix_files(model, out, [Path(base) / f for f in tok.files])
+        prefixes[f"prefix{i}"] = str(out)
+    return prefixes
 
 
 def run_in_process(scheduler, tok, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:
