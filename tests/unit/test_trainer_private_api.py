@@ -1,0 +1,49 @@
+"""PrefixTrainer overrides private Trainer methods where transformers offers no public hook (prefix-only,
+atomic checkpoints; loading the prefix back on resume and for the best model; generation in evaluation).
+A transformers minor may rename or re-sign them without notice: these tests pin, on the installed version,
+that each one still exists with the parameters ptune's override takes, and that the Trainer still calls it,
+so that a new minor fails here, by name, instead of silently skipping ptune's checkpoint writing."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from transformers import Seq2SeqTrainer, Trainer
+
+from ptune.trainer import PrefixTrainer
+
+# what each override does for ptune
+PRIVATE_OVERRIDES = {
+    "_save": "save_model writes the prefix alone",
+    "_get_output_dir": "checkpoints go to output_dir whatever the trial",
+    "_save_checkpoint": "prefix-only checkpoints, staged and renamed (atomic), rotation",
+    "_load_from_checkpoint": "resume loads the prefix back (weights_only / safetensors)",
+    "_load_best_model": "load_best_model_at_end loads the best prefix",
+}
+
+
+def _parameters(function) -> list[tuple[str, object]]:
+    return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()]
+
+
+def test_every_private_override_is_pinned():
+    overridden = {
+        name
+        for name, value in vars(PrefixTrainer).items()
+        if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(Trainer, name)
+    }
+    assert overridden == set(PRIVATE_OVERRIDES)
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
+def test_private_override_matches_the_installed_trainer(name):
+    assert _parameters(getattr(PrefixTrainer, name)) == _parameters(getattr(Seq2SeqTrainer, name))
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
+def test_the_trainer_still_calls_the_override(name):
+    source = inspect.getsource(Trainer)
+    assert f"self.{name}(" in source, (
+        f"transformers' Trainer no longer calls self.{name}: {PRIVATE_OVERRIDES[name]}"
+    )
