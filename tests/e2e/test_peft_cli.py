@@ -6,6 +6,7 @@ is refused in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -80,3 +81,15 @@ def test_what_peft_cannot_load_is_refused_in_one_line(tiny, llama, tmp_path, cap
     argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(llama), "--ptuning_checkpoint", str(lora))
     refused(argv, capsys, str(lora / "adapter_config.json"), "ptune loads prefix-tuning adapters only")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_run_recorded_before_positions_resumes_from_zero(run, llama, tmp_path):
+    """A native run whose checkpoint has no "positions" (trained before the field existed, so from_zero) goes on
+    training from_zero when resumed, not with the after_prefix a fresh native prefix now gets."""
+    out = Path(shutil.copytree(run, tmp_path / "run"))
+    record = json.loads((out / "checkpoint-2" / "prefix_config.json").read_text())
+    del record["positions"]
+    (out / "checkpoint-2" / "prefix_config.json").write_text(json.dumps(record))
+    argv = train_argv(llama, out, "--resume_from_checkpoint", str(out / "checkpoint-2"), steps=4)
+    assert main(argv) == 0
+    assert json.loads((out / "checkpoint-4" / "prefix_config.json").read_text())["positions"] == "from_zero"
