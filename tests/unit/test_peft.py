@@ -221,8 +221,8 @@ def test_other_peft_adapters_and_mismatched_bases_are_refused(llama, tiny, tmp_p
 
 
 def test_serve_engine_numbers_each_row_by_its_prefix(llama, tmp_path):
-    """One batch, three conventions: an after_prefix prefix, a from_zero one (an older record) and none; each
-    row's greedy answer is `generate`'s for its prompt alone."""
+    """One batch, four rows: an after_prefix prefix, the same exported as a PEFT adapter, a from_zero one (an
+    older record) and none; each row's greedy answer is `generate`'s for its prompt alone."""
     from ptune.serve.cli import load
     from ptune.serve.engine import Engine, Sampling
     from ptune.serve.scheduler import Job, Scheduler
@@ -232,24 +232,22 @@ def test_serve_engine_numbers_each_row_by_its_prefix(llama, tmp_path):
     record = json.loads((old / "prefix_config.json").read_text())
     del record["positions"]
     (old / "prefix_config.json").write_text(json.dumps(record))
-    tok, model, encoders = load(str(llama), {"new": str(new), "old": str(old)}, dtype="float32", device="cpu")
-    engine = Engine(model, encoders, tok.pad_token_id)
-    assert (engine.first_position("new"), engine.first_position("old"), engine.first_position(None)) == (
-        3,
-        0,
-        0,
+    adapter = export_checkpoint(new, "peft", tmp_path / "adapter", warn=pytest.fail)
+    paths = {"new": new, "old": old, "peft": adapter}
+    tok, model, encoders = load(
+        str(llama), {k: str(v) for k, v in paths.items()}, dtype="float32", device="cpu"
     )
-    prompts = {"new": IDS[0][:3], "old": IDS[1], None: IDS[0][2:7]}
+    engine = Engine(model, encoders, tok.pad_token_id)
+    assert [engine.first_position(name) for name in ("new", "old", "peft", None)] == [3, 0, 3, 0]
+    prompts = {"new": IDS[0][:3], "old": IDS[1], None: IDS[0][2:7], "peft": IDS[1][1:6]}
     alone = {
-        name: load_model(
-            llama, dtype="float32", device="cpu", ptuning_checkpoint={"new": new, "old": old}.get(name)
-        )
+        name: load_model(llama, dtype="float32", device="cpu", ptuning_checkpoint=paths.get(name))
         for name in prompts
     }
     _, first = engine.prefill(list(prompts.values()), list(prompts))  # one left-padded batch
     for row, (name, prompt) in enumerate(prompts.items()):
         assert torch.allclose(first[row], _logits(alone[name], [prompt])[0, -1], atol=ATOL), name
-    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=3)
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
     done = {}
     for name, prompt in prompts.items():
         sink = lambda event, name=name: done.setdefault(name, event) if event.kind == "done" else None  # noqa: E731
