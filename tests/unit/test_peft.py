@@ -259,3 +259,24 @@ def test_serve_engine_numbers_each_row_by_its_prefix(llama, tmp_path):
         ids, mask = torch.tensor([prompt]), torch.ones(1, len(prompt))
         want = generate(alone[name], ids, mask, tok.stop_token_ids, 0, settings)
         assert list(done[name].ids) == want[0].tolist(), name
+
+
+def test_a_qwen2_prefix_round_trips_through_peft(tmp_path):
+    """Another GQA decoder, built from its transformers config (QKV bias; no head_dim field: hidden / heads)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, tie_word_embeddings=False)  # fmt: skip
+    base = tmp_path / "qwen2"
+    Qwen2ForCausalLM(config).save_pretrained(base)
+    folder, model = _ptune_prefix(base, tmp_path / "ckpt", pre_seq_len=5)
+    assert (model.prefix_encoder.config.num_kv_heads, model.prefix_encoder.config.head_dim) == (2, 8)
+    out = export_checkpoint(folder, "peft", tmp_path / "adapter", warn=lambda m: None)  # no tokenizer files
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert (saved["num_attention_heads"], saved["token_dim"]) == (2, 16)
+    ids = [[5, 17, 30, 44, 9, 80, 3, 61]]
+    assert torch.allclose(_logits(_peft(base, out), ids), _logits(model, ids), atol=ATOL)
+    back = load_model(base, dtype="float32", device="cpu", ptuning_checkpoint=out)
+    assert torch.allclose(_logits(back, ids), _logits(model, ids), atol=ATOL)
