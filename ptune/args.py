@@ -48,8 +48,9 @@ class ModelArguments:
     ptuning_checkpoint: str | None = field(
         default=None,
         metadata={
-            "help": "Folder of a ptune (or THUDM) P-Tuning v2 checkpoint whose prefix is loaded over the base "
-            "model; its pre_seq_len and prefix_projection are read from it."
+            "help": "Folder of a ptune or THUDM P-Tuning v2 checkpoint, or of a PEFT prefix-tuning adapter (native "
+            "bases), whose prefix is loaded over the base model; its pre_seq_len and prefix_projection are read "
+            "from it."
         },
     )
     compare_base: bool = field(

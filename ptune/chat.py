@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ptuning_checkpoint",
-        help="Prefix checkpoint folder (ptune or THUDM); pre_seq_len and prefix_projection are read from it.",
+        help="Prefix checkpoint folder (ptune, THUDM, or a PEFT prefix-tuning adapter); pre_seq_len and "
+        "prefix_projection are read from it.",
     )
     add_loading_flags(parser)
     parser.add_argument(

@@ -6,7 +6,8 @@ A ptune checkpoint folder holds no base weights, only:
 - `prefix_config.json`: pre_seq_len, projection, dimensions, base model path/family/dtype, ptune version —
   so the folder is usable alone (`ptune predict --ptuning_checkpoint DIR` needs nothing repeated);
 - the base model's tokenizer files, and the Trainer's own state files when written during training.
-THUDM-format folders (`pytorch_model.bin` + `config.json` with pre_seq_len) are read as well.
+THUDM-format folders (`pytorch_model.bin` + `config.json` with pre_seq_len) are read as well, and PEFT
+prefix-tuning adapter folders (`adapter_config.json` + `adapter_model.safetensors`; ptune/peft_adapter.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def read_prefix_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Prefix tensors from a ptune or THUDM checkpoint (folder or file), keyed without `transformer.prefix_encoder.`.
 
     `.bin` files are read weights-only: a pickle holding anything but tensors is refused, never executed.
+    A PEFT prefix-tuning adapter gives its `prompt_embeddings` as `embedding.weight`.
     """
+    from ptune.peft_adapter import adapter_folder, read_adapter_state
+
+    if (adapter := adapter_folder(path)) is not None:
+        return read_adapter_state(adapter)
     file = _weights_file(Path(path))
     state = {}
     for name, tensor in iter_tensors(file):
@@ -64,10 +70,15 @@ def read_prefix_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_prefix_config(folder: str | Path) -> dict:
-    """The checkpoint's `prefix_config.json`, or what a THUDM `config.json` says ({} when neither exists)."""
+    """The checkpoint's `prefix_config.json`, what a PEFT `adapter_config.json` says in its terms, or what a
+    THUDM `config.json` says ({} when none exists)."""
+    from ptune.peft_adapter import adapter_folder, adapter_prefix_config
+
     folder = Path(folder)
     if folder.is_file():
         folder = folder.parent
+    if (adapter := adapter_folder(folder)) is not None:
+        return adapter_prefix_config(adapter)
     if (folder / PREFIX_CONFIG_NAME).is_file():
         return read_json(folder / PREFIX_CONFIG_NAME)
     if (folder / "config.json").is_file():

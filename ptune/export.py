@@ -1,4 +1,4 @@
-"""`ptune export CHECKPOINT --format thudm|safetensors`: a prefix checkpoint in the layout another loader reads.
+"""`ptune export CHECKPOINT --format thudm|safetensors|peft`: a prefix checkpoint in the layout another loader reads.
 
 - `thudm` (default): what THUDM's ChatGLM2/3 `ptuning/main.py` and web demos load — `pytorch_model.bin`, a
   `torch.save` dict holding only the `transformer.prefix_encoder.*` float32 tensors (they `torch.load` it and
@@ -8,6 +8,9 @@
   the same files a THUDM training checkpoint holds, without optimizer state.
 - `safetensors`: the ptune layout (`model.safetensors` + `prefix_config.json` + tokenizer files), e.g. to
   turn a THUDM checkpoint into a ptune one, or to strip a `checkpoint-N` of its optimizer state.
+- `peft`: PEFT's prefix-tuning adapter (`adapter_config.json` + `adapter_model.safetensors`, ptune/peft_adapter.py)
+  for `PeftModel.from_pretrained(base, DIR)`; only a native base's prefix trained with positions "after_prefix"
+  (what PEFT computes), anything else is refused with the reason.
 The output folder is staged and renamed into place (`checkpoint.atomic_dir`); an existing one is replaced
 only with `--overwrite`.
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ptune import peft_adapter
 from ptune.checkpoint import (
     CHECKPOINT_RE,
     PREFIX_CONFIG_NAME,
@@ -35,7 +39,7 @@ from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family, tokenizer_files
 from ptune.parse import Parser
 
-FORMATS = ("thudm", "safetensors")
+FORMATS = ("thudm", "safetensors", "peft")
 # The tensors a PrefixEncoder holds (keys without `transformer.prefix_encoder.`), without / with projection.
 PLAIN_KEYS = {"embedding.weight"}
 PROJECTION_KEYS = PLAIN_KEYS | {"trans.0.weight", "trans.0.bias", "trans.2.weight", "trans.2.bias"}
@@ -112,11 +116,13 @@ def ptune_prefix_config(
 ) -> dict:
     """prefix_config.json for the ptune layout: the source's own when it has one (a ptune checkpoint),
     otherwise built from a THUDM checkpoint's ChatGLM config.json (dimensions checked against the tensors)."""
-    if "num_layers" in source_config:
-        return {**source_config, "pre_seq_len": pre_seq_len, "prefix_projection": projection}
+    if "num_layers" in source_config:  # a ptune checkpoint, or a PEFT adapter read in ptune's terms
+        config = {k: v for k, v in source_config.items() if k != "format"}
+        return {**config, "pre_seq_len": pre_seq_len, "prefix_projection": projection}
     from ptune import __version__
 
-    config: dict = {"pre_seq_len": pre_seq_len, "prefix_projection": projection}
+    # THUDM's code numbers the real tokens from 0 (what a record without "positions" means too).
+    config: dict = {"pre_seq_len": pre_seq_len, "prefix_projection": projection, "positions": "from_zero"}
     if chatglm_config and chatglm_config.get("num_layers"):
         c = chatglm_config
         groups = c["multi_query_group_num"] if c.get("multi_query_attention") else c["num_attention_heads"]
@@ -127,7 +133,12 @@ def ptune_prefix_config(
             "hidden_size": c["hidden_size"],
         }
         if dims["num_layers"] * 2 * dims["num_kv_heads"] * dims["head_dim"] == width:
-            config = {"pre_seq_len": pre_seq_len, **dims, "prefix_projection": projection}
+            config = {
+                "pre_seq_len": pre_seq_len,
+                **dims,
+                "prefix_projection": projection,
+                "positions": "from_zero",
+            }
         name = c.get("_name_or_path")
         if name and Path(name).is_dir():
             config["base_model_name_or_path"] = str(Path(name).resolve())
@@ -195,6 +206,8 @@ def export_checkpoint(
     own_config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
     base_config = read_json(base / "config.json") if base is not None else own_config
     tok_names = tokenizer_file_names()
+    if fmt == "peft" and (problem := peft_adapter.export_problem(prefix_config, base_config)):
+        raise UserError(f"{folder}: cannot export for PEFT: {problem}")
 
     with atomic_dir(target) as tmp:
         if fmt == "thudm":
@@ -206,6 +219,9 @@ def export_checkpoint(
                 tokenizer_config = _json_or_empty(base / "tokenizer_config.json")
                 extra = [n for n in remote_code_files(config, tokenizer_config) if n not in copied]
                 _copy_files(extra, base, into=tmp)
+        elif fmt == "peft":
+            _write_peft(tmp, state, prefix_config, pre_seq_len)
+            copied = _copy_files(tok_names, folder, base, into=tmp)
         else:
             from safetensors.torch import save_file
 
@@ -230,6 +246,22 @@ def export_checkpoint(
     if not copied:
         warn(f"no tokenizer files found in {folder} or the base model folder; none exported")
     return target
+
+
+def _write_peft(tmp: Path, state: dict[str, torch.Tensor], prefix_config: dict, pre_seq_len: int) -> None:
+    """adapter_model.safetensors (`prompt_embeddings`, float32) and adapter_config.json, as PEFT saves them."""
+    from safetensors.torch import save_file
+
+    rows = peft_adapter.prompt_embeddings(state)
+    hidden = state["trans.0.weight"].shape[0] if "trans.0.weight" in state else None
+    if "num_layers" not in prefix_config:  # never for a prefix recorded after_prefix; checked all the same
+        raise UserError("prefix_config.json records no dimensions (num_layers, num_kv_heads, head_dim)")
+    save_file(
+        {peft_adapter.PROMPT_KEY: rows}, str(tmp / peft_adapter.WEIGHTS_NAMES[0]), metadata={"format": "pt"}
+    )
+    _write_json(
+        tmp / peft_adapter.CONFIG_NAME, peft_adapter.adapter_config(prefix_config, pre_seq_len, hidden)
+    )
 
 
 def default_out(folder: Path, fmt: str) -> Path:
@@ -259,6 +291,7 @@ def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: b
     if not overwrite:
         raise UserError(f"{target}: already exists; pass --overwrite to replace it")
     allowed = {THUDM_WEIGHTS_NAME, WEIGHTS_NAME, PREFIX_CONFIG_NAME, "config.json", *tokenizer_file_names()}
+    allowed |= {peft_adapter.CONFIG_NAME, *peft_adapter.WEIGHTS_NAMES}
     for entry in sorted(target.iterdir()):
         if not entry.is_file() or not (entry.name in allowed or entry.suffix == ".py"):
             raise UserError(
@@ -281,14 +314,15 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`ptune export CHECKPOINT [--format thudm|safetensors] [--out DIR] [--overwrite]`; prints the folder."""
+    """`ptune export CHECKPOINT [--format thudm|safetensors|peft] [--out DIR] [--overwrite]`; prints the folder."""
     parser = Parser(
         prog="ptune export",
         description="Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with "
-        "pre_seq_len, for ChatGLM2/3's own ptuning code and demos) or in ptune's (model.safetensors).",
+        "pre_seq_len, for ChatGLM2/3's own ptuning code and demos), in ptune's (model.safetensors), or as a "
+        "PEFT prefix-tuning adapter (adapter_config.json + adapter_model.safetensors, native bases).",
     )
     parser.add_argument(
-        "checkpoint", help="a ptune (or THUDM) prefix checkpoint folder, e.g. OUT/checkpoint-3000"
+        "checkpoint", help="a ptune, THUDM or PEFT prefix-tuning checkpoint folder, e.g. OUT/checkpoint-3000"
     )
     parser.add_argument("--format", choices=FORMATS, default="thudm", help="output layout (default: thudm)")
     parser.add_argument(

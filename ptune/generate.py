@@ -3,8 +3,9 @@
 Written by hand rather than through `model.generate` because transformers' generation loop derives position
 ids from the attention mask and cache positions from the cache length: with P prefix slots in the cache it
 would offset every query position by P and slice P tokens off the prompt. Here the prefix is computed once
-per batch, the prompt is prefilled with 0-based positions (`[0]*pad + range(n)`, as the ChatGLM tokenizers
-give them), and each new token takes the next position of its own row.
+per batch, the prompt is prefilled with positions counted from each row's first real token (`[0]*pad +
+range(n)`, as the ChatGLM tokenizers give them, plus P for a prefix recorded "after_prefix":
+`PrefixTunedLM.positions`), and each new token takes the next position of its own row.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicCache
 
-from ptune.model import PrefixTunedLM, positions_from_mask
+from ptune.model import PrefixTunedLM
 from ptune.prefix import cache_argument
 
 
@@ -73,7 +74,7 @@ def iter_tokens(
     """
     batch = input_ids.shape[0]
     decoder, head = model.base.get_decoder(), model.base.get_output_embeddings()
-    positions = positions_from_mask(attention_mask, input_ids.shape[1], input_ids.device)
+    positions = model.positions(attention_mask, input_ids.shape[1], input_ids.device)
     cache = model.prefix_past(batch, read_only=False)
     if cache is None:
         cache = DynamicCache()

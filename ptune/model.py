@@ -2,7 +2,8 @@
 
 `PrefixTunedLM.forward(input_ids [B, S], attention_mask [B, S] | None, labels [B, S] | None)` returns
 `.logits` [B, S, V] and `.loss`, applying the prefix exactly as the original ChatGLM code does: prefix
-keys/values as a read-only cache, query positions 0-based from the first real token, a mask P columns wider.
+keys/values as a read-only cache, a mask P columns wider, query positions counted from the first real token:
+from 0 (ChatGLM's convention) or from P (PEFT's, for native models), as the prefix records (`positions`).
 The one rule for what trains and what is saved lives here too: `trainable_state_dict`.
 """
 
@@ -27,7 +28,8 @@ from ptune.errors import UserError
 from ptune.prefix import (
     PrefixEncoder,
     cache_argument,
-    check_prefix_base,
+    default_positions,
+    load_prefix,
     prefix_cache,
     prefix_config_for,
     prefix_from_state,
@@ -156,6 +158,13 @@ class PrefixTunedLM(nn.Module):
         finally:
             self.prefix_encoder = encoder
 
+    def positions(self, attention_mask: torch.Tensor | None, seq_len: int, device) -> torch.Tensor:
+        """Position ids [B, S] of the real tokens: `positions_from_mask`, shifted by P for a prefix recorded
+        as "after_prefix" (where transformers, and so PEFT, put tokens after P cached slots)."""
+        positions = positions_from_mask(attention_mask, seq_len, device)
+        offset = 0 if self.prefix_encoder is None else self.prefix_encoder.config.position_offset
+        return positions + offset if offset else positions
+
     def prefix_past(self, batch_size: int, read_only: bool):
         """The prefix as a cache ([B, G, P, hn] per layer), or None without a prefix."""
         if self.prefix_encoder is None:
@@ -207,7 +216,7 @@ class PrefixTunedLM(nn.Module):
         """
         batch, seq = input_ids.shape
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, seq, input_ids.device)
+            position_ids = self.positions(attention_mask, seq, input_ids.device)
         decoder = self.base.get_decoder()
         hidden = decoder(
             input_ids=input_ids,
@@ -322,8 +331,10 @@ def load_model(
 ) -> PrefixTunedLM:
     """Load a base model folder and, optionally, a P-Tuning v2 prefix.
 
-    - `pre_seq_len` set, no checkpoint: a fresh prefix (normal init, like `nn.Embedding`) to train.
-    - `ptuning_checkpoint`: a ptune or THUDM prefix folder/file; pre_seq_len and prefix_projection are read
+    - `pre_seq_len` set, no checkpoint: a fresh prefix (normal init, like `nn.Embedding`) to train, with
+      positions "from_zero" on a ChatGLM-format base, "after_prefix" on a native one (`default_positions`).
+    - `ptuning_checkpoint`: a ptune, THUDM or PEFT prefix-tuning folder/file, with the position convention it
+      records (`prefix.recorded_positions`); pre_seq_len and prefix_projection are read
       from its tensors (a conflicting `pre_seq_len`/`prefix_projection` is an error naming both values;
       `prefix_projection=None` means "whatever the checkpoint has"). A checkpoint whose prefix_config.json
       names another model family or model_type than this base is refused (same shapes, wrong model).
@@ -332,8 +343,6 @@ def load_model(
     - `quantization_bit` 4 or 8: the decoder's linear layers become bitsandbytes NF4 / int8 layers.
     The base is frozen; the prefix is float32 whatever the base dtype.
     """
-    from ptune.checkpoint import read_prefix_state
-
     target = torch.device(device) if device is not None else default_device()
     base, source, carried = load_base(
         model_name_or_path,
@@ -350,17 +359,22 @@ def load_model(
         base.to(target)
         source.quantization_bit = quantization_bit
     source.family = family
-    state, where = carried, str(model_name_or_path)
-    if ptuning_checkpoint is not None:
-        check_prefix_base(ptuning_checkpoint, source)
-        state, where = read_prefix_state(ptuning_checkpoint), str(ptuning_checkpoint)
     encoder = None
-    if state:
-        encoder = prefix_from_state(base, state, where, pre_seq_len, prefix_projection, prefix_dropout)
+    if ptuning_checkpoint is not None:
+        encoder = load_prefix(
+            ptuning_checkpoint, base, source, pre_seq_len, prefix_projection, prefix_dropout
+        )
+    elif carried:  # a THUDM P-tuned save of a whole ChatGLM model: ChatGLM's positions
+        encoder = prefix_from_state(
+            base, carried, str(model_name_or_path), pre_seq_len, prefix_projection, prefix_dropout
+        )
     elif pre_seq_len:
         if pre_seq_len < 1:
             raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
-        encoder = PrefixEncoder(prefix_config_for(base, pre_seq_len, bool(prefix_projection)), prefix_dropout)
+        config = prefix_config_for(
+            base, pre_seq_len, bool(prefix_projection), default_positions(source.model_type)
+        )
+        encoder = PrefixEncoder(config, prefix_dropout)
     if encoder is not None:
         encoder.to(base.device)
     return PrefixTunedLM(base, encoder, source).eval()

@@ -6,8 +6,14 @@ Shapes (P = pre_seq_len, L = layers, G = key/value heads, hn = head dim, B = bat
 - `PrefixEncoder(B, dtype)` → L pairs (key, value), each [B, G, P, hn]; layer i takes slot 2i as key and slot
   2i+1 as value of the `L·2` axis, exactly as the original `get_prompt` orders them.
 
-The prefix keys are raw cache entries (no RoPE) and query positions stay 0-based: the model wrapper passes
-position ids and a mask P columns wider. See docs/architecture.md §6.
+The prefix keys are raw cache entries (no RoPE); the model wrapper passes position ids and a mask P columns
+wider. Where the real tokens' positions start is part of what a prefix learned, recorded as
+`PrefixConfig.positions` (`prefix_config.json` "positions"):
+- "from_zero": the first real token is at position 0, as THUDM's ChatGLM code numbers them (the ChatGLM
+  families' convention, and that of every prefix saved before the field existed);
+- "after_prefix": it is at position P, as transformers numbers tokens after P cached slots, and so PEFT's
+  prefix tuning on a native model (the default for native families, so that their prefixes are PEFT's).
+See docs/architecture.md §6.
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from ptune.convert import PREFIX_KEY
 from ptune.errors import UserError
 
+POSITIONS = ("after_prefix", "from_zero")
+
+
+def default_positions(model_type: str | None) -> str:
+    """The convention a new prefix trains with: THUDM's for a ChatGLM-format base (model_type chatglm),
+    PEFT's / transformers' for a native one."""
+    return "from_zero" if model_type == "chatglm" else "after_prefix"
+
 
 @dataclass(frozen=True)
 class PrefixConfig:
@@ -36,6 +50,12 @@ class PrefixConfig:
     head_dim: int
     hidden_size: int
     prefix_projection: bool = False
+    positions: str = "from_zero"  # see the module docstring; a record without the field is from_zero
+
+    @property
+    def position_offset(self) -> int:
+        """Where the real tokens' positions start: P ("after_prefix") or 0 ("from_zero")."""
+        return self.pre_seq_len if self.positions == "after_prefix" else 0
 
     @property
     def kv_size(self) -> int:
@@ -108,7 +128,9 @@ def cache_argument(decoder_class: type) -> str:
 
 
 # ------------------------------------------------------------------ a prefix for a base, checked
-def prefix_config_for(base: PreTrainedModel, pre_seq_len: int, prefix_projection: bool) -> PrefixConfig:
+def prefix_config_for(
+    base: PreTrainedModel, pre_seq_len: int, prefix_projection: bool, positions: str = "from_zero"
+) -> PrefixConfig:
     """Prefix dimensions read off any decoder config (Glm, Llama, Qwen2, ...)."""
     cfg = base.config.get_text_config()
     heads = cfg.num_attention_heads
@@ -119,6 +141,7 @@ def prefix_config_for(base: PreTrainedModel, pre_seq_len: int, prefix_projection
         head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
         hidden_size=cfg.hidden_size,
         prefix_projection=prefix_projection,
+        positions=positions,
     )
 
 
@@ -129,11 +152,12 @@ def prefix_from_state(
     pre_seq_len: int | None,
     prefix_projection: bool | None,
     dropout: float,
+    positions: str = "from_zero",
 ) -> PrefixEncoder:
     """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
-    their shapes fit this base model and the user's flags."""
+    their shapes fit this base model and the user's flags; `positions` is the convention it was trained with."""
     rows, width, has_projection = _check_prefix_flags(where, state, pre_seq_len, prefix_projection)
-    config = prefix_config_for(base, rows, has_projection)
+    config = prefix_config_for(base, rows, has_projection, positions)
     if width != config.kv_size:
         raise UserError(
             f"{where}: prefix width {width} does not fit this model (needs {config.kv_size} = "
@@ -173,6 +197,54 @@ def check_prefix_base(checkpoint: str | Path, source) -> None:
                 f"({recorded.get('base_model_name_or_path')}), but {source.path} is {name} {have}; "
                 "a prefix only works with the base it was trained on"
             )
+
+
+def recorded_positions(checkpoint: str | Path) -> str:
+    """The position convention a saved prefix was trained with: its prefix_config.json "positions" (PEFT
+    adapters: after_prefix); a record without the field, or a THUDM checkpoint, is from_zero (what ptune and
+    THUDM's code computed before the field existed), never guessed from the family."""
+    from ptune.checkpoint import PREFIX_CONFIG_NAME, read_prefix_config
+
+    value = read_prefix_config(checkpoint).get("positions", "from_zero")
+    if value not in POSITIONS:
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        raise UserError(
+            f'{folder / PREFIX_CONFIG_NAME}: "positions" must be "after_prefix" or "from_zero", got {value!r}'
+        )
+    return value
+
+
+def load_prefix(
+    checkpoint: str | Path,
+    base: PreTrainedModel,
+    source,
+    pre_seq_len: int | None = None,
+    prefix_projection: bool | None = None,
+    dropout: float = 0.0,
+) -> PrefixEncoder:
+    """A saved prefix (ptune, THUDM or PEFT prefix-tuning folder) for `base`, checked against it (family,
+    model_type, shapes, the recorded layer count) and with the position convention it was trained with."""
+    from ptune.checkpoint import read_prefix_config, read_prefix_state
+    from ptune.peft_adapter import adapter_folder
+
+    if adapter_folder(checkpoint) is not None and source.model_type == "chatglm":
+        raise UserError(
+            f"{checkpoint}: a PEFT adapter; ptune reads PEFT adapters for native transformers bases only, and "
+            f"{source.path} is a ChatGLM-format (model_type chatglm) folder"
+        )
+    check_prefix_base(checkpoint, source)
+    state = read_prefix_state(checkpoint)
+    positions = recorded_positions(checkpoint)
+    encoder = prefix_from_state(
+        base, state, str(checkpoint), pre_seq_len, prefix_projection, dropout, positions
+    )
+    layers = read_prefix_config(checkpoint).get("num_layers")
+    if isinstance(layers, int) and layers != encoder.config.num_layers:
+        raise UserError(
+            f"{checkpoint}: a prefix for {layers} layers, but {source.path} has {encoder.config.num_layers}; "
+            "a prefix only works with the base it was trained on"
+        )
+    return encoder
 
 
 def check_prefix_flags(

@@ -230,8 +230,15 @@ class PrefixTrainer(Seq2SeqTrainer):
 
     # --------------------------------------------------------------------------------------- loading
     def _load_prefix(self, folder: str) -> None:
+        """A checkpoint of this run back into the prefix, with the position convention it was trained with (a
+        run started before the convention was recorded resumes from_zero, as it trained)."""
+        from dataclasses import replace
+
+        from ptune.prefix import recorded_positions
+
         encoder = self.accelerator.unwrap_model(self.model).prefix_encoder
         state = read_prefix_state(folder)
+        encoder.config = replace(encoder.config, positions=recorded_positions(folder))
         encoder.load_state_dict(
             {k: v.to(encoder.embedding.weight.device, torch.float32) for k, v in state.items()}
         )

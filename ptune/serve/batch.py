@@ -9,8 +9,9 @@ slots are real. Every row is left-padded to the batch's cache length T:
     row b (no prefix):    [pad pad   pad pad pad pad   pad | prompt b | generated b ......]
 
 Attention ignores where a key sits (positions are carried by the RoPE already applied to the keys, and each
-row's query positions count from 0 at its first prompt token, as `ptune predict` gives them), so padding
-changes nothing but the number of masked slots. Shapes: B rows, L layers, G key/value heads, T cache length,
+row's query positions count from its first prompt token, as `ptune predict` gives them: `prompt_block` from 0,
+to which the engine adds P for a prefix recorded "after_prefix"), so padding changes nothing but the number
+of masked slots. Shapes: B rows, L layers, G key/value heads, T cache length,
 hn head dim; a cache is L pairs (keys, values), each [B, G, T, hn], with a mask [B, T] (1 = real slot).
 """
 

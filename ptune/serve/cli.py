@@ -131,12 +131,11 @@ def load(
     device: str | None = None,
     quantization_bit: int | None = None,
 ):
-    """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base as
-    `ptune predict` checks it (`check_prefix_base`, `prefix_from_state`)."""
+    """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base and
+    read with its position convention as `ptune predict` reads it (`ptune.prefix.load_prefix`)."""
     from ptune.chat import _device
-    from ptune.checkpoint import read_prefix_state
     from ptune.model import load_model
-    from ptune.prefix import check_prefix_base, prefix_from_state
+    from ptune.prefix import load_prefix
     from ptune.tokenizer import load_tokenizer
 
     tok = load_tokenizer(base, chat_format)
@@ -145,8 +144,7 @@ def load(
     )
     encoders = {}
     for name, path in prefixes.items():
-        check_prefix_base(path, model.source)
-        encoder = prefix_from_state(model.base, read_prefix_state(path), path, None, None, dropout=0.0)
+        encoder = load_prefix(path, model.base, model.source, dropout=0.0)
         encoders[name] = encoder.to(model.device).eval()
     return tok, model, encoders
 

@@ -3,8 +3,9 @@
 A prefix in inference is a constant: `PrefixEncoder(1, dtype)` gives the same L pairs [1, G, P, hn] for every
 request (no dropout in eval), so it is computed once when the server starts and only copied into the rows
 that use it (ptune/serve/batch.py). The forward passes are those of `ptune.generate.iter_tokens`: the prompt
-prefilled with 0-based positions after the prefix slots, then one token per row and step, each at its own
-next position, so greedy answers are token for token those of `ptune predict`.
+prefilled after the prefix slots with positions from each row's first prompt token (from 0, or from P for a
+prefix recorded "after_prefix": each row its own), then one token per row and step, each at its own next
+position, so greedy answers are token for token those of `ptune predict`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Engine:
                 name: [(k.contiguous(), v.contiguous()) for k, v in encoder.eval()(1, model.dtype)]
                 for name, encoder in prefixes.items()
             }
+        # Where each prefix's rows number their first prompt token (PrefixConfig.position_offset: 0 or P).
+        self.position_offsets = {name: encoder.config.position_offset for name, encoder in prefixes.items()}
 
     @property
     def device(self) -> torch.device:
@@ -70,6 +73,10 @@ class Engine:
         ).last_hidden_state[:, -1]
         return self.head(hidden).float(), [(layer.keys, layer.values) for layer in cache.layers]
 
+    def first_position(self, prefix: str | None) -> int:
+        """The position of a row's first prompt token: P for a prefix recorded "after_prefix", else 0."""
+        return 0 if prefix is None else self.position_offsets[prefix]
+
     def prefill(
         self, prompts: Sequence[Sequence[int]], prefixes: Sequence[str | None]
     ) -> tuple[BatchCache, torch.Tensor]:
@@ -77,6 +84,9 @@ class Engine:
         the logits of their first answer token [n, V]."""
         start = prefix_block([None if name is None else self.prefix_kv[name] for name in prefixes])
         input_ids, prompt_mask, positions = prompt_block(prompts, self.pad_id, self.device)
+        offsets = [self.first_position(name) for name in prefixes]
+        if any(offsets):
+            positions = positions + torch.tensor(offsets, device=positions.device)[:, None]
         mask = prompt_mask if start is None else torch.cat([start.mask, prompt_mask], dim=1)
         logits, layers = self._forward(input_ids, mask, positions, None if start is None else start.layers)
         return BatchCache(layers, mask), logits

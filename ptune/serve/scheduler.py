@@ -58,8 +58,8 @@ class Job:
 
 @dataclass
 class Row:
-    """A running request: the token to feed next and its position (0-based from the first prompt token),
-    and the answer so far."""
+    """A running request: the token to feed next and its position (counted from the first prompt token, which
+    is at 0 or, for a prefix recorded "after_prefix", at P: `Engine.first_position`), and the answer so far."""
 
     request: Job
     answer: AnswerText
@@ -185,7 +185,8 @@ class Scheduler:
         if seed is not None:
             generator = torch.Generator(self.engine.device).manual_seed(seed)
         answer = AnswerText(self.tokenizer, self.stop_ids, request.stops)
-        return Row(request, answer, position=len(request.prompt), generator=generator)
+        position = self.engine.first_position(request.prefix) + len(request.prompt)
+        return Row(request, answer, position=position, generator=generator)
 
     def _advance(self, rows: list[Row], logits: torch.Tensor, first: int) -> None:
         """Rows `rows` (batch rows first, first + 1, ...) got `logits` [n, V]: pick, send, and let the
