@@ -291,11 +291,15 @@ class PTuningRecipe:
 def run_training(trainer, resume: str | None, train_samples: int) -> int:
     """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
     from ptune.checkpoint import checkpoint_global_step
+    from ptune.finish import finish_run, remove_stale_temporaries
     from ptune.trainer import StopOnSignal
 
+    if trainer.args.should_save:
+        remove_stale_temporaries(trainer.args.output_dir, output_names(trainer))
     if resume is not None and checkpoint_global_step(resume) >= trainer.args.max_steps > 0:
-        # The Trainer would run one more step past max_steps (and change the prefix): there is nothing to do.
-        logger.warning("%s is already at max_steps %d: nothing to train", resume, trainer.args.max_steps)
+        # The Trainer would run one more step past max_steps (and change the prefix): nothing to train, but
+        # the run may have been killed before writing its final files.
+        finish_run(trainer, resume, train_samples)
         return 0
     stop = StopOnSignal()
     trainer.add_callback(stop)
@@ -323,6 +327,15 @@ def run_training(trainer, resume: str | None, train_samples: int) -> int:
         )
         return 128 + stop.received
     return 0
+
+
+def output_names(trainer) -> list[str]:
+    """The names of the files ptune writes directly into output_dir."""
+    from ptune.finish import FINAL_FILES
+    from ptune.plot import PLOT_NAME
+
+    results = ["eval_results.json", "predict_results.json", "generated_predictions.txt"]
+    return [*FINAL_FILES, PLOT_NAME, *results, *(f.name for f in trainer.tokenizer_files)]
 
 
 def plot(training_args) -> None:
