@@ -198,6 +198,10 @@ class PTuningRecipe:
         check_overwrite(args.output_dir, args.overwrite_output_dir, resume is not None)
         set_seed(args.seed)
         self.load()
+        if resume is not None:
+            from ptune.prefix import check_resumable_prefix
+
+            check_resumable_prefix(resume, self.model)
         train_ds = self.dataset(d.train_file, d.max_target_length, d.max_train_samples)
         eval_ds = None
         if args.eval_strategy != "no":

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from test_safety import refused, snapshot, train_argv
 
 from ptune.cli import main
+from tools.tiny import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -132,3 +133,26 @@ def test_a_run_killed_while_drawing_its_curves_gets_them_on_resume(whole, tiny, 
         k: v for k, v in before.items() if k != tmp
     }
     assert files(out) == files(whole)
+
+
+# ------------------------------------------------------------------------- a checkpoint of another base
+@pytest.mark.parametrize("family", ["chatglm2", "glm4"])
+def test_resuming_from_a_checkpoint_of_another_family_is_refused(
+    whole, tiny, family, hf_cache, tmp_path, capsys
+):
+    """A ChatGLM2 or GLM-4 run's checkpoint copied into a ChatGLM3 run (the tiny models have the same prefix
+    shape: only prefix_config.json tells them apart) is refused as predict refuses it, before anything is
+    written."""
+    other = make_tiny_checkpoint(tmp_path / family, family)
+    assert main(train_argv(other, tmp_path / "other", steps=2)) == 0
+    out = Path(shutil.copytree(whole, tmp_path / "run"))
+    shutil.copytree(tmp_path / "other" / "checkpoint-2", out / "checkpoint-6")
+    before = snapshot(out)
+    line = refused(
+        train_argv(tiny, out, *CONSTANT, "--resume_from_checkpoint", "true", steps=8),
+        capsys,
+        f"{out / 'checkpoint-6' / 'prefix_config.json'}: this prefix was trained on a {family} base",
+        "is family chatglm3",
+    )
+    assert len(line.splitlines()) == 1
+    assert snapshot(out) == before
