@@ -191,7 +191,7 @@ class PTuningRecipe:
         Exit code 0, or 128 + N when signal N (SIGTERM, SIGHUP) stopped the run after saving a checkpoint."""
         from transformers import set_seed
 
-        from ptune.rundir import check_overwrite
+        from ptune.rundir import check_overwrite, set_aside_results
 
         args, d = self.training_args, self.data_args
         resume = self.resume_target()
@@ -206,7 +206,12 @@ class PTuningRecipe:
         eval_ds = None
         if args.eval_strategy != "no":
             eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples, "eval")
-        return run_training(self.trainer(train_ds, eval_ds), resume, len(train_ds))
+        trainer = self.trainer(train_ds, eval_ds)
+        if args.overwrite_output_dir and resume is None and args.should_save:
+            set_aside_results(
+                args.output_dir
+            )  # only now: a run refused until here leaves every file in place
+        return run_training(trainer, resume, len(train_ds))
 
     def evaluate(self) -> int:
         """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU.

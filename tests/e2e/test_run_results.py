@@ -156,3 +156,32 @@ def test_resuming_from_a_checkpoint_of_another_family_is_refused(
     )
     assert len(line.splitlines()) == 1
     assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------ --overwrite_output_dir
+def test_overwrite_moves_an_earlier_runs_results_aside(whole, tiny, hf_cache, tmp_path, capsys):
+    """A run folder whose checkpoints were deleted, with the old prefix's predictions and eval scores: the
+    new run (--overwrite_output_dir) moves every file of the old run into previous-run-*/ (byte-identical),
+    and its own all_results.json holds its own figures only."""
+    out = Path(shutil.copytree(whole, tmp_path / "run"))
+    for verb, data in (("predict", "--test_file"), ("eval", "--validation_file")):
+        assert main([verb, "--ptuning_checkpoint", str(out), "--output_dir", str(out), data, str(DEMO / "dev.json"),
+                     "--max_predict_samples", "2", "--max_eval_samples", "2", "--prompt_column", "content",
+                     "--response_column", "summary", "--max_source_length", "32", "--max_new_tokens", "2",
+                     "--predict_with_generate", "true", "--use_cpu", "true", "--report_to", "none"]) == 0  # fmt: skip
+    for ckpt in out.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    old = {name: (out / name).read_bytes() for name in files(out)}
+    assert {"eval_results.json", "predict_results.json", "generated_predictions.txt"} <= set(old)
+    assert any(k.startswith("predict_") for k in json.loads(old["all_results.json"]))
+
+    refused(train_argv(tiny, out, steps=2), capsys, "already holds a run's results")
+    assert {name: (out / name).read_bytes() for name in files(out)} == old
+    assert main(train_argv(tiny, out, "--overwrite_output_dir", "true", "--seed", "4", steps=2)) == 0
+    (aside,) = out.glob("previous-run-*")
+    assert {name: (aside / name).read_bytes() for name in files(aside)} == old
+    assert files(out) == files(whole)  # the new run's files only
+    assert json.loads((out / "all_results.json").read_text()) == json.loads(
+        (out / "train_results.json").read_text()
+    )
+    assert not torch.equal(prefix(out), prefix(aside))
