@@ -39,16 +39,16 @@ def is_finished(output_dir: str | Path, step: int) -> bool:
         return False
 
 
-def run_loss(history: list) -> float | None:
-    """The run's mean training loss from its logged `loss` entries, each the mean over the steps since the
-    previous one (what the Trainer's `train_loss` is for a run trained in one go); None when the last logged
-    step is not the last step (the losses of the steps after it are not in the log)."""
+def run_loss(history: list, global_step: int) -> float | None:
+    """The mean training loss of steps 1..global_step from the logged `loss` entries, each the mean over the
+    steps since the previous one (what the Trainer's `train_loss` is for a run trained in one go); None when
+    the last logged step is not `global_step` (the losses of the steps after it are not in the log)."""
     total, last = 0.0, 0
     for entry in history:
         if isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float)) and "step" in entry:
             total += entry["loss"] * (entry["step"] - last)
             last = entry["step"]
-    return total / last if last else None
+    return total / last if last and last == global_step else None
 
 
 def finish_run(trainer, checkpoint: str, train_samples: int) -> None:
@@ -88,7 +88,7 @@ def write_final_files(trainer, state, checkpoint: str, train_samples: int) -> No
     use_best = trainer.args.load_best_model_at_end and best and Path(best).is_dir()
     trainer._load_prefix(best if use_best else checkpoint)
     metrics: dict = {"total_flos": state.total_flos}
-    loss = run_loss(state.log_history)
+    loss = run_loss(state.log_history, state.global_step)
     if loss is not None:
         metrics["train_loss"] = loss
     trainer.log(metrics)
