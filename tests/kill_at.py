@@ -13,6 +13,7 @@ instant leaves — no clean-up code runs:
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
@@ -32,8 +33,6 @@ def at_last_checkpoint() -> None:
 
     def rotate_or_die(run_dir, limit, keep=()):
         state_file = step_checkpoints(run_dir)[-1][1] / "trainer_state.json"
-        import json
-
         state = json.loads(state_file.read_text())
         if state["global_step"] >= state["max_steps"]:
             kill()
