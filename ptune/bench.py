@@ -14,13 +14,13 @@ Usage: `python scripts/bench.py --shape tiny` (CPU, seconds) or `--shape 6b --mi
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ptune.errors import UserError
+from ptune.io import dumps_json
 from ptune.model import matmul_params
 from ptune.parse import Parser
 from ptune.throughput import Row, device_peak_tflops, format_table, predict_row, train_row
@@ -180,5 +180,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(dumps_json(payload) + "\n", encoding="utf-8")  # a NaN as null
     return 0

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ptune.convert import PREFIX_KEY, iter_tensors
-from ptune.errors import UserError
+from ptune.errors import UserError, torch_load_reason
 from ptune.io import atomic_dir, read_json, replacing, write_json
 
 __all__ = ["atomic_dir"]  # export.py's import until it moves to ptune.io
@@ -166,15 +166,32 @@ def verify_resumable(folder: str | Path) -> None:
             f"{folder}: not a complete checkpoint (lacks {', '.join(missing)}); cannot resume from it"
         )
     read_prefix_state(folder)
-    if not isinstance(read_json(folder / "trainer_state.json").get("global_step"), int):
-        raise UserError(f"{folder / 'trainer_state.json'}: not a Trainer state file (no global_step)")
+    check_trainer_state(folder / "trainer_state.json")
     for file in [folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))]:
         try:
             with safe_globals():
                 torch.load(file, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(f"{file}: unreadable ({reason}); resume from an earlier checkpoint") from None
+            raise UserError(
+                f"{file}: not a valid checkpoint file ({torch_load_reason(e)}); resume from an earlier checkpoint"
+            ) from None
+
+
+def check_trainer_state(path: Path) -> dict:
+    """A Trainer state file as the Trainer will use it on resume: an integer global_step and a log_history
+    list of entries (the Trainer appends to it and plots read it); a one-line error naming the file if not."""
+    state = read_json(path)
+    if not isinstance(state.get("global_step"), int) or isinstance(state.get("global_step"), bool):
+        raise UserError(f"{path}: not a Trainer state file (no integer global_step)")
+    history = state.get("log_history")
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        got = type(history).__name__
+        if isinstance(history, list):
+            got = f"a list holding {next(type(e).__name__ for e in history if not isinstance(e, dict))}"
+        raise UserError(
+            f"{path}: 'log_history' must be a list of logged entries, got {got} (a damaged Trainer state file)"
+        )
+    return state
 
 
 def checkpoint_global_step(folder: str | Path) -> int:

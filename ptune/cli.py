@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ptune.errors import UserError
+from ptune.io import dumps_json
 
 logger = logging.getLogger("ptune")
 
@@ -61,7 +61,7 @@ def score(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     preds, labels = read_predictions(Path(args.file))
-    print(json.dumps(compute_metrics(preds, labels), ensure_ascii=False, indent=2))
+    print(dumps_json(compute_metrics(preds, labels)))
     return 0
 
 

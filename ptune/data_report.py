@@ -112,9 +112,16 @@ def _parse(argv: list[str]):
     raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
 
 
-def check_outputs(model_args, data_args, training_args, write_to: Path | None) -> None:
+# Suffixes of weights and Trainer state files (a prefix, a model shard, optimizer.pt, rng_state.pth, ...).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+def check_outputs(
+    model_args, data_args, training_args, write_to: Path | None, config: str | None = None
+) -> None:
     """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
-    writable, space), and --write_encoded never replaces a data file, a file of the model folders, or (without
+    writable, space), and --write_encoded never replaces, whatever the flags: the config file or a data file
+    it reads, a file of the model folders, a checkpoint or prefix file (`protected_file`); nor (without
     --overwrite_output_dir) any existing file."""
     from ptune.recipe import model_folders
     from ptune.rundir import check_output_dir
@@ -124,13 +131,20 @@ def check_outputs(model_args, data_args, training_args, write_to: Path | None) -
     if write_to is None:
         return
     target = write_to.resolve()
+    if config is not None and Path(config).resolve() == target:
+        raise UserError(f"--write_encoded {write_to} is the config file ptune data reads; write it elsewhere")
     for flag in ("train_file", "validation_file", "test_file"):
         path = getattr(data_args, flag)
         if path and Path(data_args.data_file(path)).resolve() == target:
             raise UserError(f"--write_encoded {write_to} is the --{flag}: it would replace your data")
     for flag, folder in folders.items():
-        if folder and Path(folder).is_dir() and target.parent == Path(folder).resolve():
+        if folder and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
             raise UserError(f"--write_encoded {write_to} is inside the {flag} folder; write it elsewhere")
+    why = protected_file(target)
+    if why:
+        raise UserError(
+            f"--write_encoded {write_to} is {why}: ptune data never writes over one; write elsewhere"
+        )
     if write_to.is_dir():
         raise UserError(f"--write_encoded {write_to}: is a folder; give a file name (FILE.jsonl)")
     if write_to.exists() and not training_args.overwrite_output_dir:
@@ -139,6 +153,24 @@ def check_outputs(model_args, data_args, training_args, write_to: Path | None) -
         )
     if not write_to.parent.is_dir():
         raise UserError(f"--write_encoded {write_to}: folder {write_to.parent} does not exist")
+
+
+def protected_file(target: Path) -> str | None:
+    """What `target` (a resolved path) is if it belongs to a run or a prefix, None otherwise: a file inside a
+    `checkpoint-N` folder, weights or Trainer state by suffix, or one of the files a run or a prefix folder
+    holds by name (model.safetensors, prefix_config.json, trainer_state.json, *_results.json, tokenizer files)."""
+    from ptune.checkpoint import CHECKPOINT_RE
+    from ptune.families.registry import tokenizer_files
+    from ptune.rundir import RESULT_FILES
+
+    checkpoint = next((p for p in target.parents if CHECKPOINT_RE.match(p.name)), None)
+    if checkpoint is not None:
+        return f"inside the checkpoint folder {checkpoint}"
+    if target.suffix in WEIGHT_SUFFIXES:
+        return f"a weights or checkpoint file ({target.suffix})"
+    if target.name in (*RESULT_FILES, *tokenizer_files(), "config.json"):
+        return f"a file of a run or prefix folder ({target.name})"
+    return None
 
 
 def _write_encoded(path: Path, rows: list[dict]) -> None:
@@ -181,7 +213,8 @@ def main(argv: list[str]) -> int:
         write_to = Path(argv[at + 1])
         argv = argv[:at] + argv[at + 2 :]
     model_args, data_args, training_args, _ = _parse(argv)
-    check_outputs(model_args, data_args, training_args, write_to)
+    config = argv[0] if argv and not argv[0].startswith("-") else None
+    check_outputs(model_args, data_args, training_args, write_to, config)
     setup_logging(training_args)
     tok = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format)
     report, drawn, encoded_rows = {}, [], []

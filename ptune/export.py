@@ -17,7 +17,6 @@ only with `--overwrite`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from ptune.checkpoint import (
 from ptune.convert import PREFIX_KEY, read_json
 from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family, tokenizer_files
+from ptune.io import dumps_json
 from ptune.parse import Parser
 
 FORMATS = ("thudm", "safetensors", "peft")
@@ -310,7 +310,7 @@ def _json_or_empty(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(dumps_json(data) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:

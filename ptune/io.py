@@ -4,12 +4,15 @@
   comma is named at the comma, where json itself points at the next line).
 - `replacing` (one file) and `atomic_dir` (a folder): write under a temporary name, rename into place on
   success; a crash or kill -9 never leaves a half-written file or folder where a complete one was.
-- `write_json`: a JSON file written through `replacing`.
+- `write_json`: a JSON file written through `replacing`; `dumps_json`: the text. Both write a non-finite float
+  (a NaN loss, an infinite perplexity) as `null`: a bare `NaN` / `Infinity` is not JSON, and strict readers
+  (JavaScript's JSON.parse, jq, Go) refuse the whole file over it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -58,10 +61,26 @@ def read_json(path: str | Path, missing_ok: bool = False, object_pairs_hook=None
     return value
 
 
-def write_json(path: str | Path, data: dict, indent: int = 2) -> None:
-    """`data` as UTF-8 JSON (not ASCII-escaped) into `path`, atomically."""
+def finite(value: Any) -> Any:
+    """`value` with every NaN / infinite float, at any depth of dicts, lists and tuples, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps_json(data: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """`data` as JSON text (not ASCII-escaped), non-finite floats written as null (`finite`)."""
+    return json.dumps(finite(data), indent=indent, ensure_ascii=False, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str | Path, data: dict, indent: int = 2, sort_keys: bool = False) -> None:
+    """`data` as UTF-8 JSON (not ASCII-escaped, non-finite floats as null) into `path`, atomically."""
     with replacing(Path(path)) as tmp:
-        tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(dumps_json(data, indent, sort_keys) + "\n", encoding="utf-8")
 
 
 class replacing:

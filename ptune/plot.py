@@ -112,7 +112,10 @@ def read_history(state_file: Path) -> list[dict]:
     state = read_json(state_file)
     history = state.get("log_history")
     if not isinstance(history, list):
-        raise UserError(f"{state_file}: no 'log_history' list (not a Trainer state file?)")
+        raise UserError(
+            f"{state_file}: 'log_history' must be a list of logged entries, got {type(history).__name__} "
+            "(not a Trainer state file?)"
+        )
     return history
 
 

@@ -247,6 +247,29 @@ def load_prefix(
     return encoder
 
 
+def check_resumable_prefix(checkpoint: str | Path, model) -> None:
+    """A checkpoint to resume `model`'s training from holds a prefix of this base and of this run's prefix
+    encoder: the family / model_type it records (as predict checks them), then every tensor's name and shape
+    (the Trainer would otherwise load it with a traceback, or train a ChatGLM2 prefix on as a ChatGLM3 one)."""
+    from ptune.checkpoint import read_prefix_state
+
+    check_prefix_base(checkpoint, model.source)
+    state = read_prefix_state(checkpoint)
+    _check_prefix_flags(str(checkpoint), state, None, None)
+    config = model.prefix_encoder.config
+    width = state["embedding.weight"].shape[1]
+    if width != config.kv_size:
+        raise UserError(
+            f"{checkpoint}: prefix width {width} does not fit this model (needs {config.kv_size} = "
+            f"{config.num_layers} layers x 2 x {config.num_kv_heads} kv heads x {config.head_dim}); "
+            "was it trained on another model family?"
+        )
+    ours = {k: tuple(v.shape) for k, v in model.prefix_encoder.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    if ours != theirs:
+        raise UserError(f"{checkpoint}: prefix tensors {theirs} do not match this run's prefix {ours}")
+
+
 def check_prefix_flags(
     checkpoint: str | Path, pre_seq_len: int | None, prefix_projection: bool | None
 ) -> None:

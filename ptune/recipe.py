@@ -191,18 +191,27 @@ class PTuningRecipe:
         Exit code 0, or 128 + N when signal N (SIGTERM, SIGHUP) stopped the run after saving a checkpoint."""
         from transformers import set_seed
 
-        from ptune.rundir import check_overwrite
+        from ptune.rundir import check_overwrite, set_aside_results
 
         args, d = self.training_args, self.data_args
         resume = self.resume_target()
         check_overwrite(args.output_dir, args.overwrite_output_dir, resume is not None)
         set_seed(args.seed)
         self.load()
+        if resume is not None:
+            from ptune.prefix import check_resumable_prefix
+
+            check_resumable_prefix(resume, self.model)
         train_ds = self.dataset(d.train_file, d.max_target_length, d.max_train_samples)
         eval_ds = None
         if args.eval_strategy != "no":
             eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples, "eval")
-        return run_training(self.trainer(train_ds, eval_ds), resume, len(train_ds))
+        trainer = self.trainer(train_ds, eval_ds)
+        if args.overwrite_output_dir and resume is None and args.should_save:
+            set_aside_results(
+                args.output_dir
+            )  # only now: a run refused until here leaves every file in place
+        return run_training(trainer, resume, len(train_ds))
 
     def evaluate(self) -> int:
         """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU.
@@ -291,11 +300,15 @@ class PTuningRecipe:
 def run_training(trainer, resume: str | None, train_samples: int) -> int:
     """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
     from ptune.checkpoint import checkpoint_global_step
+    from ptune.finish import finish_run, remove_stale_temporaries
     from ptune.trainer import StopOnSignal
 
+    if trainer.args.should_save:
+        remove_stale_temporaries(trainer.args.output_dir, output_names(trainer))
     if resume is not None and checkpoint_global_step(resume) >= trainer.args.max_steps > 0:
-        # The Trainer would run one more step past max_steps (and change the prefix): there is nothing to do.
-        logger.warning("%s is already at max_steps %d: nothing to train", resume, trainer.args.max_steps)
+        # The Trainer would run one more step past max_steps (and change the prefix): nothing to train, but
+        # the run may have been killed before writing its final files.
+        finish_run(trainer, resume, train_samples)
         return 0
     stop = StopOnSignal()
     trainer.add_callback(stop)
@@ -323,6 +336,15 @@ def run_training(trainer, resume: str | None, train_samples: int) -> int:
         )
         return 128 + stop.received
     return 0
+
+
+def output_names(trainer) -> list[str]:
+    """The names of the files ptune writes directly into output_dir."""
+    from ptune.finish import FINAL_FILES
+    from ptune.plot import PLOT_NAME
+
+    results = ["eval_results.json", "predict_results.json", "generated_predictions.txt"]
+    return [*FINAL_FILES, PLOT_NAME, *results, *(f.name for f in trainer.tokenizer_files)]
 
 
 def plot(training_args) -> None:

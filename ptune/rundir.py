@@ -16,16 +16,29 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from ptune.checkpoint import PREFIX_CONFIG_NAME, step_checkpoints
+from ptune.checkpoint import PREFIX_CONFIG_NAME, WEIGHTS_NAME, step_checkpoints
 from ptune.errors import UserError
+
+logger = logging.getLogger("ptune")
 
 # Files a finished ptune run leaves in output_dir besides its checkpoints.
 RUN_FILES = ("trainer_state.json", "train_results.json", "all_results.json")
+# Everything train, eval and predict leave there: the results of one prefix (plus its tokenizer files).
+RESULT_FILES = (
+    *RUN_FILES,
+    "eval_results.json",
+    "predict_results.json",
+    "generated_predictions.txt",
+    "training_curves.png",
+    WEIGHTS_NAME,
+    PREFIX_CONFIG_NAME,
+)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json", "*.gguf")
 MIN_FREE_BYTES = 64 * 2**20  # a prefix checkpoint of a 9B model with its Adam state is ~45 MB
 
@@ -106,11 +119,36 @@ def check_overwrite(output_dir: str | Path, overwrite: bool, resuming: bool) -> 
             f"{out}: already holds a run ({names}); choose another --output_dir, or continue it with "
             "--resume_from_checkpoint true"
         )
-    if not overwrite and out.is_dir() and any((out / name).exists() for name in RUN_FILES):
+    if not overwrite and out.is_dir() and any((out / name).exists() for name in RESULT_FILES):
         raise UserError(
-            f"{out}: already holds a run's results; pass --overwrite_output_dir to train over it, "
-            "or choose another --output_dir"
+            f"{out}: already holds a run's results; pass --overwrite_output_dir to train over it (they are "
+            "moved into a previous-run-* folder), or choose another --output_dir"
         )
+
+
+def set_aside_results(output_dir: str | Path) -> Path | None:
+    """`--overwrite_output_dir`: move an earlier run's results (RESULT_FILES and its tokenizer files) into
+    `output_dir/previous-run-<UTC time>/`, so that none survives beside the new run's (its all_results.json
+    would otherwise merge the new training figures with the old prefix's ROUGE) and none is lost: the folder
+    is the old prefix's, usable as `--ptuning_checkpoint`. Returns it, or None when there was nothing."""
+    import time
+
+    from ptune.families.registry import tokenizer_files
+
+    out = Path(output_dir)
+    old = [out / n for n in dict.fromkeys([*RESULT_FILES, *tokenizer_files()]) if (out / n).is_file()]
+    if not any(f.name in RESULT_FILES for f in old):
+        return None
+    aside = out / time.strftime("previous-run-%Y%m%d-%H%M%S", time.gmtime())
+    while aside.exists():
+        aside = aside.with_name(aside.name + "-1")
+    aside.mkdir()
+    for f in old:
+        os.replace(f, aside / f.name)
+    logger.warning(
+        "--overwrite_output_dir: moved the earlier run's %s into %s", ", ".join(f.name for f in old), aside
+    )
+    return aside
 
 
 class RunLock:

@@ -19,6 +19,7 @@ training — is the stock Trainer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -35,7 +36,7 @@ from ptune.chat_format import decode_response
 from ptune.checkpoint import read_prefix_state, rotate_checkpoints, write_prefix_files
 from ptune.errors import UserError
 from ptune.generate import GenerationSettings, generate
-from ptune.io import fsync_dir
+from ptune.io import fsync_dir, read_json, write_json
 from ptune.metrics import compute_metrics
 
 STAGING = ".staging"
@@ -219,7 +220,7 @@ class PrefixTrainer(Seq2SeqTrainer):
         best = self.state.best_model_checkpoint
         if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging):
             self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
+        write_state(self.state, Path(staging, name, "trainer_state.json"))  # strict JSON (see write_state)
         fsync_dir(Path(staging, name))
         final = os.path.join(run_dir, name)
         old = os.path.join(staging, "replaced")
@@ -227,6 +228,22 @@ class PrefixTrainer(Seq2SeqTrainer):
             os.replace(final, old)
         os.replace(os.path.join(staging, name), final)
         shutil.rmtree(staging, ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------- results
+    def save_metrics(self, split: str, metrics: dict, combined: bool = True) -> None:
+        """`SPLIT_results.json`, and `all_results.json` updated with it: as the stock method, but written
+        atomically and as strict JSON (the stock one writes a NaN metric as a bare `NaN`, which is not JSON)."""
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        write_json(out / f"{split}_results.json", metrics, indent=4, sort_keys=True)
+        if combined:
+            merged = {**read_json(out / "all_results.json", missing_ok=True), **metrics}
+            write_json(out / "all_results.json", merged, indent=4, sort_keys=True)
+
+    def save_state(self) -> None:
+        if self.is_world_process_zero():
+            write_state(self.state, Path(self.args.output_dir) / "trainer_state.json")
 
     # --------------------------------------------------------------------------------------- loading
     def _load_prefix(self, folder: str) -> None:
@@ -275,6 +292,12 @@ class PrefixTrainer(Seq2SeqTrainer):
         if tokens.shape[1] == 0:
             tokens = tokens.new_full((tokens.shape[0], 1), tok.pad_token_id)
         return loss, tokens, inputs["answer_ids"]
+
+
+def write_state(state, path: Path) -> None:
+    """`TrainerState.save_to_json`, atomically and as strict JSON: a NaN or infinite value in `log_history`
+    (a NaN loss or grad_norm) is written as null, which `TrainerState.load_from_json` and `ptune plot` read."""
+    write_json(path, dataclasses.asdict(state), indent=2, sort_keys=True)
 
 
 def decode_rows(tokenizer, rows: np.ndarray, cut_at_stop: bool) -> list[str]:

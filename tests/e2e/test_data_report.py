@@ -115,6 +115,37 @@ def test_data_report_never_replaces_data_models_or_files(tiny, tmp_path, hf_cach
     assert json.loads(kept.read_text(encoding="utf-8").splitlines()[0])["split"] == "train"
 
 
+def test_write_encoded_never_replaces_its_config_or_a_prefix_even_with_overwrite(
+    tiny, tmp_path, hf_cache, capsys
+):
+    """--write_encoded onto the config it reads, a prefix's model.safetensors or prefix_config.json, a file in
+    a checkpoint-N folder, weights by suffix, or deeper inside the model folder: refused whatever
+    --overwrite_output_dir says, one line, every file as it was."""
+    from ptune.serve.bench import random_prefix
+
+    config = _config(tmp_path, tiny)
+    prefix = random_prefix(tiny, tmp_path / "run", 4, seed=1)
+    checkpoint = Path(shutil.copytree(prefix, tmp_path / "run" / "checkpoint-2"))
+    before = _snapshot(tmp_path, tiny)
+    cases = [
+        (config, "is the config file ptune data reads"),
+        (prefix / "model.safetensors", "is a weights or checkpoint file (.safetensors)"),
+        (prefix / "prefix_config.json", "is a file of a run or prefix folder (prefix_config.json)"),
+        (tmp_path / "run" / "trainer_state.json", "is a file of a run or prefix folder (trainer_state.json)"),
+        (checkpoint / "encoded.jsonl", f"is inside the checkpoint folder {checkpoint}"),
+        (tmp_path / "optimizer.pt", "is a weights or checkpoint file (.pt)"),
+        (tiny / "sub" / "x.jsonl", "is inside the --model_name_or_path folder"),
+    ]
+    for target, message in cases:
+        capsys.readouterr()
+        argv = ["data", str(config), "--overwrite_output_dir", "true", "--write_encoded", str(target)]
+        assert main(argv) == 2, target
+        err = capsys.readouterr().err
+        assert err.startswith(f"ptune data: error: --write_encoded {target} {message}"), err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert _snapshot(tmp_path, tiny) == before
+
+
 def test_data_report_reads_the_files_inside_data_dir(tiny, tmp_path, hf_cache, capsys):
     # THUDM's finetune_demo layout: relative file names, read inside --data_dir as ptune train reads them
     data = tmp_path / "data"

@@ -103,12 +103,50 @@ def test_resume_from_an_incomplete_or_corrupt_checkpoint_is_one_line(run4, tiny,
     before = snapshot(out)
     for ckpt, fragment in (
         ("checkpoint-4", "lacks optimizer.pt"),
-        ("checkpoint-2", "scheduler.pt: unreadable"),
+        ("checkpoint-2", "scheduler.pt: not a valid checkpoint file"),
     ):
         refused(train_argv(tiny, out, "--resume_from_checkpoint", str(out / ckpt)), capsys, fragment)
     (out / "checkpoint-2" / "scheduler.pt").unlink()
     refused(train_argv(tiny, out, "--resume_from_checkpoint", "true"), capsys, "no complete checkpoint")
     assert snapshot(out) == {k: v for k, v in before.items() if not k.endswith("checkpoint-2/scheduler.pt")}
+
+
+def test_a_garbage_optimizer_or_trainer_state_is_one_line_never_torchs_unsafe_advice(
+    run4, tiny, tmp_path, capsys
+):
+    """torch's message for a file weights_only refuses opens with "Re-running torch.load with weights_only set
+    to False will likely succeed": ptune never passes that on (it would run whatever the pickle holds)."""
+    import io
+    import os as os_module
+
+    out = Path(shutil.copytree(run4, tmp_path / "garbage"))
+    ckpt = out / "checkpoint-4"
+    pickled = io.BytesIO()
+    torch.save({"state": {}, "hook": os_module.getcwd}, pickled)  # a pickle that would call a function
+    for content, reason in (
+        (b"\x80\x04garbage", "not a file torch.save writes (unsupported pickle operand 103)"),
+        (pickled.getvalue(), "it holds a Python object (posix.getcwd), not only tensors"),
+    ):
+        (ckpt / "optimizer.pt").write_bytes(content)
+        before = snapshot(out)
+        line = refused(
+            train_argv(tiny, out, "--resume_from_checkpoint", str(ckpt)),
+            capsys,
+            f"{ckpt / 'optimizer.pt'}: not a valid checkpoint file ({reason}); resume from an earlier checkpoint",
+        )
+        assert "weights_only" not in line
+        assert snapshot(out) == before
+    shutil.copyfile(run4 / "checkpoint-4" / "optimizer.pt", ckpt / "optimizer.pt")
+    for history in ({"loss": 1.0}, "x", [1, 2]):
+        trainer_state = {**state(run4 / "checkpoint-4"), "log_history": history}
+        (ckpt / "trainer_state.json").write_text(json.dumps(trainer_state))
+        before = snapshot(out)
+        refused(
+            train_argv(tiny, out, "--resume_from_checkpoint", "true", steps=6),
+            capsys,
+            f"{ckpt / 'trainer_state.json'}: 'log_history' must be a list of logged entries",
+        )
+        assert snapshot(out) == before
 
 
 def test_resume_with_another_pre_seq_len_or_projection_is_one_line(run4, tiny, capsys):

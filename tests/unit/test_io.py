@@ -50,3 +50,14 @@ def test_atomic_dir_publishes_all_or_nothing(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "one").write_text("1")
     assert [p.name for p in target.iterdir()] == ["one"]
+
+
+def test_write_json_writes_non_finite_floats_as_null(tmp_path):
+    import json
+    import math
+
+    path = tmp_path / "m.json"
+    write_json(path, {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf}], "d": "NaN"})
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN"}

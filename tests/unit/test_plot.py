@@ -153,3 +153,9 @@ def test_cli_plot_bad_state_files(tmp_path, capsys):
     _assert_one_line_error(capsys, main(["plot", str(folder)]), f"{state}:1:", "not valid JSON")
     state.write_text('{"global_step": 3}')
     _assert_one_line_error(capsys, main(["plot", str(folder)]), str(state), "log_history")
+    state.write_text('{"global_step": 3, "log_history": {"loss": 1.0, "step": 1}}')
+    _assert_one_line_error(
+        capsys,
+        main(["plot", str(folder)]),
+        f"{state}: 'log_history' must be a list of logged entries, got dict",
+    )
