@@ -8,6 +8,10 @@ its slot is free for the next step. The queue of waiting requests is bounded: `s
 it (the app answers 429). The request side talks to this thread only through `Job.sink` (called here,
 with `Event`s) and `Job.cancelled`.
 
+Failures belong to their request: a row whose logits are not finite or whose sampling raises, or that cannot
+start (its seed), fails alone (500) and the others take their token; only a forward pass that raises (out of
+memory) fails the rows that were in it.
+
 Stopping: `drain()` refuses new requests (503) while the accepted ones are finished; `stop()` fails whatever
 is still waiting or running and ends the thread (server shutdown).
 """
@@ -151,21 +155,30 @@ class Scheduler:
             joining = [self.waiting.popleft() for _ in range(count)]
         self._drop_cancelled()
         self.cancelled += sum(r.cancelled.is_set() for r in joining)
-        joining = [r for r in joining if not r.cancelled.is_set()]
+        joining = self._start([r for r in joining if not r.cancelled.is_set()])
         try:
             if joining:
                 self._prefill(joining)
             if self.rows:
                 self._decode()
-        except Exception as e:  # a failed step (e.g. out of memory) fails its rows, not the server
+        except Exception as e:  # a failed forward pass (e.g. out of memory) fails its rows, not the server
             logger.exception("generation step failed")
-            for request in {id(r): r for r in joining + [row.request for row in self.rows]}.values():
+            for request in {id(r.request): r.request for r in joining + self.rows}.values():
                 self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
             self.rows, self.cache = [], None
 
-    def _prefill(self, joining: list[Job]) -> None:
-        new, logits = self.engine.prefill([r.prompt for r in joining], [r.prefix for r in joining])
-        rows = [self._new_row(r) for r in joining]
+    def _start(self, joining: list[Job]) -> list[Row]:
+        """The rows of the admitted requests; one that cannot even start (a seed torch refuses) fails alone."""
+        rows = []
+        for request in joining:
+            try:
+                rows.append(self._new_row(request))
+            except Exception as e:
+                self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
+        return rows
+
+    def _prefill(self, rows: list[Row]) -> None:
+        new, logits = self.engine.prefill([r.request.prompt for r in rows], [r.request.prefix for r in rows])
         self.cache = merge(self.cache, new)
         self.rows += rows
         self._advance(rows, logits, first=len(self.rows) - len(rows))
@@ -193,6 +206,11 @@ class Scheduler:
         tokens = pick_tokens(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
         done = set()
         for k, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if isinstance(token, str):  # its logits are not finite or its sampling raised: this row only
+                logger.error("request failed alone: %s", token)
+                done.add(first + k)
+                self._fail(row.request, 500, f"generation failed: {token}")
+                continue
             row.generated += 1
             piece = row.answer.push(token)
             reason = finish_reason(token, row, self.stop_ids)
