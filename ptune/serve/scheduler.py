@@ -92,6 +92,7 @@ class Scheduler:
         self.cache: BatchCache | None = None
         self.draining = False
         self._stopping = False
+        self._stop_reason = "the server is shutting down"
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="ptune-scheduler", daemon=True)
         self.finished = self.failed = self.cancelled = 0
@@ -126,14 +127,15 @@ class Scheduler:
         with self._wake:
             self.draining = True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Fail what is left (503) and end the thread."""
+    def stop(self, timeout: float = 10.0, reason: str = "the server is shutting down") -> None:
+        """Fail what is left (503, `reason`) and end the thread."""
         with self._wake:
             self.draining = self._stopping = True
+            self._stop_reason = reason
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._fail_all("the server is shutting down")  # what the loop left (nothing, if it ended)
+        self._fail_all(reason)  # what the loop left (nothing, if it ended)
 
     # -------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -144,7 +146,7 @@ class Scheduler:
                 if self._stopping:
                     break
             self.step()
-        self._fail_all("the server is shutting down")
+        self._fail_all(self._stop_reason)
 
     def step(self) -> None:
         """One scheduling step: drop rows whose client left, admit and prefill waiting requests, then one
