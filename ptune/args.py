@@ -341,10 +341,16 @@ class GenerationArguments:
 
     def __post_init__(self):
         check_at_least(self, 1, "max_new_tokens")
+        from ptune.generate import MIN_TEMPERATURE
+
         if not 0 < self.top_p <= 1:
             raise BadArgument(f"--top_p must be above 0 and at most 1, got {self.top_p}", "top_p")
-        if not self.temperature > 0:
-            raise BadArgument(f"--temperature must be above 0, got {self.temperature}", "temperature")
+        if not (MIN_TEMPERATURE <= self.temperature < float("inf")):
+            raise BadArgument(
+                f"--temperature must be at least {MIN_TEMPERATURE} and finite, got {self.temperature} "
+                "(lower overflows; greedy decoding is --do_sample false)",
+                "temperature",
+            )
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [n for n in ("top_p", "temperature") if getattr(self, n) != defaults[n]]
         if changed and not self.do_sample:

@@ -20,6 +20,11 @@ from ptune.model import PrefixTunedLM, positions_from_mask
 from ptune.prefix import cache_argument
 
 
+# The lowest sampling temperature eval / predict / chat / serve take: below it the logits divided by it can
+# overflow to inf (1e-300 does), and a distribution that sharp is greedy decoding anyway.
+MIN_TEMPERATURE = 0.01
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did."""

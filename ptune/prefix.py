@@ -133,6 +133,13 @@ def prefix_from_state(
     """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
     their shapes fit this base model and the user's flags."""
     rows, width, has_projection = _check_prefix_flags(where, state, pre_seq_len, prefix_projection)
+    for name, tensor in state.items():  # a diverged run's prefix would answer NaN: refuse it at load
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(
+                f"{where}: the prefix tensor {name} holds {bad} non-finite values (NaN or inf); the run that "
+                "wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)"
+            )
     config = prefix_config_for(base, rows, has_projection)
     if width != config.kv_size:
         raise UserError(

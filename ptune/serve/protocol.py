@@ -18,9 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from ptune.families.base import Message
-
-
-MIN_TEMPERATURE = 0.01  # the lowest sampling temperature a request may ask for (0 is greedy)
+from ptune.generate import MIN_TEMPERATURE
 
 
 class ApiError(Exception):
@@ -109,8 +107,7 @@ class ChatRequest(_Strict):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v):
-        # Between 0 (greedy) and 0.01 the logits divided by it overflow to inf (1e-300 does at once), and a
-        # sampling distribution that sharp is greedy anyway: say so rather than let it reach the model.
+        # Below MIN_TEMPERATURE (ptune.generate) the logits divided by it may overflow: never let it reach the model.
         if v is not None and 0 < v < MIN_TEMPERATURE:
             raise PydanticCustomError(
                 "temperature", "must be 0 (greedy) or at least {low}, got {v}", {"low": MIN_TEMPERATURE, "v": v}
