@@ -19,7 +19,6 @@ from transformers.cache_utils import DynamicCache
 from ptune.model import PrefixTunedLM, positions_from_mask
 from ptune.prefix import cache_argument
 
-
 # The lowest sampling temperature eval / predict / chat / serve take: below it the logits divided by it can
 # overflow to inf (1e-300 does), and a distribution that sharp is greedy decoding anyway.
 MIN_TEMPERATURE = 0.01

@@ -110,7 +110,9 @@ class ChatRequest(_Strict):
         # Below MIN_TEMPERATURE (ptune.generate) the logits divided by it may overflow: never let it reach the model.
         if v is not None and 0 < v < MIN_TEMPERATURE:
             raise PydanticCustomError(
-                "temperature", "must be 0 (greedy) or at least {low}, got {v}", {"low": MIN_TEMPERATURE, "v": v}
+                "temperature",
+                "must be 0 (greedy) or at least {low}, got {v}",
+                {"low": MIN_TEMPERATURE, "v": v},
             )
         return v
 
