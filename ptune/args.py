@@ -103,6 +103,14 @@ class ModelArguments:
             "128. Needed to train; eval/predict read it from the checkpoint."
         },
     )
+    random_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "eval/predict with --pre_seq_len and no --ptuning_checkpoint: run a freshly initialised, "
+            "untrained prefix (a baseline). Without it that combination is refused: it is usually a forgotten "
+            "--ptuning_checkpoint."
+        },
+    )
     prefix_projection: bool | None = field(
         default=None,
         metadata={
@@ -151,6 +159,12 @@ class ModelArguments:
                 f"--quantization_bit must be 4 or 8, got {self.quantization_bit}", "quantization_bit"
             )
         check_at_least(self, 1, "pre_seq_len")
+        if self.random_prefix and (self.ptuning_checkpoint or not self.pre_seq_len):
+            raise BadArgument(
+                "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
+                "and no --ptuning_checkpoint",
+                "random_prefix",
+            )
         if not 0 <= self.prefix_dropout < 1:
             raise BadArgument(
                 f"--prefix_dropout must be at least 0 and below 1, got {self.prefix_dropout}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def prefix_from_state(
 def check_prefix_base(checkpoint: str | Path, source) -> None:
     """Refuse a prefix trained on another base: prefix_config.json records the family and model_type it was
     trained with. ChatGLM2 and ChatGLM3 prefixes have the same shape, so only this record tells them apart.
-    THUDM checkpoints (no prefix_config.json) and records without these fields are not checked."""
+    A base of the right family whose fingerprint (`ptune.fingerprint`) differs from the recorded one is
+    warned about, naming both folders. THUDM checkpoints (no prefix_config.json) and records without these
+    fields (prefixes written before ptune recorded them) are not checked."""
     from ptune.checkpoint import PREFIX_CONFIG_NAME, read_prefix_config
 
     recorded = read_prefix_config(checkpoint)
@@ -180,6 +183,15 @@ def check_prefix_base(checkpoint: str | Path, source) -> None:
                 f"({recorded.get('base_model_name_or_path')}), but {source.path} is {name} {have}; "
                 "a prefix only works with the base it was trained on"
             )
+    want, have = recorded.get("base_fingerprint"), getattr(source, "fingerprint", None)
+    if want and have and want != have:  # same family and shape, another model: it runs, answering badly
+        logging.getLogger("ptune").warning(
+            "%s: this prefix was trained on the base %s, but %s is a different model (its config.json or "
+            "weights differ); a prefix only works with the base it was trained on",
+            folder / PREFIX_CONFIG_NAME,
+            recorded.get("base_model_name_or_path"),
+            source.path,
+        )
 
 
 def check_prefix_flags(
