@@ -177,8 +177,19 @@ def test_bench_serve_starts_its_own_servers_with_random_prefixes(serve_models, c
     argv = ["bench", "--serve", "--model_name_or_path", str(base), "--concurrency", "2", "--prefixes", "2",
             "--requests", "1", "--max_tokens", "2", "--baseline"]  # fmt: skip
     assert main(argv) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     rows = [line.split() for line in out if line.startswith(("batched", "one at a time"))]
+    progress = [
+        line.split(" tokens/s")[0] for line in captured.err.splitlines() if line.startswith("ptune bench")
+    ]
+    assert [line.rsplit(": ", 1)[0] if "[" in line else line for line in progress] == [
+        f"ptune bench --serve: making 2 random 16-token prefixes for {base}",
+        "ptune bench --serve: starting the server (batched (32))",
+        "ptune bench --serve: [1/2] batched (32), 2 prefix(es), 2 clients",
+        "ptune bench --serve: starting the server (one at a time)",
+        "ptune bench --serve: [2/2] one at a time, 2 prefix(es), 2 clients",
+    ]
     # prefixes, clients, requests (2 clients x 1), then rates and four "N ms" latencies
     assert [row[-13:-10] for row in rows] == [["2", "2", "2"], ["2", "2", "2"]]
     assert [row[0] for row in rows] == ["batched", "one"]
