@@ -120,6 +120,10 @@ def check_limits(args: argparse.Namespace) -> None:
     for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens", "max_request_bytes"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not 0 <= args.shutdown_timeout < float("inf"):
+        raise UserError(
+            f"--shutdown_timeout must be a number of seconds of at least 0, got {args.shutdown_timeout}"
+        )
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a port number")
     if args.api_key is not None and not args.api_key.strip():

@@ -199,10 +199,19 @@ def test_bench_serve_starts_its_own_servers_with_random_prefixes(serve_models, c
     )
 
 
-def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
+def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys, tmp_path):
+    import shutil
     import socket
 
+    from safetensors.torch import load_file, save_file
+
     base, prefixes = serve_models
+    diverged = shutil.copytree(
+        prefixes["p2"], tmp_path / "diverged"
+    )  # a prefix holding a NaN: refused at start
+    state = load_file(diverged / "model.safetensors")
+    next(iter(state.values()))[0, 0] = float("nan")
+    save_file(state, diverged / "model.safetensors")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -216,6 +225,10 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
         (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
          "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
         (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
+        (["--max_request_bytes", "0"], "--max_request_bytes must be at least 1, got 0"),
+        (["--shutdown_timeout", "-1"], "--shutdown_timeout must be a number of seconds of at least 0, got -1.0"),
+        (["--prefix", f"d={diverged}"], f"{diverged}: the prefix tensor embedding.weight holds 1 non-finite values "
+         "(NaN or inf); the run that wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)"),
         (["--api_key", "clé"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--api_key", " sk-1"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
