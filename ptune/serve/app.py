@@ -60,7 +60,7 @@ class Served:
     tokenizer: object
     max_length: int = 2048
     max_new_tokens: int = 512
-    max_request_bytes: int = 1 << 20  # a request body past it: 413, refused before it is read whole
+    max_request_bytes: int = 1 << 17  # a request body past it: 413, refused before it is read whole
     api_key: str | None = None
     allowed_hosts: list[str] | None = None  # Host headers answered (None: any); see serve.cli.allowed_hosts
     created: int = field(default_factory=lambda: int(time.time()))

@@ -25,6 +25,10 @@ from ptune.errors import UserError
 from ptune.parse import Parser
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# The default body limit: a prompt that fits --max_length tokens is far smaller than 64 bytes a token, even
+# JSON-escaped (a CJK character is 6 bytes as \uXXXX, a token rarely more than 3 of them). A bigger body cannot
+# fit and is refused unread: tokenizing it first (a single C call that holds the GIL) would stall every stream.
+BYTES_PER_TOKEN, MIN_REQUEST_BYTES = 64, 65536
 API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Bearer header carries as sent
 
 
@@ -85,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_request_bytes",
         type=int,
-        default=1 << 20,
-        help="Largest request body; past it: 413, refused before it is read whole (default %(default)s).",
+        help="Largest request body; past it: 413, refused before it is read whole (default: "
+        f"{BYTES_PER_TOKEN} bytes per --max_length token, at least {MIN_REQUEST_BYTES}).",
     )
     p.add_argument("--quantization_bit", type=int, choices=(4, 8), help="Quantize the base's linear layers.")
     add_loading_flags(p)
@@ -117,6 +121,8 @@ def parse_prefixes(values: list[str]) -> dict[str, str]:
 
 
 def check_limits(args: argparse.Namespace) -> None:
+    if args.max_request_bytes is None:
+        args.max_request_bytes = max(BYTES_PER_TOKEN * args.max_length, MIN_REQUEST_BYTES)
     for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens", "max_request_bytes"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")

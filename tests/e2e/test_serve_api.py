@@ -281,10 +281,11 @@ def test_sampling_values_that_would_break_a_step_never_cut_the_other_streams(cli
 
 def test_a_request_body_past_the_limit_is_refused_before_it_is_read(server):
     """413 by Content-Length, and for a chunked body (no length) once it streams past --max_request_bytes
-    (default 1 MiB); the server keeps serving."""
+    (default: 64 bytes per --max_length token, 131072 at --max_length 2048); the server keeps serving. A body
+    under it is read and tokenized: 30,000 words are refused for their tokens, not their bytes."""
     big = json.dumps(chat_body("p2", "hi " * 400_000)).encode()
     status, data, _ = call(server.port, "POST", "/v1/chat/completions", big)
-    message = "request body is larger than this server's limit of 1048576 bytes (--max_request_bytes)"
+    message = "request body is larger than this server's limit of 131072 bytes (--max_request_bytes)"
     assert (status, data["error"]["message"], data["error"]["code"]) == (413, message, "request_too_large")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
@@ -296,3 +297,5 @@ def test_a_request_body_past_the_limit_is_refused_before_it_is_read(server):
     finally:
         conn.close()
     assert call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi"))[0] == 200
+    status, data, _ = call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi " * 30_000))
+    assert (status, data["error"]["code"]) == (400, "context_length_exceeded")
