@@ -9,8 +9,9 @@ it (the app answers 429). The request side talks to this thread only through `Jo
 with `Event`s) and `Job.cancelled`.
 
 Failures belong to their request: a row whose logits are not finite or whose sampling raises, or that cannot
-start (its seed), fails alone (500) and the others take their token; only a forward pass that raises (out of
-memory) fails the rows that were in it.
+start (its seed), fails alone (500) and the others take their token; a forward pass that raises (out of
+memory) fails the rows that were in it: the newcomers of a failed prefill, or the running rows of a failed
+decode step.
 
 Stopping: `drain()` refuses new requests (503) while the accepted ones are finished; `stop()` fails whatever
 is still waiting or running and ends the thread (server shutdown).
@@ -161,13 +162,22 @@ class Scheduler:
         try:
             if joining:
                 self._prefill(joining)
+        except Exception as e:  # the newcomers' pass (out of memory on a long prompt): the running rows go on
+            self._failed_pass(joining, e)
+        try:
             if self.rows:
                 self._decode()
-        except Exception as e:  # a failed forward pass (e.g. out of memory) fails its rows, not the server
-            logger.exception("generation step failed")
-            for request in {id(r.request): r.request for r in joining + self.rows}.values():
-                self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
-            self.rows, self.cache = [], None
+        except Exception as e:  # a failed forward pass fails its rows, not the server
+            self._failed_pass(list(self.rows), e)
+
+    def _failed_pass(self, rows: list[Row], error: Exception) -> None:
+        """Fail the rows of a forward pass that raised and take them out of the batch (the newcomers of a
+        failed prefill were never merged into it, unless it failed after the merge)."""
+        logger.exception("generation step failed")
+        for row in rows:
+            self._fail(row.request, 500, f"generation failed: {type(error).__name__}: {error}")
+        failed = {id(row) for row in rows}
+        self._keep([i for i, row in enumerate(self.rows) if id(row) not in failed])
 
     def _start(self, joining: list[Job]) -> list[Row]:
         """The rows of the admitted requests; one that cannot even start (a seed torch refuses) fails alone."""
@@ -236,6 +246,8 @@ class Scheduler:
             self._keep([i for i in range(len(self.rows)) if i not in gone])
 
     def _keep(self, keep: list[int]) -> None:
+        if keep == list(range(len(self.rows))):
+            return
         self.rows = [self.rows[i] for i in keep]
         self.cache = keep_rows(self.cache, keep) if self.cache is not None else None
 

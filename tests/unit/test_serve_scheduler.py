@@ -207,3 +207,27 @@ def test_a_row_whose_logits_are_not_finite_fails_alone(served, tiny):
     assert list(records["p5"].done.ids) == expected["p5"][PROMPTS[1]][1][:MAX]
     assert list(records["base"].done.ids) == expected[None][PROMPTS[1]][1][:MAX]
     assert torch.isfinite(engine.prefix_kv["p2"][0][0]).all()
+
+
+def test_a_prefill_that_raises_fails_only_its_newcomers(served, monkeypatch):
+    """A newcomer's prefill pass that raises (out of memory on a long prompt, simulated) fails the requests in
+    that pass; the row already running keeps its cache and answers what it answers alone."""
+    tok, engine, expected = served
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
+    running, newcomer = Recorder(), Recorder()
+    assert scheduler.submit(job(tok, "p2", PROMPTS[0], MAX, running))
+    scheduler.step()
+    poison = job(tok, "p8", PROMPTS[2], MAX, newcomer)
+    real = engine.prefill
+
+    def prefill(prompts, prefixes):
+        if poison.prompt in prompts:
+            raise RuntimeError("out of memory (simulated)")
+        return real(prompts, prefixes)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    assert scheduler.submit(poison)
+    run_until_idle(scheduler)
+    assert [e.kind for e in newcomer.events] == ["error"] and newcomer.events[0].status == 500
+    assert newcomer.events[0].text == "generation failed: RuntimeError: out of memory (simulated)"
+    assert list(running.done.ids) == expected["p2"][PROMPTS[0]][1][:MAX]
