@@ -104,6 +104,14 @@ class ModelArguments:
             "128. Needed to train; eval/predict read it from the checkpoint."
         },
     )
+    random_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "eval/predict with --pre_seq_len and no --ptuning_checkpoint: run a freshly initialised, "
+            "untrained prefix (a baseline). Without it that combination is refused: it is usually a forgotten "
+            "--ptuning_checkpoint."
+        },
+    )
     prefix_projection: bool | None = field(
         default=None,
         metadata={
@@ -152,6 +160,12 @@ class ModelArguments:
                 f"--quantization_bit must be 4 or 8, got {self.quantization_bit}", "quantization_bit"
             )
         check_at_least(self, 1, "pre_seq_len")
+        if self.random_prefix and (self.ptuning_checkpoint or not self.pre_seq_len):
+            raise BadArgument(
+                "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
+                "and no --ptuning_checkpoint",
+                "random_prefix",
+            )
         if not 0 <= self.prefix_dropout < 1:
             raise BadArgument(
                 f"--prefix_dropout must be at least 0 and below 1, got {self.prefix_dropout}",
@@ -342,10 +356,16 @@ class GenerationArguments:
 
     def __post_init__(self):
         check_at_least(self, 1, "max_new_tokens")
+        from ptune.generate import MIN_TEMPERATURE
+
         if not 0 < self.top_p <= 1:
             raise BadArgument(f"--top_p must be above 0 and at most 1, got {self.top_p}", "top_p")
-        if not self.temperature > 0:
-            raise BadArgument(f"--temperature must be above 0, got {self.temperature}", "temperature")
+        if not (MIN_TEMPERATURE <= self.temperature < float("inf")):
+            raise BadArgument(
+                f"--temperature must be at least {MIN_TEMPERATURE} and finite, got {self.temperature} "
+                "(lower overflows; greedy decoding is --do_sample false)",
+                "temperature",
+            )
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [n for n in ("top_p", "temperature") if getattr(self, n) != defaults[n]]
         if changed and not self.do_sample:

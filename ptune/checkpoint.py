@@ -106,6 +106,7 @@ def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None
         **model.prefix_encoder.config.to_dict(),
         "base_model_name_or_path": model.source.path,
         "base_model_type": model.source.model_type,
+        "base_fingerprint": model.source.fingerprint,  # ptune.fingerprint: which base, by content
         "family": model.source.family,
         "dtype": model.source.dtype,
         "ptune_version": __version__,

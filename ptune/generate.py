@@ -20,6 +20,10 @@ from transformers.cache_utils import DynamicCache
 from ptune.model import PrefixTunedLM
 from ptune.prefix import cache_argument
 
+# The lowest sampling temperature eval / predict / chat / serve take: below it the logits divided by it can
+# overflow to inf (1e-300 does), and a distribution that sharp is greedy decoding anyway.
+MIN_TEMPERATURE = 0.01
+
 
 @dataclass(frozen=True)
 class GenerationSettings:

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ptune.convert import PREFIX_KEY, check_safetensors, load_glm, read_json
 from ptune.errors import UserError
+from ptune.fingerprint import base_fingerprint
 from ptune.prefix import (
     PrefixEncoder,
     cache_argument,
@@ -79,6 +80,7 @@ class BaseSource:
     dtype: str
     family: str | None = None
     quantization_bit: int | None = None
+    fingerprint: str | None = None  # ptune.fingerprint.base_fingerprint: what the base is, whatever its path
 
 
 class PrefixTunedLM(nn.Module):
@@ -279,6 +281,7 @@ def load_base(
     )
     if cfg.get("model_type") == "chatglm":
         model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
+        source.fingerprint = base_fingerprint(cfg, model.get_input_embeddings().weight)
         return model, source, prefix
     for shard in sorted(folder.glob("*.safetensors")):  # a truncated shard: one line, not a traceback
         check_safetensors(shard)
@@ -293,6 +296,7 @@ def load_base(
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"{folder}: cannot load with transformers ({str(e).splitlines()[0][:300]})") from None
     _check_loading_info(folder, cfg.get("model_type"), info)
+    source.fingerprint = base_fingerprint(cfg, model.get_input_embeddings().weight)
     return model.to(device).eval(), source, {}
 
 

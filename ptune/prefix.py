@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -157,6 +158,13 @@ def prefix_from_state(
     """Rebuild a PrefixEncoder from saved tensors (keys without `transformer.prefix_encoder.`), checking that
     their shapes fit this base model and the user's flags; `positions` is the convention it was trained with."""
     rows, width, has_projection = _check_prefix_flags(where, state, pre_seq_len, prefix_projection)
+    for name, tensor in state.items():  # a diverged run's prefix would answer NaN: refuse it at load
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(
+                f"{where}: the prefix tensor {name} holds {bad} non-finite values (NaN or inf); the run that "
+                "wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)"
+            )
     config = prefix_config_for(base, rows, has_projection, positions)
     if width != config.kv_size:
         raise UserError(
@@ -181,7 +189,9 @@ def prefix_from_state(
 def check_prefix_base(checkpoint: str | Path, source) -> None:
     """Refuse a prefix trained on another base: prefix_config.json records the family and model_type it was
     trained with. ChatGLM2 and ChatGLM3 prefixes have the same shape, so only this record tells them apart.
-    THUDM checkpoints (no prefix_config.json) and records without these fields are not checked."""
+    A base of the right family whose fingerprint (`ptune.fingerprint`) differs from the recorded one is
+    warned about, naming both folders. THUDM checkpoints (no prefix_config.json) and records without these
+    fields (prefixes written before ptune recorded them) are not checked."""
     from ptune.checkpoint import PREFIX_CONFIG_NAME, read_prefix_config
 
     recorded = read_prefix_config(checkpoint)
@@ -197,6 +207,15 @@ def check_prefix_base(checkpoint: str | Path, source) -> None:
                 f"({recorded.get('base_model_name_or_path')}), but {source.path} is {name} {have}; "
                 "a prefix only works with the base it was trained on"
             )
+    want, have = recorded.get("base_fingerprint"), getattr(source, "fingerprint", None)
+    if want and have and want != have:  # same family and shape, another model: it runs, answering badly
+        logging.getLogger("ptune").warning(
+            "%s: this prefix was trained on the base %s, but %s is a different model (its config.json or "
+            "weights differ); a prefix only works with the base it was trained on",
+            folder / PREFIX_CONFIG_NAME,
+            recorded.get("base_model_name_or_path"),
+            source.path,
+        )
 
 
 def recorded_positions(checkpoint: str | Path) -> str:

@@ -102,8 +102,14 @@ class PTuningRecipe:
         if self.verb == "train" and not m.pre_seq_len and not m.ptuning_checkpoint:
             raise UserError("ptune train needs --pre_seq_len N (the prefix length; THUDM's recipes use 128)")
         if self.verb != "train" and m.pre_seq_len and not m.ptuning_checkpoint:
+            if not m.random_prefix:  # answers of a random prefix, exit 0: a forgotten checkpoint looks fine
+                raise UserError(
+                    f"--pre_seq_len {m.pre_seq_len} without --ptuning_checkpoint would {self.verb} with an "
+                    "untrained, random prefix: give the trained prefix as --ptuning_checkpoint (or ask for a "
+                    "random one with --random_prefix true)"
+                )
             logger.warning(
-                "--pre_seq_len %d without --ptuning_checkpoint: using a freshly initialised, untrained prefix",
+                "--pre_seq_len %d --random_prefix true: using a freshly initialised, untrained prefix",
                 m.pre_seq_len,
             )
         self.tokenizer = load_tokenizer(m.tokenizer_name or m.model_name_or_path, m.chat_format)

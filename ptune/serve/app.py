@@ -24,6 +24,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -59,6 +60,7 @@ class Served:
     tokenizer: object
     max_length: int = 2048
     max_new_tokens: int = 512
+    max_request_bytes: int = 1 << 17  # a request body past it: 413, refused before it is read whole
     api_key: str | None = None
     allowed_hosts: list[str] | None = None  # Host headers answered (None: any); see serve.cli.allowed_hosts
     created: int = field(default_factory=lambda: int(time.time()))
@@ -186,12 +188,15 @@ async def page(request: Request) -> FileResponse:
 async def chat_completions(request: Request) -> Response:
     """Check the request, queue it (429 past the queue, 503 while draining), then answer whole or streamed."""
     scheduler: Scheduler = request.app.state.scheduler
+    served: Served = request.app.state.served
     try:
-        body = await request.body()
+        body = await read_body(request, served.max_request_bytes)
     except ClientDisconnect:  # gone before its body was in: nobody to answer, nothing to log
         return Response(status_code=499)
-    chat = parse_chat_request(body)
-    job, events = _job(chat, request.app.state.served)
+    # Parsing and tokenizing take a while for a long prompt: in a worker thread, so that the event loop
+    # goes on answering (and streaming to) every other client meanwhile.
+    chat, prompt = await run_in_threadpool(_parse_and_encode, body, served)
+    job, events = _job(chat, prompt, served)
     try:
         accepted = scheduler.submit(job)
     except RuntimeError:
@@ -208,13 +213,37 @@ async def chat_completions(request: Request) -> Response:
     return await _collect(request, job, events, chat.model)
 
 
-def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue]:
-    """The scheduler's request for a checked chat request, and the queue its events arrive on."""
-    prefix = served.prefix_of(chat.model)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past `limit` bytes: by its Content-Length before a byte is read, and
+    while it streams in (chunked, or a Content-Length that lies), so a huge body is never held whole."""
+    length = request.headers.get("content-length", "")
+    too_big = ApiError(413, f"request body is larger than this server's limit of {limit} bytes "
+                       "(--max_request_bytes)", code="request_too_large")  # fmt: skip
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_and_encode(body: bytes, served: Served) -> tuple[ChatRequest, list[int]]:
+    """The checked request and its prompt ids (run in a worker thread: see chat_completions)."""
+    chat = parse_chat_request(body)
+    served.prefix_of(chat.model)  # 404 before the work of tokenizing
     try:
-        prompt = encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
+        return chat, encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
     except UserError as e:
         raise ApiError(400, str(e), param="messages") from None
+
+
+def _job(chat: ChatRequest, prompt: list[int], served: Served) -> tuple[Job, asyncio.Queue]:
+    """The scheduler's request for a checked chat request and its prompt ids, and the queue its events
+    arrive on."""
+    prefix = served.prefix_of(chat.model)
     max_tokens = answer_budget(len(prompt), chat.requested_tokens, served)
     temperature = 1.0 if chat.temperature is None else chat.temperature  # OpenAI's default
     sampling = Sampling(temperature, 1.0 if chat.top_p is None else chat.top_p, chat.seed)

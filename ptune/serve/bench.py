@@ -39,6 +39,23 @@ PROMPTS = [
 ]
 
 
+class Progress:
+    """Progress lines on stderr (the table goes to stdout): a run takes minutes, and said nothing before.
+    `row` counts the measured settings against `total` and says what each gave and how long it took."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def say(self, text: str) -> None:
+        print(f"ptune bench --serve: {text}", file=sys.stderr, flush=True)
+
+    def row(self, row: dict, seconds: float) -> None:
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {row['server']}, {row['prefixes']} prefix(es), {row['clients']} "
+                 f"clients: {row['tokens_per_s']:,.0f} tokens/s ({seconds:.1f} s; "
+                 f"{time.perf_counter() - self.started:.0f} s so far)")  # fmt: skip
+
+
 @dataclass
 class Timing:
     """One streamed request: when it was sent, when each piece of text arrived, and the tokens generated."""
@@ -249,12 +266,15 @@ def run_in_process(scheduler, tok, models: list[str], clients: int, requests: in
     return summarize(timings, time.perf_counter() - start)
 
 
-def measure_in_process(base: str, prefixes: dict[str, str], args: argparse.Namespace) -> list[dict]:
+def measure_in_process(
+    base: str, prefixes: dict[str, str], args: argparse.Namespace, progress: Progress
+) -> list[dict]:
     """`--in_process`: the scheduler and model alone, batched (--max_batch) and one at a time."""
     from ptune.serve.cli import load
     from ptune.serve.engine import Engine
     from ptune.serve.scheduler import Scheduler
 
+    progress.say("in-process: loading the model")
     tok, model, encoders = load(base, prefixes, device=args.device)
     engine, rows = Engine(model, encoders, tok.pad_token_id), []
     warm = Scheduler(engine, tok, tok.stop_token_ids, args.max_batch)
@@ -268,9 +288,11 @@ def measure_in_process(base: str, prefixes: dict[str, str], args: argparse.Names
                 scheduler = Scheduler(
                     engine, tok, tok.stop_token_ids, max_batch, max_queue=clients * args.requests
                 )
+                start = time.perf_counter()
                 summary = run_in_process(scheduler, tok, list(prefixes)[:count], clients, args.requests,
                                          args.max_tokens)  # fmt: skip
                 rows.append({"server": label, "prefixes": count, "clients": clients, **summary})
+                progress.row(rows[-1], time.perf_counter() - start)
     return rows
 
 
@@ -323,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def measure(url: str, server: str, prefixes: list[str], args: argparse.Namespace) -> list[dict]:
+def measure(
+    url: str, server: str, prefixes: list[str], args: argparse.Namespace, progress: Progress
+) -> list[dict]:
     """One row per (number of prefixes, clients) against the server at `url`."""
     rows = []
     for count in args.prefixes:
@@ -332,8 +356,10 @@ def measure(url: str, server: str, prefixes: list[str], args: argparse.Namespace
         models = prefixes[:count]
         run_clients(url, models, len(models), 1, 4)  # warm-up, not timed
         for clients in args.concurrency:
+            start = time.perf_counter()
             summary = run_clients(url, models, clients, args.requests, args.max_tokens)
             rows.append({"server": server, "prefixes": count, "clients": clients, **summary})
+            progress.row(rows[-1], time.perf_counter() - start)
     return rows
 
 
@@ -378,13 +404,17 @@ def main(argv: list[str]) -> int:
         raise UserError("--model_name_or_path is required (the base to serve), or --url of a running server")
     if args.url and args.in_process:
         raise UserError("--in_process loads the model here: give --model_name_or_path, not --url")
+    settings = len(args.prefixes) * len(args.concurrency)
+    servers = 1 if args.url else 1 + args.baseline + 2 * args.in_process
+    progress = Progress(settings * servers)
     if args.url:
-        rows = measure(args.url.rstrip("/"), "as running", served_models(args.url)[1], args)
+        rows = measure(args.url.rstrip("/"), "as running", served_models(args.url)[1], args, progress)
     else:
         rows = []
         with tempfile.TemporaryDirectory(prefix="ptune-bench-serve-") as tmp:
             base, prefixes = args.model_name_or_path, parse_prefixes(args.prefix)
             if not prefixes:
+                progress.say(f"making {max(args.prefixes)} random 16-token prefixes for {base}")
                 prefixes = random_prefixes(base, Path(tmp), max(args.prefixes))
             device = ["--device", args.device] if args.device else []
             servers = [(f"batched ({args.max_batch})", ["--max_batch", str(args.max_batch)])]
@@ -392,14 +422,15 @@ def main(argv: list[str]) -> int:
                 servers.append(("one at a time", ["--max_batch", "1"]))
             for label, extra in servers:
                 extra += ["--max_queue", "1024", *device]
+                progress.say(f"starting the server ({label})")
                 proc, url = start_server(base, prefixes, extra, Path(tmp) / "serve.log")
                 try:
-                    rows += measure(url, label, list(prefixes), args)
+                    rows += measure(url, label, list(prefixes), args, progress)
                 finally:
                     proc.terminate()
                     proc.wait(60)
             if args.in_process:
-                rows += measure_in_process(base, prefixes, args)
+                rows += measure_in_process(base, prefixes, args, progress)
     print(table(rows))
     for line in gains(rows):
         print(line)

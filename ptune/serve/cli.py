@@ -4,7 +4,8 @@
                 [--host 127.0.0.1] [--port 8000] [--api_key KEY] [--max_batch 16] [--quantization_bit 4|8]
 
 On SIGTERM (or Ctrl-C) the server stops listening, answers 503 to requests on open connections, finishes the
-requests it has accepted (at most --shutdown_timeout seconds, then fails them), and exits with code 0.
+requests it has accepted (at most --shutdown_timeout seconds, then fails them: an open stream ends with an error
+event), and exits with code 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -23,6 +25,10 @@ from ptune.errors import UserError
 from ptune.parse import Parser
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# The default body limit: a prompt that fits --max_length tokens is far smaller than 64 bytes a token, even
+# JSON-escaped (a CJK character is 6 bytes as \uXXXX, a token rarely more than 3 of them). A bigger body cannot
+# fit and is refused unread: tokenizing it first (a single C call that holds the GIL) would stall every stream.
+BYTES_PER_TOKEN, MIN_REQUEST_BYTES = 64, 65536
 API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Bearer header carries as sent
 
 
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help="max_tokens of a request that gives none (default %(default)s).",
     )
+    p.add_argument(
+        "--max_request_bytes",
+        type=int,
+        help="Largest request body; past it: 413, refused before it is read whole (default: "
+        f"{BYTES_PER_TOKEN} bytes per --max_length token, at least {MIN_REQUEST_BYTES}).",
+    )
     p.add_argument("--quantization_bit", type=int, choices=(4, 8), help="Quantize the base's linear layers.")
     add_loading_flags(p)
     p.add_argument(
@@ -109,9 +121,15 @@ def parse_prefixes(values: list[str]) -> dict[str, str]:
 
 
 def check_limits(args: argparse.Namespace) -> None:
-    for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens"):
+    if args.max_request_bytes is None:
+        args.max_request_bytes = max(BYTES_PER_TOKEN * args.max_length, MIN_REQUEST_BYTES)
+    for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens", "max_request_bytes"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not 0 <= args.shutdown_timeout < float("inf"):
+        raise UserError(
+            f"--shutdown_timeout must be a number of seconds of at least 0, got {args.shutdown_timeout}"
+        )
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a port number")
     if args.api_key is not None and not args.api_key.strip():
@@ -185,7 +203,7 @@ def build(args: argparse.Namespace):
     scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, args.max_batch,
                           args.max_queue)  # fmt: skip
     served = Served(base, family_of(tok).name, {n: e.config.pre_seq_len for n, e in encoders.items()}, tok,
-                    args.max_length, args.max_new_tokens, args.api_key)  # fmt: skip
+                    args.max_length, args.max_new_tokens, args.max_request_bytes, args.api_key)  # fmt: skip
     return scheduler, served, f"{tok.family}, {model.device}"
 
 
@@ -227,9 +245,11 @@ def main(argv: list[str]) -> int:
         print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
               file=sys.stderr)  # fmt: skip
     served.allowed_hosts = allowed_hosts(host, args.allowed_host)
+    # uvicorn cancels what is still running when its graceful timeout ends, which would cut open streams: the
+    # scheduler fails them first (at --shutdown_timeout), and uvicorn waits a little longer for those answers.
     config = uvicorn.Config(create_app(scheduler, served), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
-    server = DrainingServer(config, scheduler)
+                            timeout_graceful_shutdown=args.shutdown_timeout + 5)  # fmt: skip
+    server = DrainingServer(config, scheduler, args.shutdown_timeout)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     print(f"ptune serve: {url} serving {', '.join([served.base, *served.prefixes])} ({what}); "
           "SIGTERM or Ctrl-C stops", flush=True)  # fmt: skip
@@ -244,18 +264,26 @@ def main(argv: list[str]) -> int:
 class DrainingServer(uvicorn.Server):
     """uvicorn's Server, plus: the first SIGTERM/SIGINT makes the scheduler refuse new requests (503) while
     uvicorn stops listening and waits for the accepted ones; and the signal is not raised again after the
-    graceful stop (uvicorn re-raises it so that the process dies of it; ptune exits 0 after a clean stop)."""
+    graceful stop (uvicorn re-raises it so that the process dies of it; ptune exits 0 after a clean stop).
+    `shutdown_timeout` seconds after the first signal, the scheduler fails what is left (503; an open stream
+    gets an error event and ends), before uvicorn's own, later, timeout would cut the connections."""
 
-    def __init__(self, config: uvicorn.Config, scheduler):
+    def __init__(self, config: uvicorn.Config, scheduler, shutdown_timeout: float = 30.0):
         super().__init__(config)
         self.scheduler = scheduler
         self.received: list[int] = []
+        reason = f"the server is shutting down (--shutdown_timeout {shutdown_timeout:g} s ran out)"
+        self.deadline = threading.Timer(shutdown_timeout, scheduler.stop, kwargs={"reason": reason})
+        self.deadline.daemon = True
 
     def handle_exit(self, sig, frame):
         self.scheduler.drain()
+        if not self.deadline.is_alive() and not self.deadline.finished.is_set():
+            self.deadline.start()
         super().handle_exit(sig, frame)
 
     async def _serve(self, sockets=None):
         await super()._serve(sockets)
+        self.deadline.cancel()
         self.received = list(self._captured_signals)
         self._captured_signals.clear()

@@ -102,13 +102,23 @@ class Engine:
 
 def pick_tokens(
     logits: torch.Tensor, sampling: Sequence[Sampling], generators: Sequence[torch.Generator | None]
-) -> list[int]:
+) -> list[int | str]:
     """logits [B, V] → one token per row, each by its own rule (`ptune.generate.next_tokens`): greedy rows
-    by argmax over the whole batch at once, sampling rows one by one with their own generator."""
-    tokens = logits.argmax(-1).tolist()
+    by argmax over the whole batch at once, sampling rows one by one with their own generator.
+
+    A row whose logits are not all finite, or whose sampling raises (probabilities that overflowed), gets the
+    reason (a str) instead of a token: the scheduler fails that row alone, the others take their token."""
+    tokens: list[int | str] = logits.argmax(-1).tolist()
+    finite = torch.isfinite(logits).all(-1).tolist()
     for i, rule in enumerate(sampling):
-        if not rule.greedy:
+        if not finite[i]:
+            tokens[i] = "the model's scores for this request are not finite (NaN or inf)"
+        elif not rule.greedy:
             settings = rule.settings()
-            row = next_tokens(logits[i : i + 1], settings, sampling_warpers(settings), generators[i])
+            try:
+                row = next_tokens(logits[i : i + 1], settings, sampling_warpers(settings), generators[i])
+            except Exception as e:  # e.g. multinomial on probabilities that overflowed: this row only
+                tokens[i] = f"sampling failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                continue
             tokens[i] = int(row[0])
     return tokens

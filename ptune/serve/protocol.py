@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from ptune.families.base import Message
+from ptune.generate import MIN_TEMPERATURE
 
 
 class ApiError(Exception):
     """An answer other than 200: HTTP status, one-line message, OpenAI's error `type`, `code` and `param`."""
 
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             429: "rate_limit_error", 503: "server_error", 500: "server_error"}  # fmt: skip
+             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}  # fmt: skip
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -86,12 +87,12 @@ class ChatRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     n: int | None = Field(None, ge=1, le=1)
     tools: list | None = None
     logprobs: bool | None = None
@@ -101,6 +102,18 @@ class ChatRequest(_Strict):
     def _stops(cls, v):
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop strings")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        # Below MIN_TEMPERATURE (ptune.generate) the logits divided by it may overflow: never let it reach the model.
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise PydanticCustomError(
+                "temperature",
+                "must be 0 (greedy) or at least {low}, got {v}",
+                {"low": MIN_TEMPERATURE, "v": v},
+            )
         return v
 
     @property

@@ -8,6 +8,11 @@ its slot is free for the next step. The queue of waiting requests is bounded: `s
 it (the app answers 429). The request side talks to this thread only through `Job.sink` (called here,
 with `Event`s) and `Job.cancelled`.
 
+Failures belong to their request: a row whose logits are not finite or whose sampling raises, or that cannot
+start (its seed), fails alone (500) and the others take their token; a forward pass that raises (out of
+memory) fails the rows that were in it: the newcomers of a failed prefill, or the running rows of a failed
+decode step.
+
 Stopping: `drain()` refuses new requests (503) while the accepted ones are finished; `stop()` fails whatever
 is still waiting or running and ends the thread (server shutdown).
 """
@@ -88,6 +93,7 @@ class Scheduler:
         self.cache: BatchCache | None = None
         self.draining = False
         self._stopping = False
+        self._stop_reason = "the server is shutting down"
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="ptune-scheduler", daemon=True)
         self.finished = self.failed = self.cancelled = 0
@@ -122,14 +128,15 @@ class Scheduler:
         with self._wake:
             self.draining = True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Fail what is left (503) and end the thread."""
+    def stop(self, timeout: float = 10.0, reason: str = "the server is shutting down") -> None:
+        """Fail what is left (503, `reason`) and end the thread."""
         with self._wake:
             self.draining = self._stopping = True
+            self._stop_reason = reason
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._fail_all("the server is shutting down")  # what the loop left (nothing, if it ended)
+        self._fail_all(reason)  # what the loop left (nothing, if it ended)
 
     # -------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -140,7 +147,7 @@ class Scheduler:
                 if self._stopping:
                     break
             self.step()
-        self._fail_all("the server is shutting down")
+        self._fail_all(self._stop_reason)
 
     def step(self) -> None:
         """One scheduling step: drop rows whose client left, admit and prefill waiting requests, then one
@@ -151,21 +158,39 @@ class Scheduler:
             joining = [self.waiting.popleft() for _ in range(count)]
         self._drop_cancelled()
         self.cancelled += sum(r.cancelled.is_set() for r in joining)
-        joining = [r for r in joining if not r.cancelled.is_set()]
+        joining = self._start([r for r in joining if not r.cancelled.is_set()])
         try:
             if joining:
                 self._prefill(joining)
+        except Exception as e:  # the newcomers' pass (out of memory on a long prompt): the running rows go on
+            self._failed_pass(joining, e)
+        try:
             if self.rows:
                 self._decode()
-        except Exception as e:  # a failed step (e.g. out of memory) fails its rows, not the server
-            logger.exception("generation step failed")
-            for request in {id(r): r for r in joining + [row.request for row in self.rows]}.values():
-                self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
-            self.rows, self.cache = [], None
+        except Exception as e:  # a failed forward pass fails its rows, not the server
+            self._failed_pass(list(self.rows), e)
 
-    def _prefill(self, joining: list[Job]) -> None:
-        new, logits = self.engine.prefill([r.prompt for r in joining], [r.prefix for r in joining])
-        rows = [self._new_row(r) for r in joining]
+    def _failed_pass(self, rows: list[Row], error: Exception) -> None:
+        """Fail the rows of a forward pass that raised and take them out of the batch (the newcomers of a
+        failed prefill were never merged into it, unless it failed after the merge)."""
+        logger.exception("generation step failed")
+        for row in rows:
+            self._fail(row.request, 500, f"generation failed: {type(error).__name__}: {error}")
+        failed = {id(row) for row in rows}
+        self._keep([i for i, row in enumerate(self.rows) if id(row) not in failed])
+
+    def _start(self, joining: list[Job]) -> list[Row]:
+        """The rows of the admitted requests; one that cannot even start (a seed torch refuses) fails alone."""
+        rows = []
+        for request in joining:
+            try:
+                rows.append(self._new_row(request))
+            except Exception as e:
+                self._fail(request, 500, f"generation failed: {type(e).__name__}: {e}")
+        return rows
+
+    def _prefill(self, rows: list[Row]) -> None:
+        new, logits = self.engine.prefill([r.request.prompt for r in rows], [r.request.prefix for r in rows])
         self.cache = merge(self.cache, new)
         self.rows += rows
         self._advance(rows, logits, first=len(self.rows) - len(rows))
@@ -194,6 +219,11 @@ class Scheduler:
         tokens = pick_tokens(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
         done = set()
         for k, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if isinstance(token, str):  # its logits are not finite or its sampling raised: this row only
+                logger.error("request failed alone: %s", token)
+                done.add(first + k)
+                self._fail(row.request, 500, f"generation failed: {token}")
+                continue
             row.generated += 1
             piece = row.answer.push(token)
             reason = finish_reason(token, row, self.stop_ids)
@@ -217,6 +247,8 @@ class Scheduler:
             self._keep([i for i in range(len(self.rows)) if i not in gone])
 
     def _keep(self, keep: list[int]) -> None:
+        if keep == list(range(len(self.rows))):
+            return
         self.rows = [self.rows[i] for i in keep]
         self.cache = keep_rows(self.cache, keep) if self.cache is not None else None
 

@@ -116,7 +116,9 @@ def test_a_native_model_missing_a_weight_is_refused(llama, tmp_path, capsys):
     del weights[name]
     save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
     before = snapshot(damaged)
-    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4")
+    argv = predict_argv(
+        tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4", "--random_prefix", "true"
+    )
     refused(
         argv, capsys, "the weights do not match config.json (model_type 'llama')", "lacks 1 weights", name
     )
@@ -130,7 +132,9 @@ def test_chatglm_files_with_model_type_changed_to_llama_are_refused(tiny, llama,
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (llama / name).is_file():
             shutil.copyfile(llama / name, edited / name)
-    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(edited), "--pre_seq_len", "4")
+    argv = predict_argv(
+        tmp_path / "p", "--model_name_or_path", str(edited), "--pre_seq_len", "4", "--random_prefix", "true"
+    )
     line = refused(argv, capsys)
     assert "do not match config.json" in line or "cannot load" in line, line
 
@@ -139,5 +143,61 @@ def test_a_truncated_native_shard_is_one_line(llama, tmp_path, capsys):
     damaged = Path(shutil.copytree(llama, tmp_path / "truncated"))
     data = (damaged / "model.safetensors").read_bytes()
     (damaged / "model.safetensors").write_bytes(data[: len(data) // 3])
-    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4")
+    argv = predict_argv(
+        tmp_path / "p", "--model_name_or_path", str(damaged), "--pre_seq_len", "4", "--random_prefix", "true"
+    )
     refused(argv, capsys, str(damaged / "model.safetensors"), "truncated")
+
+
+@pytest.mark.parametrize("verb", ["predict", "eval"])
+def test_pre_seq_len_without_a_checkpoint_is_refused_unless_random_prefix(tiny, tmp_path, capsys, verb):
+    """--pre_seq_len without --ptuning_checkpoint used to warn, then write the answers of a random prefix and exit
+    0 (a forgotten checkpoint looked like a result): refused, unless --random_prefix true asks for it."""
+    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(tiny), "--pre_seq_len", "4")
+    if verb == "eval":
+        argv = [a.replace("--test_file", "--validation_file").replace("--max_predict_samples",
+                "--max_eval_samples") for a in argv]  # fmt: skip
+        argv[0] = "eval"
+    refused(argv, capsys, f"--pre_seq_len 4 without --ptuning_checkpoint would {verb} with an untrained, random "
+            "prefix: give the trained prefix as --ptuning_checkpoint (or ask for a random one with --random_prefix "
+            "true)")  # fmt: skip
+    assert not (tmp_path / "p").exists()
+    if verb == "predict":
+        assert main([*argv, "--random_prefix", "true"]) == 0
+        assert len((tmp_path / "p" / "generated_predictions.txt").read_text().splitlines()) == 4
+        refused([*argv, "--random_prefix", "true", "--ptuning_checkpoint", str(tmp_path)], capsys,
+                "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
+                "and no --ptuning_checkpoint")  # fmt: skip
+
+
+def fingerprint_warnings(caplog, base: Path, checkpoint: Path, **loading) -> list[str]:
+    """The warnings that loading `checkpoint` on `base` logs, through predict's loader and serve's."""
+    from ptune.model import load_model
+    from ptune.serve.cli import load
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ptune"):
+        load_model(base, ptuning_checkpoint=checkpoint, device="cpu", **loading)
+        load(str(base), {"p": str(checkpoint)})
+    return [r.getMessage() for r in caplog.records if "is a different model" in r.getMessage()]
+
+
+def test_a_prefix_on_another_base_of_the_same_shape_warns_naming_both(run, tiny, tmp_path, caplog):
+    """prefix_config.json records the base's fingerprint (config.json content + embedding signs): a moved copy of
+    the base, or the base loaded as bfloat16, is the same model (no warning); another ChatGLM3 of the same shape
+    warns, naming the folder recorded and the one given; a prefix without a fingerprint (older) loads silently."""
+    recorded = json.loads((run / "prefix_config.json").read_text())
+    assert recorded["base_fingerprint"].startswith("sha256:") and len(recorded["base_fingerprint"]) == 71
+    moved = Path(shutil.copytree(tiny, tmp_path / "moved"))
+    assert fingerprint_warnings(caplog, moved, run) == []
+    assert fingerprint_warnings(caplog, tiny, run, dtype="bfloat16") == []
+    other = make_tiny_checkpoint(tmp_path / "other", "chatglm3", seed=1)  # same family, shapes and tokenizer
+    warning = (f"{run / 'prefix_config.json'}: this prefix was trained on the base {Path(tiny).resolve()}, but "
+               f"{other.resolve()} is a different model (its config.json or weights differ); a prefix only works "
+               "with the base it was trained on")  # fmt: skip
+    assert fingerprint_warnings(caplog, other, run) == [warning, warning]
+    older = Path(shutil.copytree(run / "checkpoint-2", tmp_path / "older"))
+    config = json.loads((older / "prefix_config.json").read_text())
+    del config["base_fingerprint"]
+    (older / "prefix_config.json").write_text(json.dumps(config))
+    assert fingerprint_warnings(caplog, other, older) == []

@@ -4,6 +4,7 @@ over 4 prefixes, and every bad request answered with its status while the server
 
 from __future__ import annotations
 
+import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,6 +127,12 @@ BAD = [  # (body, status, message)
      400, "messages.0.content: only text parts are supported, got a part of type 'image_url'"),
     ({"model": "p2", "messages": [{"role": "user", "content": None}]}, 400,
      "messages.0.content: must be a string or a list of text parts, got null"),
+    (chat_body("p2", "hi", temperature=1e-300), 400, "temperature: must be 0 (greedy) or at least 0.01, got 1e-300"),
+    (b'{"model": "p2", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
+     "temperature: Input should be a finite number"),
+    (chat_body("p2", "hi", top_p=float("inf")), 400, "top_p: Input should be a finite number"),
+    (chat_body("p2", "hi", seed=1180591620717411303424), 400,
+     "seed: Input should be less than or equal to 18446744073709551615"),
     ({"model": "p2", "messages": [{"role": "user", "content": "hi " * 700}]}, 400, "the prompt (2107 tokens) "
      "leaves no room for an answer within this server's limit of 2048 tokens (--max_length)"),
 ]  # fmt: skip
@@ -170,8 +177,19 @@ def test_bench_serve_starts_its_own_servers_with_random_prefixes(serve_models, c
     argv = ["bench", "--serve", "--model_name_or_path", str(base), "--concurrency", "2", "--prefixes", "2",
             "--requests", "1", "--max_tokens", "2", "--baseline"]  # fmt: skip
     assert main(argv) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     rows = [line.split() for line in out if line.startswith(("batched", "one at a time"))]
+    progress = [
+        line.split(" tokens/s")[0] for line in captured.err.splitlines() if line.startswith("ptune bench")
+    ]
+    assert [line.rsplit(": ", 1)[0] if "[" in line else line for line in progress] == [
+        f"ptune bench --serve: making 2 random 16-token prefixes for {base}",
+        "ptune bench --serve: starting the server (batched (32))",
+        "ptune bench --serve: [1/2] batched (32), 2 prefix(es), 2 clients",
+        "ptune bench --serve: starting the server (one at a time)",
+        "ptune bench --serve: [2/2] one at a time, 2 prefix(es), 2 clients",
+    ]
     # prefixes, clients, requests (2 clients x 1), then rates and four "N ms" latencies
     assert [row[-13:-10] for row in rows] == [["2", "2", "2"], ["2", "2", "2"]]
     assert [row[0] for row in rows] == ["batched", "one"]
@@ -181,10 +199,19 @@ def test_bench_serve_starts_its_own_servers_with_random_prefixes(serve_models, c
     )
 
 
-def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
+def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys, tmp_path):
+    import shutil
     import socket
 
+    from safetensors.torch import load_file, save_file
+
     base, prefixes = serve_models
+    diverged = shutil.copytree(
+        prefixes["p2"], tmp_path / "diverged"
+    )  # a prefix holding a NaN: refused at start
+    state = load_file(diverged / "model.safetensors")
+    next(iter(state.values()))[0, 0] = float("nan")
+    save_file(state, diverged / "model.safetensors")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -198,6 +225,10 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys):
         (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
          "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
         (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
+        (["--max_request_bytes", "0"], "--max_request_bytes must be at least 1, got 0"),
+        (["--shutdown_timeout", "-1"], "--shutdown_timeout must be a number of seconds of at least 0, got -1.0"),
+        (["--prefix", f"d={diverged}"], f"{diverged}: the prefix tensor embedding.weight holds 1 non-finite values "
+         "(NaN or inf); the run that wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)"),
         (["--api_key", "clé"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--api_key", " sk-1"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
         (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
@@ -227,3 +258,44 @@ def test_allowed_hosts_by_address():
     assert allowed_hosts("::1", ["MyProxy"]) == ["127.0.0.1", "localhost", "[::1]", "myproxy"]
     assert allowed_hosts("127.0.0.1", ["*"]) is None
     assert allowed_hosts("0.0.0.0", []) is None and allowed_hosts("192.168.1.5", []) is None
+
+
+def test_sampling_values_that_would_break_a_step_never_cut_the_other_streams(client, server):
+    """While 8 clients stream, requests whose temperature (1e-300: the logits overflow) or seed (past what
+    torch takes) made the batch's step raise are refused with 400 before they enter the batch, and every
+    stream ends in full (a finish_reason and usage, which only come before `[DONE]`). Before: 500s, and the
+    running streams were cut."""
+    bad = [{"temperature": 1e-300}, {"temperature": 1.0, "seed": 1180591620717411303424}]
+
+    def stream(i: int):
+        return ask(client, MODELS[i % len(MODELS)], PROMPTS[i % len(PROMPTS)], stream=True, max_tokens=40)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(stream, i) for i in range(8)]
+        refused = [call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi", 40, **extra))[0]
+                   for extra in bad * 3]  # fmt: skip
+        answers = [f.result() for f in futures]
+    assert refused == [400] * 6
+    assert all(reason in ("stop", "length") and usage.completion_tokens > 0 for _, reason, usage in answers)
+
+
+def test_a_request_body_past_the_limit_is_refused_before_it_is_read(server):
+    """413 by Content-Length, and for a chunked body (no length) once it streams past --max_request_bytes
+    (default: 64 bytes per --max_length token, 131072 at --max_length 2048); the server keeps serving. A body
+    under it is read and tokenized: 30,000 words are refused for their tokens, not their bytes."""
+    big = json.dumps(chat_body("p2", "hi " * 400_000)).encode()
+    status, data, _ = call(server.port, "POST", "/v1/chat/completions", big)
+    message = "request body is larger than this server's limit of 131072 bytes (--max_request_bytes)"
+    assert (status, data["error"]["message"], data["error"]["code"]) == (413, message, "request_too_large")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+        conn.request("POST", "/v1/chat/completions", body=chunks, encode_chunked=True,
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())["error"]["message"]) == (413, message)
+    finally:
+        conn.close()
+    assert call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi"))[0] == 200
+    status, data, _ = call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi " * 30_000))
+    assert (status, data["error"]["code"]) == (400, "context_length_exceeded")

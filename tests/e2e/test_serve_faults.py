@@ -183,3 +183,38 @@ def test_sigterm_during_load_finishes_the_accepted_requests_and_exits_0(guarded)
     assert guarded.proc.wait(30) == 0
     assert "stopped by SIGTERM: " in guarded.output() and ", 0 failed" in guarded.output()
     assert "Traceback" not in guarded.output()
+
+
+def test_streams_still_open_when_shutdown_timeout_runs_out_end_with_an_error_event(serve_models, tmp_path):
+    """--shutdown_timeout 1 with one long stream running (--max_batch 1) and two waiting: SIGTERM, and a
+    second later every stream ends with OpenAI's error event (the openai client raises APIError with its
+    message), none is cut; the server exits 0 and counts them failed. Before: uvicorn cancelled the streams
+    and the clients saw a connection closed mid-stream."""
+    base, prefixes = serve_models
+    server = Server(["--model_name_or_path", str(base), "--prefix", f"p2={prefixes['p2']}", "--max_batch", "1",
+                     "--shutdown_timeout", "1"], tmp_path / "serve.log")  # fmt: skip
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def stream(prompt: str) -> str:
+        chunks = client.chat.completions.create(model="p2", messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=2000, temperature=0, stream=True)  # fmt: skip
+        try:
+            for chunk in chunks:
+                if any(c.finish_reason for c in chunk.choices):
+                    return "finished"
+        except openai.APIError as e:
+            return e.message
+        return "cut"
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(stream, prompt) for prompt in ("hi", "q0", "q1")]
+            wait_for(lambda: health(server) == {**health(server), "running": 1, "waiting": 2}, 30)
+            server.proc.send_signal(signal.SIGTERM)
+            ended = [f.result() for f in futures]
+        reason = "the server is shutting down (--shutdown_timeout 1 s ran out)"
+        assert ended == [reason] * 3
+        assert server.proc.wait(30) == 0
+        assert "stopped by SIGTERM: 0 requests answered, 3 failed" in server.output()
+    finally:
+        server.stop()

@@ -456,7 +456,22 @@ def test_training_arguments_pickle_round_trip():
             "--temperature",
         ),
         (["--do_sample", "--top_p", "0"], "--top_p must be above 0 and at most 1, got 0.0"),
-        (["--do_sample", "--temperature", "0"], "--temperature must be above 0, got 0.0"),
+        (
+            ["--do_sample", "--temperature", "0"],
+            "--temperature must be at least 0.01 and finite, got 0.0 (lower overflows; greedy decoding is "
+            "--do_sample false)",
+        ),
+        (
+            ["--do_sample", "true", "--temperature", "1e-300"],
+            "--temperature must be at least 0.01 and finite, got 1e-300 (lower overflows; greedy decoding is "
+            "--do_sample false)",
+        ),
+        (
+            ["--do_sample", "true", "--temperature", "inf"],
+            "--temperature must be at least 0.01 and finite, got inf (lower overflows; greedy decoding is "
+            "--do_sample false)",
+        ),
+        (["--do_sample", "--top_p", "nan"], "--top_p must be above 0 and at most 1, got nan"),
         (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1, got 0"),
         (
             ["--num_beams", "2"],

@@ -273,3 +273,28 @@ def test_each_tiny_family_loads_strictly_with_its_tokenizer(tmp_path, family):
     out = model(torch.tensor([ids]), labels=torch.tensor([labels]))
     assert out.logits.shape == (1, len(ids), model.config.vocab_size) and torch.isfinite(out.loss)
     assert max(ids) < model.config.vocab_size
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_prefix_holding_non_finite_values_is_refused_at_load(tiny, tmp_path, value):
+    """eval / predict / chat (`load_model`) and serve (`ptune.serve.cli.load`) refuse a diverged prefix with one
+    line naming the file, rather than answer NaN (serve: fail every sampled request to it)."""
+    from safetensors.torch import load_file, save_file
+
+    from ptune.serve.bench import random_prefix
+    from ptune.serve.cli import load
+
+    ckpt = random_prefix(tiny, tmp_path / "p", 3, seed=0)
+    state = load_file(ckpt / "model.safetensors")
+    state[PREFIX_KEY + "embedding.weight"][1, 2] = value
+    save_file(state, ckpt / "model.safetensors")
+    message = (
+        f"{ckpt}: the prefix tensor embedding.weight holds 1 non-finite values (NaN or inf); the run that wrote "
+        "it diverged, so it cannot be used (an earlier checkpoint may be sound)"
+    )
+    with pytest.raises(UserError) as e:
+        load_model(tiny, device="cpu", ptuning_checkpoint=ckpt)
+    assert str(e.value) == message
+    with pytest.raises(UserError) as e:
+        load(str(tiny), {"p": str(ckpt)})
+    assert str(e.value) == message

@@ -147,3 +147,87 @@ def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path)
         want = generate(alone, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
                         tok.stop_token_ids, tok.pad_token_id, GenerationSettings(max_new_tokens=6))[0].tolist()  # fmt: skip
         assert list(record.done.ids) == want, (bits, name, prompt)
+
+
+def run_until_idle(scheduler, steps: int = 100) -> None:
+    for _ in range(steps):
+        if not scheduler.rows and not scheduler.waiting:
+            return
+        scheduler.step()
+    raise AssertionError("the scheduler did not finish")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [Sampling(1e-300, 1.0, None), Sampling(1.0, 1.0, 2**70)],
+    ids=["temperature-1e-300", "seed-2**70"],
+)
+def test_a_row_whose_sampling_fails_fails_alone(served, bad):
+    """Values the API refuses (tests/e2e/test_serve_api.py) reaching the scheduler anyway: a temperature that
+    turns the logits into inf/NaN (multinomial raises) or a seed torch refuses fails its own row with a 500,
+    and the greedy rows beside it (admitted with it, and running before it) answer what they answer alone."""
+    tok, engine, expected = served
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
+    early, good, victim = Recorder(), Recorder(), Recorder()
+    assert scheduler.submit(job(tok, "p2", PROMPTS[0], MAX, early))
+    scheduler.step()  # `early` is running when the bad one joins
+    assert scheduler.submit(job(tok, None, PROMPTS[1], MAX, good))
+    request = job(tok, "p5", PROMPTS[2], MAX, victim)
+    assert scheduler.submit(Job(request.prompt, "p5", MAX, bad, (), victim))
+    run_until_idle(scheduler)
+    assert [e.kind for e in victim.events] == ["error"] and victim.events[0].status == 500
+    assert list(early.done.ids) == expected["p2"][PROMPTS[0]][1][:MAX]
+    assert list(good.done.ids) == expected[None][PROMPTS[1]][1][:MAX]
+    assert scheduler.stats()["failed"] == 1 and scheduler.stats()["finished"] == 2
+
+
+def test_a_row_whose_logits_are_not_finite_fails_alone(served, tiny):
+    """A prefix holding a NaN (refused at load since; built here by hand) makes its row's logits NaN: that row
+    fails (greedy: argmax of NaN would be garbage; sampled: multinomial raises), the others go on."""
+    import torch
+
+    tok, engine, expected = served
+    nan = [(k.clone(), v.clone()) for k, v in engine.prefix_kv["p2"]]
+    nan[0][0][0, 0, 0, 0] = float("nan")
+    engine.prefix_kv["nan"] = nan
+    try:
+        scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
+        records = {name: Recorder() for name in ("greedy-nan", "sampled-nan", "p5", "base")}
+        for name, record in records.items():
+            prefix = "nan" if name.endswith("nan") else None if name == "base" else name
+            request = job(tok, prefix, PROMPTS[1], MAX, record)
+            sampling = Sampling(0.8, 0.9, 3) if name == "sampled-nan" else Sampling(0.0)
+            assert scheduler.submit(Job(request.prompt, prefix, MAX, sampling, (), record))
+        run_until_idle(scheduler)
+    finally:
+        del engine.prefix_kv["nan"]
+    for name in ("greedy-nan", "sampled-nan"):
+        assert [e.kind for e in records[name].events] == ["error"], name
+        assert "not finite" in records[name].events[0].text
+    assert list(records["p5"].done.ids) == expected["p5"][PROMPTS[1]][1][:MAX]
+    assert list(records["base"].done.ids) == expected[None][PROMPTS[1]][1][:MAX]
+    assert torch.isfinite(engine.prefix_kv["p2"][0][0]).all()
+
+
+def test_a_prefill_that_raises_fails_only_its_newcomers(served, monkeypatch):
+    """A newcomer's prefill pass that raises (out of memory on a long prompt, simulated) fails the requests in
+    that pass; the row already running keeps its cache and answers what it answers alone."""
+    tok, engine, expected = served
+    scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
+    running, newcomer = Recorder(), Recorder()
+    assert scheduler.submit(job(tok, "p2", PROMPTS[0], MAX, running))
+    scheduler.step()
+    poison = job(tok, "p8", PROMPTS[2], MAX, newcomer)
+    real = engine.prefill
+
+    def prefill(prompts, prefixes):
+        if poison.prompt in prompts:
+            raise RuntimeError("out of memory (simulated)")
+        return real(prompts, prefixes)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    assert scheduler.submit(poison)
+    run_until_idle(scheduler)
+    assert [e.kind for e in newcomer.events] == ["error"] and newcomer.events[0].status == 500
+    assert newcomer.events[0].text == "generation failed: RuntimeError: out of memory (simulated)"
+    assert list(running.done.ids) == expected["p2"][PROMPTS[0]][1][:MAX]
