@@ -190,6 +190,7 @@ def test_a_row_whose_logits_are_not_finite_fails_alone(served, tiny):
     nan = [(k.clone(), v.clone()) for k, v in engine.prefix_kv["p2"]]
     nan[0][0][0, 0, 0, 0] = float("nan")
     engine.prefix_kv["nan"] = nan
+    engine.position_offsets["nan"] = engine.position_offsets["p2"]  # the engine knows each prefix's positions
     try:
         scheduler = Scheduler(engine, tok, tok.stop_token_ids, max_batch=4)
         records = {name: Recorder() for name in ("greedy-nan", "sampled-nan", "p5", "base")}
@@ -200,7 +201,7 @@ def test_a_row_whose_logits_are_not_finite_fails_alone(served, tiny):
             assert scheduler.submit(Job(request.prompt, prefix, MAX, sampling, (), record))
         run_until_idle(scheduler)
     finally:
-        del engine.prefix_kv["nan"]
+        del engine.prefix_kv["nan"], engine.position_offsets["nan"]
     for name in ("greedy-nan", "sampled-nan"):
         assert [e.kind for e in records[name].events] == ["error"], name
         assert "not finite" in records[name].events[0].text
