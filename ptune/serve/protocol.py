@@ -95,7 +95,7 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     tool_calls: list[ToolCall] | None = None  # before content: its validator looks at them
     tool_call_id: str | None = None
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(None, validate_default=True)  # missing: checked as null
 
     @field_validator("content", mode="before")
     @classmethod

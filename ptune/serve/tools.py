@@ -32,7 +32,7 @@ from ptune.families.registry import family_of
 from ptune.serve.protocol import ApiError, ChatRequest
 from ptune.tool_calls import Call, call_reader, call_start_ids, family_tools, tool_names
 
-ARGUMENT_PIECE = 16  # characters of arguments per streamed delta
+ARGUMENT_PIECE = 8  # characters of arguments per streamed delta
 
 
 @dataclass
@@ -53,7 +53,11 @@ class ToolPlan:
 
 
 def uses_tools(chat: ChatRequest) -> bool:
-    return bool(chat.tools) or any(m.role == "tool" or m.tool_calls for m in chat.messages)
+    return (
+        bool(chat.tools)
+        or chat.tool_choice is not None
+        or any(m.role == "tool" or m.tool_calls for m in chat.messages)
+    )
 
 
 def conversation_of(chat: ChatRequest, tools: list[dict] | None) -> Conversation:
