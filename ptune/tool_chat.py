@@ -34,10 +34,16 @@ def read_tools(path: str) -> list[dict]:
     except UnicodeDecodeError:
         raise UserError(f"--tools {path}: not UTF-8") from None
     if not isinstance(tools, list) or not tools:
-        raise UserError(f'--tools {path}: must be a JSON list of tools, [{{"type": "function", "function": {{...}}}}]')
+        raise UserError(
+            f'--tools {path}: must be a JSON list of tools, [{{"type": "function", "function": {{...}}}}]'
+        )
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        if (
+            not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not function["name"]
+        ):
             raise UserError(f"--tools {path}: tool {i} has no function name ({json.dumps(tool)[:60]})")
     return tools
 
@@ -84,7 +90,9 @@ class ToolChat:
     def add_calls(self, calls: list[Call]) -> None:
         for call in calls:
             arguments = json.loads(call.arguments)
-            self.messages.append({"role": "assistant", "content": "", "tool_call": {"name": call.name, "arguments": arguments}})
+            self.messages.append(
+                {"role": "assistant", "content": "", "tool_call": {"name": call.name, "arguments": arguments}}
+            )
 
 
 def tool_turn(model, chat: ToolChat, query: str, settings, name: str, read_line, write) -> None:
