@@ -205,6 +205,8 @@ def probe_call_text(tok: Any) -> str:
     }
     question = ({"role": "user", "content": "q"},)
     before = tok.render_chat(family.template_messages(Conversation(question, tools)), True, tools)
+    if before == tok.render_chat(family.template_messages(Conversation(question)), True, None):
+        raise UserError(f"{_folder(tok)}: the tokenizer's chat template does not write tools")
     after = tok.render_chat(family.template_messages(Conversation((*question, call), tools)), False, tools)
     if not after.startswith(before):
         raise UserError(

@@ -19,7 +19,9 @@ from tests.tool_models import TOOLS, answer_of, result_of
 def test_chat_shows_the_call_and_asks_for_its_result(tool_bases, tmp_path, monkeypatch, capsys, family, name):
     tools = tmp_path / "tools.json"
     tools.write_text(json.dumps(TOOLS), encoding="utf-8")
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"weather in Paris?\n{result_of('Paris')}\nclear\nhello\nexit\n"))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO(f"weather in Paris?\n{result_of('Paris')}\nclear\nhello\nexit\n")
+    )
     argv = ["--model_name_or_path", str(tool_bases[family]), "--tools", str(tools), "--device", "cpu"]
     assert chat.main([*argv, "--max_new_tokens", "64"]) == 0
     out = capsys.readouterr().out

@@ -72,13 +72,20 @@ def test_named_tool_choice_writes_the_call_start_as_trained(folders, family, sta
     assert plan_request(tok, request(PARIS[:1], tool_choice="none")).reader is None
 
 
-def test_chatglm2_refuses_tools_with_one_line(folders):
+def test_chatglm2_and_a_template_without_tools_refuse_tools_with_one_line(folders, tmp_path):
     tok = load_tokenizer(folders["chatglm2"])
     with pytest.raises(ApiError) as e:
         plan_request(tok, request(PARIS[:1]))
     assert (e.value.status, e.value.message) == (
         400,
         "ChatGLM2 has no tool format: tools are for chatglm3 / glm4 models",
+    )
+    plain = make_tiny_checkpoint(tmp_path / "llama", "llama")  # its chat template knows no tools
+    with pytest.raises(ApiError) as e:
+        plan_request(load_tokenizer(plain), request(PARIS[:1]))
+    assert (e.value.status, e.value.message) == (
+        400,
+        f"{plain}: the tokenizer's chat template does not write tools",
     )
 
 
