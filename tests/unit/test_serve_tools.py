@@ -229,3 +229,14 @@ def test_call_start_ids_end_at_a_token_border(folders, family):
     )
     ids = call_start_ids(tok, conversation, "get_weather")
     assert "get_weather" in tok.decode(ids)
+
+
+@pytest.mark.parametrize(
+    "family, shared", [("glm4", ""), ("chatglm3", ""), ("llama", '<tool_call>{"name": "')]
+)
+def test_required_with_several_tools_writes_what_their_calls_share(folders, family, shared):
+    search = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+    plan = plan_request(
+        load_tokenizer(folders[family]), request(PARIS[:1], tools=[*TOOLS, search], tool_choice="required")
+    )
+    assert plan.forced == shared
