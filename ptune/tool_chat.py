@@ -108,8 +108,8 @@ def tool_turn(model, chat: ToolChat, query: str, settings, name: str, read_line,
         for note in notes:
             write(note + "\n")
         write(f"\n{name}: ")
-        text = _answer(model, chat, ids, settings, write)
-        calls = chat.reader.read(text)
+        text, stopped = _answer(model, chat, ids, settings, write)
+        calls = None if stopped else chat.reader.read(text)
         if not calls:
             chat.messages.append({"role": "assistant", "content": text})
             return
@@ -126,16 +126,16 @@ def tool_turn(model, chat: ToolChat, query: str, settings, name: str, read_line,
             chat.messages.append({"role": "observation", "content": result})
 
 
-def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> str:
-    """Generate and print one answer; text that may still become a call is held until it cannot, and a
-    call is not printed as text (the caller shows it)."""
+def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str, bool]:
+    """Generate and print one answer: (its text, whether Ctrl-C stopped it). Text that may still become a
+    call is held until it cannot, and a call is not printed as text (the caller shows it)."""
     from ptune.chat import TextStream, stream_generate
     from ptune.chat_format import decode_response
 
     tok = chat.tokenizer
     stream, tokens, held, holding = TextStream(tok), [], "", True
     stops = set(tok.stop_token_ids)
-    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    pieces, stopped = stream_generate(model, ids, tok.stop_token_ids, settings), False
     try:
         for token in pieces:
             if token in stops:
@@ -149,13 +149,16 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> str:
                     holding = False
             else:
                 write(piece)
+    except KeyboardInterrupt:  # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
+        stopped = True
     finally:
         pieces.close()
     text = decode_response(tok, tokens)
-    if holding and not chat.reader.read(text):
+    call = not stopped and chat.reader.read(text)
+    if holding and not call:
         write(text)
     if not holding:
         write(stream.flush())
-    if not holding or not chat.reader.read(text):
-        write("\n")
-    return text
+    if not call:
+        write(" (stopped)\n" if stopped else "\n")
+    return text, stopped
