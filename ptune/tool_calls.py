@@ -5,8 +5,8 @@ arguments}, written by the family: ptune.families); this module goes the other w
 `ptune chat --tools`:
 
 - `call_reader(tok, tools)`: how to read a call out of an answer's text. ChatGLM3 and GLM-4 write the tool's
-  name on the first line after ``<|assistant|>`` (the message's metadata), then the call: GLM-4 its arguments as
-  JSON, ChatGLM3 ```` ```python\\ntool_call(a=1)\\n``` ```` (read with `ast`, literals only, never run). A
+  name on the first line after ``<|assistant|>`` (the message's metadata), then the call: GLM-4 its arguments
+  as JSON, ChatGLM3 ```` ```python\\ntool_call(a=1)\\n``` ```` (read with `ast`, literals only, never run). A
   native model writes what its chat template writes for an OpenAI ``tool_calls`` entry, which is found by
   rendering a probe call through the template: e.g. Qwen's ``<tool_call>\\n{"name": ..., "arguments":
   {...}}\\n</tool_call>`` or Llama's bare ``{"name": ..., "parameters": {...}}``.  An answer is a call only

@@ -1,12 +1,12 @@
-"""`ptune chat --tools FILE.json`: a terminal chat in which the model may call tools, and the user gives the result.
+"""`ptune chat --tools FILE.json`: a terminal chat in which the model may call tools; the user gives results.
 
 The tools file is a JSON list of OpenAI function tools (``{"type": "function", "function": {"name",
-"description", "parameters"}}``), taken as `ptune serve` takes a request's `tools`: the conversation is ptune's
-`Conversation` with those tools (ChatGLM3: the bare functions, as its data holds them) and every prompt is
-`family.conversation_prompt`, the training encoder's. An answer that is a call (`ptune.tool_calls.call_reader`)
-is shown as ``get_weather({"city": "Paris"})`` and the user is asked for its result, which becomes an
-observation; then the model answers again. Older turns are dropped, oldest first, when the conversation no
-longer fits in --max_length - --max_new_tokens.
+"description", "parameters"}}``), taken as `ptune serve` takes a request's `tools`: the conversation is
+ptune's `Conversation` with those tools (ChatGLM3: the bare functions, as its data holds them) and every
+prompt is `family.conversation_prompt`, the training encoder's. An answer that is a call
+(`ptune.tool_calls.call_reader`) is shown as ``get_weather({"city": "Paris"})`` and the user is asked for
+its result, which becomes an observation; then the model answers again. Older turns are dropped, oldest
+first, when the conversation no longer fits in --max_length - --max_new_tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ptune.tool_calls import Call, call_reader, family_tools
 
 
 def read_tools(path: str) -> list[dict]:
-    """The tools file: a JSON list of function tools, each with a name; UserError naming the file otherwise."""
+    """The tools file: a JSON list of function tools, each with a name; else UserError naming the file."""
     try:
         tools = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
@@ -50,7 +50,7 @@ def read_tools(path: str) -> list[dict]:
 
 @dataclass
 class ToolChat:
-    """The conversation of a chat with tools: messages as in a `Conversation`, the family's tools, the budget."""
+    """A chat with tools: the messages (as in a `Conversation`), the family's tools, the length budget."""
 
     tokenizer: Any
     tools: list[dict]
@@ -79,8 +79,8 @@ class ToolChat:
             ids = family.conversation_prompt(self.tokenizer, self.conversation())
             if not self.told_about_dropping:
                 notes.append(
-                    f"(the conversation no longer fits in --max_length - --max_new_tokens = {self.max_source_length} "
-                    "tokens: the oldest turns are forgotten from now on)"
+                    "(the conversation no longer fits in --max_length - --max_new_tokens = "
+                    f"{self.max_source_length} tokens: the oldest turns are forgotten from now on)"
                 )
                 self.told_about_dropping = True
         if len(ids) > self.max_source_length:

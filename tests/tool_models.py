@@ -48,14 +48,16 @@ def result_of(city: str) -> str:
 # long preamble, so that the examples are short.
 GLM4_TOOLS_TEMPLATE = (
     "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n# 可用工具"
-    "{% for tool in item['tools'] %}\n\n## {{ tool['function']['name'] }}\n\n{{ tool['function'] | tojson(indent=4) }}"
+    "{% for tool in item['tools'] %}\n\n## {{ tool['function']['name'] }}\n\n"
+    "{{ tool['function'] | tojson(indent=4) }}"
     "{% endfor %}{% endif %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n"
     "{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 # A native template in Qwen's style with the tiny Llama's role tokens.
 NATIVE_TOOLS_TEMPLATE = (
-    "{{ bos_token }}{% if tools %}<|system|>\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}{{ eos_token }}"
-    "{% endif %}{% for m in messages %}{% if m['role'] == 'tool' %}<|user|>\n<tool_response>{{ m['content'] }}"
+    "{{ bos_token }}{% if tools %}<|system|>\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "{{ eos_token }}{% endif %}{% for m in messages %}{% if m['role'] == 'tool' %}<|user|>\n"
+    "<tool_response>{{ m['content'] }}"
     "</tool_response>{{ eos_token }}{% elif m['role'] == 'assistant' and m['tool_calls'] %}<|assistant|>\n"
     "{% for c in m['tool_calls'] %}<tool_call>{{ {'name': c['function']['name'], 'arguments': "
     "c['function']['arguments']} | tojson }}</tool_call>{% endfor %}{{ eos_token }}{% else %}"

@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI's `/v1/models` and `/v1/chat/completions`, `/health`, and the chat page at `/`.
 
 Requests are turned into prompt ids with the family's chat format (`chat_format.encode_messages`, the very
-function training and `ptune predict` build prompts with; a request with tools: `serve.tools.plan_request`) and handed to the scheduler thread; its events come
-back through an asyncio queue, as one JSON body or as server-sent events ending in `data: [DONE]`.
+function training and `ptune predict` build prompts with; a request with tools: `serve.tools.plan_request`)
+and handed to the scheduler thread; its events come back through an asyncio queue, as one JSON body or as
+server-sent events ending in `data: [DONE]`.
 
 Security defaults (README "Serving"): with an API key every path but `/health` needs `Authorization: Bearer
 KEY` (or HTTP Basic auth with the key as password, which the page's 401 makes a browser ask for and send);
@@ -215,11 +216,8 @@ def _job(chat: ChatRequest, served: Served) -> tuple[Job, asyncio.Queue, ToolPla
     prefix = served.prefix_of(chat.model)
     plan = plan_request(served.tokenizer, chat) if uses_tools(chat) else None
     try:
-        prompt = (
-            plan.prompt
-            if plan
-            else encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
-        )
+        messages = [m.as_message() for m in chat.messages]
+        prompt = plan.prompt if plan else encode_messages(served.tokenizer, messages)
     except UserError as e:
         raise ApiError(400, str(e), param="messages") from None
     max_tokens = answer_budget(len(prompt), chat.requested_tokens, served)

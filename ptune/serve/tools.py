@@ -1,4 +1,4 @@
-"""Tools in `ptune serve`: an OpenAI request with tools → the training encoder's prompt, and the answer → tool calls.
+"""Tools in `ptune serve`: a request with tools → the training encoder's prompt; the answer → tool calls.
 
 A request with `tools`, an assistant message with `tool_calls` or a `tool` message is turned into ptune's
 `Conversation` (ptune.conversations: a call becomes an assistant message with ``tool_call``, a tool result an

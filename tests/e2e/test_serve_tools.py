@@ -1,5 +1,5 @@
-"""Tools through `ptune serve`, driven with the official `openai` client: tiny GLM-4, ChatGLM3 and native Llama
-models taught to call get_weather (tests/tool_models.py) are asked about the weather, answer with
+"""Tools through `ptune serve`, driven with the official `openai` client: tiny GLM-4, ChatGLM3 and native
+Llama models taught to call get_weather (tests/tool_models.py) are asked about the weather, answer with
 `tool_calls`, get the tool's result and answer; greedy answers equal `ptune predict` on the same conversation,
 plain and streamed; `tool_choice` names, requires or leaves out the tool."""
 

@@ -107,7 +107,8 @@ def test_chatglm2_and_a_template_without_tools_refuse_tools_with_one_line(folder
                 PARIS[2],
             ],
             {},
-            "messages.1.tool_calls.0.function.arguments: not JSON (Expecting property name enclosed in double quotes)",
+            "messages.1.tool_calls.0.function.arguments: not JSON "
+            "(Expecting property name enclosed in double quotes)",
         ),
         (
             [
@@ -177,7 +178,10 @@ def test_glm4_and_chatglm3_calls_are_read_and_nothing_else():
 
 def test_native_calls_are_read_with_the_template_s_wrapping():
     reader = JsonReader(["get_weather", "f"], "<tool_call>", "</tool_call>", "arguments")
-    two = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>\n<tool_call>{"name": "f", "arguments": "{}"}</tool_call>'
+    two = (
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>\n'
+        '<tool_call>{"name": "f", "arguments": "{}"}</tool_call>'
+    )
     assert reader.read(two) == [Call("get_weather", '{"city": "Rome"}'), Call("f", "{}")]
     for text in (
         '{"name": "get_weather", "arguments": {}}',
