@@ -1,6 +1,7 @@
 """`ptune chat`: multi-turn chat in the terminal with a base model and, optionally, a P-Tuning v2 prefix.
 
     ptune chat --model_name_or_path DIR [--ptuning_checkpoint CKPT] [--system TEXT] [--max_length 2048]
+               [--tools FILE.json]
 
 Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
 stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
@@ -10,6 +11,9 @@ being written (Ctrl-C at the prompt ends ptune: `ptune.cli` prints "interrupted"
 Each prompt holds the question and as many of the latest turns as fit in max_length - max_new_tokens
 tokens; older turns are forgotten for good (said once), so the conversation the model sees only ever loses
 its oldest turns and never gets one back when a later question happens to be shorter.
+
+With --tools FILE.json (a list of OpenAI function tools) the model may call them: the call is shown and the
+result asked for (ptune.tool_chat).
 """
 
 from __future__ import annotations
@@ -241,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="System prompt: the conversation's first message (ChatGLM2, which has no system role: plain text "
         "in front of the first round).",
     )
+    parser.add_argument(
+        "--tools",
+        metavar="FILE.json",
+        help="A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model whose "
+        "chat template writes tools): a call is shown and its result asked for.",
+    )
     return parser
 
 
@@ -278,8 +288,14 @@ def main(argv: list[str]) -> int:
     if args.model_name_or_path is None:
         args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
     settings = _settings(args)
+    tools = None
+    if args.tools is not None:
+        from ptune.tool_chat import read_tools
+
+        tools = read_tools(args.tools)
     tok = load_tokenizer(args.model_name_or_path, args.chat_format)
     session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix, args.system)
+    tool_chat = _tool_chat(tok, tools, session) if tools is not None else None
     bare = len(prompt_ids(tok, "", [], args.source_prefix, args.system))
     if bare > session.max_source_length:  # fail now, not at the first question
         raise UserError(
@@ -318,6 +334,20 @@ def main(argv: list[str]) -> int:
             return 0
         if query in CLEAR_COMMANDS:
             session.clear()
+            if tool_chat is not None:
+                tool_chat.clear()
             _write("(history cleared)\n")
             continue
+        if tool_chat is not None:
+            from ptune.tool_chat import tool_turn
+
+            tool_turn(model, tool_chat, session.source_prefix + query, settings, name, _read_line, _write)
+            continue
         answer(model, session, query, settings, name)
+
+
+def _tool_chat(tok, tools: list[dict], session: ChatSession):
+    """The tool conversation of `ptune chat --tools` (UserError when the family cannot write tools)."""
+    from ptune.tool_chat import ToolChat
+
+    return ToolChat(tok, tools, session.max_source_length, session.system)

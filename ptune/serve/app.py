@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI's `/v1/models` and `/v1/chat/completions`, `/health`, and the chat page at `/`.
 
 Requests are turned into prompt ids with the family's chat format (`chat_format.encode_messages`, the very
-function training and `ptune predict` build prompts with) and handed to the scheduler thread; its events come
-back through an asyncio queue, as one JSON body or as server-sent events ending in `data: [DONE]`.
+function training and `ptune predict` build prompts with; a request with tools: `serve.tools.plan_request`)
+and handed to the scheduler thread; its events come back through an asyncio queue, as one JSON body or as
+server-sent events ending in `data: [DONE]`.
 
 Security defaults (README "Serving"): with an API key every path but `/health` needs `Authorization: Bearer
 KEY` (or HTTP Basic auth with the key as password, which the page's 401 makes a browser ask for and send);
@@ -45,6 +46,7 @@ from ptune.serve.protocol import (
     usage,
 )
 from ptune.serve.scheduler import Event, Job, Scheduler
+from ptune.serve.tools import ToolDeltas, ToolPlan, plan_request, shape_completion, uses_tools
 
 logger = logging.getLogger("ptune.serve")
 STATIC = resources.files("ptune.serve") / "static"
@@ -195,7 +197,7 @@ async def chat_completions(request: Request) -> Response:
         return Response(status_code=499)
     # Parsing and tokenizing take a while for a long prompt: in a worker thread, so that the event loop
     # goes on answering (and streaming to) every other client meanwhile.
-    chat, prompt = await run_in_threadpool(_parse_and_encode, body, served)
+    chat, prompt, plan = await run_in_threadpool(_parse_and_encode, body, served)
     job, events = _job(chat, prompt, served)
     try:
         accepted = scheduler.submit(job)
@@ -206,11 +208,11 @@ async def chat_completions(request: Request) -> Response:
                        code="rate_limit_exceeded")  # fmt: skip
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        stream = _stream(job, events, chat.model, include_usage)
+        stream = _stream(job, events, chat.model, include_usage, plan)
         return StreamingResponse(
             stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
-    return await _collect(request, job, events, chat.model)
+    return await _collect(request, job, events, chat.model, plan)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -230,12 +232,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_and_encode(body: bytes, served: Served) -> tuple[ChatRequest, list[int]]:
-    """The checked request and its prompt ids (run in a worker thread: see chat_completions)."""
+def _parse_and_encode(body: bytes, served: Served) -> tuple[ChatRequest, list[int], ToolPlan | None]:
+    """The checked request, its prompt ids and (with tools) how its answer is read (run in a worker thread:
+    see chat_completions)."""
     chat = parse_chat_request(body)
     served.prefix_of(chat.model)  # 404 before the work of tokenizing
+    plan = plan_request(served.tokenizer, chat) if uses_tools(chat) else None
     try:
-        return chat, encode_messages(served.tokenizer, [m.as_message() for m in chat.messages])
+        if plan:
+            return chat, plan.prompt, plan
+        return chat, encode_messages(served.tokenizer, [m.as_message() for m in chat.messages]), None
     except UserError as e:
         raise ApiError(400, str(e), param="messages") from None
 
@@ -255,7 +261,7 @@ def _job(chat: ChatRequest, prompt: list[int], served: Served) -> tuple[Job, asy
         except RuntimeError:  # the event loop is closed: the server is gone
             pass
 
-    return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events
+    return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events, plan
 
 
 def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int:
@@ -273,7 +279,9 @@ def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int
     return wanted if wanted is not None else min(served.max_new_tokens, room)
 
 
-async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str) -> Response:
+async def _collect(
+    request: Request, job: Job, events: asyncio.Queue, model: str, plan: ToolPlan | None = None
+) -> Response:
     """Wait for the whole answer. The body is read, so the next ASGI message can only be the client hanging
     up (as Starlette's StreamingResponse listens for it): a watcher then frees the row at once."""
 
@@ -297,16 +305,18 @@ async def _collect(request: Request, job: Job, events: asyncio.Queue, model: str
             else:
                 body = completion_body(new_id(), model, "".join(pieces), event.finish_reason,
                                        event.prompt_tokens, event.completion_tokens)  # fmt: skip
-                return JSONResponse(body)
+                return JSONResponse(shape_completion(body, plan, "".join(pieces)) if plan else body)
     finally:
         watcher.cancel()
         job.cancelled.set()  # no-op for a finished row
 
 
-async def _stream(job: Job, events: asyncio.Queue, model: str, include_usage: bool) -> AsyncIterator[bytes]:
-    """chat.completion.chunk events; when the client disconnects, Starlette cancels this generator and the
-    `finally` frees the row."""
-    id_ = new_id()
+async def _stream(
+    job: Job, events: asyncio.Queue, model: str, include_usage: bool, plan: ToolPlan | None = None
+) -> AsyncIterator[bytes]:
+    """chat.completion.chunk events (text, or with tools `ToolDeltas`' content and tool calls); when the
+    client disconnects, Starlette cancels this generator and the `finally` frees the row."""
+    id_, deltas = new_id(), ToolDeltas(plan)
     try:
         yield sse(chunk_body(id_, model, {"role": "assistant", "content": ""}))
         pending = None
@@ -321,12 +331,15 @@ async def _stream(job: Job, events: asyncio.Queue, model: str, include_usage: bo
                     if pending.kind != "text":
                         break
                     text, pending = text + pending.text, None
-                yield sse(chunk_body(id_, model, {"content": text}))
+                for delta in deltas.push(text):
+                    yield sse(chunk_body(id_, model, delta))
             elif event.kind == "error":
                 yield sse(error_body(event.text, ApiError.TYPES.get(event.status, "server_error")))
                 return
             else:
-                yield sse(chunk_body(id_, model, {}, event.finish_reason))
+                for delta in deltas.finish():
+                    yield sse(chunk_body(id_, model, delta))
+                yield sse(chunk_body(id_, model, {}, deltas.finish_reason(event.finish_reason)))
                 if include_usage:
                     yield sse(
                         chunk_body(id_, model, {}, usage_=usage(event.prompt_tokens, event.completion_tokens))

@@ -1,10 +1,11 @@
 """The OpenAI chat-completions shapes ptune serves: the request, checked (pydantic), and the bodies sent back.
 
-Fields honoured: model, messages (system/developer/user/assistant; content a string or text parts),
-max_tokens (or max_completion_tokens), temperature (0 = greedy; OpenAI's default 1), top_p, stop (a string or
-up to 4), stream, stream_options.include_usage, seed, n (only 1). Other OpenAI fields are accepted and
-ignored, as OpenAI-compatible servers do, except those whose meaning ptune cannot give (n > 1, tools,
-logprobs), which are refused. Every refusal is an `ApiError`: a status and one line.
+Fields honoured: model, messages (system/developer/user/assistant/tool; content a string or text parts; an
+assistant's tool_calls, a tool message's tool_call_id), max_tokens (or max_completion_tokens), temperature
+(0 = greedy; OpenAI's default 1), top_p, stop (a string or up to 4), stream, stream_options.include_usage,
+seed, n (only 1), tools and tool_choice (ptune/serve/tools.py). Other OpenAI fields are accepted and
+ignored, as OpenAI-compatible servers do, except those whose meaning ptune cannot give (n > 1, logprobs),
+which are refused. Every refusal is an `ApiError`: a status and one line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ptune.families.base import Message
@@ -52,15 +61,50 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(min_length=1)
+
+
+class Tool(_Strict):
+    """An OpenAI function tool; checked here, put into the prompt as the client wrote it (`raw_tools`)."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    tool_calls: list[ToolCall] | None = None  # before content: its validator looks at them
+    tool_call_id: str | None = None
+    content: str | list[TextPart] | None = Field(None, validate_default=True)  # missing: checked as null
 
     @field_validator("content", mode="before")
     @classmethod
-    def _content(cls, v):
+    def _content(cls, v, info: ValidationInfo):
         # Said here: pydantic's own message for the union would name its first branch ("content.str: Input
         # should be a valid string") and hide what is wrong.
+        if v is None and info.data.get("role") == "assistant" and info.data.get("tool_calls"):
+            return v  # an assistant message that only calls tools
         if v is None:
             raise PydanticCustomError("content", "must be a string or a list of text parts, got null")
         for part in v if isinstance(v, list) else ():
@@ -74,8 +118,14 @@ class ChatMessage(_Strict):
 
     def as_message(self) -> Message:
         """The family-level message: developer is OpenAI's new name for system; text parts joined."""
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text}
+
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined; "" for an assistant message with only tool calls)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(p.text for p in self.content)
 
 
 class StreamOptions(_Strict):
@@ -94,8 +144,10 @@ class ChatRequest(_Strict):
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     n: int | None = Field(None, ge=1, le=1)
-    tools: list | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
+    _raw_tools: list[dict] | None = PrivateAttr(None)  # the tool definitions exactly as the client sent them
 
     @field_validator("stop")
     @classmethod
@@ -121,6 +173,10 @@ class ChatRequest(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
+    def raw_tools(self) -> list[dict] | None:
+        return self._raw_tools
+
+    @property
     def requested_tokens(self) -> int | None:
         return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
 
@@ -143,13 +199,12 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
-    if request.tools:
-        raise ApiError(400, "tools are not supported by ptune serve", param="tools")
     if request.logprobs:
         raise ApiError(400, "logprobs are not supported by ptune serve", param="logprobs")
-    if request.messages[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's (ptune generates the assistant's answer to it)",
-                       param="messages")  # fmt: skip
+    if request.messages[-1].role not in ("user", "tool"):
+        raise ApiError(400, "the last message must be the user's or a tool result (ptune generates the "
+                       "assistant's answer to it)", param="messages")  # fmt: skip
+    request._raw_tools = data.get("tools") or None
     return request
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from ptune.serve.bench import random_prefix
 from tests.serving import Server
+from tests.tool_models import make_tool_base, teach
 from tools.tiny import make_tiny_checkpoint
 
 SERVE_PREFIXES = {"p2": 2, "p4": 4, "p8": 8, "p16": 16}  # name: pre_seq_len (seed = pre_seq_len)
@@ -33,6 +34,46 @@ def server(serve_models, tmp_path_factory):
     running = Server(args, tmp_path_factory.mktemp("serve-log") / "serve.log")
     yield running
     assert running.stop() == 0, running.output()
+
+
+TOOL_FAMILIES = ("glm4", "chatglm3", "llama")
+
+
+@pytest.fixture(scope="session")
+def tool_bases(tmp_path_factory):
+    """{family: folder} of tiny GLM-4, ChatGLM3 and native Llama models taught to call get_weather
+    (tests/tool_models.py; about 20 s on one thread)."""
+    import torch
+
+    root, threads = tmp_path_factory.mktemp("tool-bases"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bases = {family: make_tool_base(root / family, family) for family in TOOL_FAMILIES}
+        for family, folder in bases.items():
+            teach(folder, family)
+    finally:
+        torch.set_num_threads(threads)
+    return bases
+
+
+@pytest.fixture(scope="session")
+def tool_servers(tool_bases, tmp_path_factory):
+    """{family: running `ptune serve` of that family's tool base}, started and stopped (SIGTERM) together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    logs = tmp_path_factory.mktemp("tool-serve-logs")
+
+    def start(family: str) -> Server:
+        return Server(
+            ["--model_name_or_path", str(tool_bases[family]), "--name", family], logs / f"{family}.log"
+        )
+
+    with ThreadPoolExecutor(len(tool_bases)) as pool:
+        servers = dict(zip(tool_bases, pool.map(start, tool_bases), strict=True))
+    yield servers
+    with ThreadPoolExecutor(len(servers)) as pool:
+        codes = list(pool.map(Server.stop, servers.values()))
+    assert codes == [0] * len(servers), [s.output() for s in servers.values()]
 
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

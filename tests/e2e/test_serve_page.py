@@ -4,6 +4,8 @@ checked against the API's own greedy answers."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 
 from tests.e2e.conftest import needs_chromium
@@ -85,3 +87,32 @@ def test_compare_sends_one_message_to_two_prefixes(browser, server):
     assert got_left.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == left
     assert got_right.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == right
     browser.save_screenshot(str(server.log.parent / "compare.png"))
+
+
+def test_chat_shows_a_tool_call_and_its_result(browser, tool_servers):
+    """With tools in the tools box, the taught GLM-4 model's call shows as name(arguments); the next message is
+    its result, after which the model answers."""
+    from selenium.webdriver.common.by import By
+
+    from tests.tool_models import TOOLS, answer_of, result_of
+
+    server = tool_servers["glm4"]
+    open_page(browser, server)
+    browser.find_element(By.CSS_SELECTOR, "#tools-box summary").click()
+    browser.find_element(By.ID, "tools").send_keys(json.dumps(TOOLS))
+    browser.find_element(By.ID, "input").send_keys("weather in Paris?")
+    browser.find_element(By.ID, "send").click()
+    (call,) = finished_answers(browser, "#messages", 1)
+    assert call.get_attribute("data-finish") == "tool_calls"
+    assert (
+        call.find_element(By.CLASS_NAME, "text").get_attribute("textContent")
+        == 'get_weather({"city": "Paris"})'
+    )
+    assert browser.find_element(By.ID, "input").get_attribute("placeholder") == "result of get_weather"
+    browser.find_element(By.ID, "input").send_keys(result_of("Paris"))
+    browser.find_element(By.ID, "send").click()
+    _, answer = finished_answers(browser, "#messages", 2)
+    (result,) = browser.find_elements(By.CSS_SELECTOR, "#messages .msg.tool")
+    assert result.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == result_of("Paris")
+    assert answer.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == answer_of("Paris")
+    assert answer.get_attribute("data-finish") == "stop"

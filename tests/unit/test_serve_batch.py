@@ -140,12 +140,12 @@ USER = [{"role": "user", "content": "hi"}]
         ({"model": "a", "messages": USER, "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
         ({"model": "a", "messages": USER, "temperature": 3}, "temperature: Input should be less than or equal to 2"),
         ({"model": "a", "messages": [{"role": "robot", "content": "x"}]},
-         "messages.0.role: Input should be 'system', 'developer', 'user' or 'assistant'"),
+         "messages.0.role: Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"),
         ({"model": "a", "messages": USER, "n": 2}, "n: Input should be less than or equal to 1"),
         ({"model": "a", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop: Value error, at most 4 stop strings"),
         ({"model": "a", "messages": USER + [{"role": "assistant", "content": "x"}]},
-         "the last message must be the user's (ptune generates the assistant's answer to it)"),
-        ({"model": "a", "messages": USER, "tools": [{"type": "function"}]}, "tools are not supported by ptune serve"),
+         "the last message must be the user's or a tool result (ptune generates the assistant's answer to it)"),
+        ({"model": "a", "messages": USER, "tools": [{"type": "function"}]}, "tools.0.function: Field required"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_400_with_one_line(body, message):

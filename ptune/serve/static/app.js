@@ -1,6 +1,8 @@
 // The chat page of `ptune serve`: plain JavaScript, no build step. It talks to the same OpenAI-compatible API
 // as any client: GET /v1/models, POST /v1/chat/completions with stream: true (server-sent events).
 // With --api_key the browser asks for the key once (HTTP Basic, any user name) and sends it with every call.
+// With tools (the chat view's "tools" box), a tool call shows as name(arguments); the next message typed is its
+// result (a `tool` message), after which the model answers again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -23,7 +25,7 @@ function bubble(log, role, text, model) {
   div.className = `msg ${role}`;
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = role === "user" ? "you" : model;
+  who.textContent = role === "user" ? "you" : role === "tool" ? `result of ${model}` : model;
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
@@ -38,11 +40,14 @@ function bubble(log, role, text, model) {
 }
 
 // POST a streamed chat completion and call onText(piece) for every piece; resolves with the finish reason.
-async function streamChat(model, messages, onText, signal) {
+// Tool calls (extra.tools) are gathered from their deltas into extra.calls (OpenAI's tool_calls entries).
+async function streamChat(model, messages, onText, signal, extra = {}) {
+  const request = { model, messages, stream: true, ...settings() };
+  if (extra.tools) request.tools = extra.tools;
   const response = await fetch(`${location.origin}/v1/chat/completions`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model, messages, stream: true, ...settings() }),
+    body: JSON.stringify(request),
     signal,
   });
   if (!response.ok) {
@@ -72,6 +77,11 @@ async function streamChat(model, messages, onText, signal) {
         if (chunk.error) throw new Error(chunk.error.message);
         for (const choice of chunk.choices || []) {
           if (choice.delta && choice.delta.content) onText(choice.delta.content);
+          for (const call of (choice.delta && choice.delta.tool_calls) || []) {
+            const calls = extra.calls || (extra.calls = []);
+            if (!calls[call.index]) calls[call.index] = { id: call.id, type: "function", function: { name: call.function.name, arguments: "" } };
+            calls[call.index].function.arguments += call.function.arguments || "";
+          }
           if (choice.finish_reason) finish = choice.finish_reason;
         }
       }
@@ -80,8 +90,9 @@ async function streamChat(model, messages, onText, signal) {
   return finish;
 }
 
-// One answer into a bubble: streams the text in, then marks it done (or error).
-async function answerInto(div, model, messages, signal) {
+// One answer into a bubble: streams the text in, then marks it done (or error). A tool call is shown as
+// name(arguments).
+async function answerInto(div, model, messages, signal, extra = {}) {
   const body = div.querySelector(".text");
   let chunks = 0;
   try {
@@ -89,7 +100,8 @@ async function answerInto(div, model, messages, signal) {
       body.textContent += piece;
       div.dataset.chunks = String(++chunks);
       div.parentElement.scrollTop = div.parentElement.scrollHeight;
-    }, signal);
+    }, signal, extra);
+    for (const call of extra.calls || []) body.textContent += `${call.function.name}(${call.function.arguments})`;
     div.dataset.state = "done";
     div.dataset.finish = finish || "";
   } catch (error) {
@@ -100,28 +112,64 @@ async function answerInto(div, model, messages, signal) {
 }
 
 // ------------------------------------------------------------------------------------------- chat view
-const chat = { history: [], controller: null };
+// pending: the tool calls of the last answer whose results are still to be typed, oldest first.
+const chat = { history: [], controller: null, pending: [] };
+const PLACEHOLDER = $("input").placeholder;
+
+function toolsOf() {
+  const text = $("tools").value.trim();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`tools: not JSON (${e.message})`);
+  }
+}
 
 async function sendChat(event) {
   event.preventDefault();
   const text = $("input").value.trim();
   if (!text || chat.controller) return;
+  let tools;
+  try {
+    tools = toolsOf();
+  } catch (error) {
+    showStatus(error.message);
+    return;
+  }
+  showStatus("");
   $("input").value = "";
   const model = $("model").value;
-  const log = $("messages");
-  bubble(log, "user", text);
-  chat.history.push({ role: "user", content: text });
+  if (chat.pending.length) { // the text is the result of the oldest pending call
+    const call = chat.pending.shift();
+    bubble($("messages"), "tool", text, call.function.name);
+    chat.history.push({ role: "tool", tool_call_id: call.id, content: text });
+    $("input").placeholder = chat.pending.length ? `result of ${chat.pending[0].function.name}` : PLACEHOLDER;
+    if (chat.pending.length) return;
+  } else {
+    bubble($("messages"), "user", text);
+    chat.history.push({ role: "user", content: text });
+  }
+  await askChat(model, tools);
+}
+
+async function askChat(model, tools) {
   const system = $("system").value.trim();
   const messages = system ? [{ role: "system", content: system }, ...chat.history] : [...chat.history];
-  const div = bubble(log, "assistant", "", model);
+  const div = bubble($("messages"), "assistant", "", model);
   chat.controller = new AbortController();
   $("send").disabled = true;
   $("stop").disabled = false;
-  const answer = await answerInto(div, model, messages, chat.controller.signal);
-  if (div.dataset.state === "done") {
+  const extra = { tools };
+  const answer = await answerInto(div, model, messages, chat.controller.signal, extra);
+  if (div.dataset.state === "done" && extra.calls) {
+    chat.history.push({ role: "assistant", content: null, tool_calls: extra.calls });
+    chat.pending = [...extra.calls];
+    $("input").placeholder = `result of ${chat.pending[0].function.name}`;
+  } else if (div.dataset.state === "done") {
     chat.history.push({ role: "assistant", content: answer });
   } else {
-    chat.history.pop(); // the question got no answer: leave it out of the next prompt
+    chat.history.pop(); // the question (or result) got no answer: leave it out of the next prompt
   }
   chat.controller = null;
   $("send").disabled = false;
@@ -181,7 +229,12 @@ async function loadModels() {
 $("chat-form").addEventListener("submit", sendChat);
 $("compare-form").addEventListener("submit", sendCompare);
 $("stop").addEventListener("click", () => chat.controller && chat.controller.abort());
-$("clear").addEventListener("click", () => { chat.history = []; $("messages").replaceChildren(); });
+$("clear").addEventListener("click", () => {
+  chat.history = [];
+  chat.pending = [];
+  $("input").placeholder = PLACEHOLDER;
+  $("messages").replaceChildren();
+});
 for (const [input, form] of [["input", "chat-form"], ["compare-input", "compare-form"]]) {
   $(input).addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) {
