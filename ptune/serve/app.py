@@ -261,7 +261,7 @@ def _job(chat: ChatRequest, prompt: list[int], served: Served) -> tuple[Job, asy
         except RuntimeError:  # the event loop is closed: the server is gone
             pass
 
-    return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events, plan
+    return Job(prompt, prefix, max_tokens, sampling, chat.stop_list, sink), events
 
 
 def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int:
