@@ -105,6 +105,46 @@ def learned_mask(
     return ids + [end_id], learned + [after_answer]
 
 
+Piece = tuple[list[int], bool]  # one message's ids, and whether it is an assistant message
+
+
+@dataclass(frozen=True)
+class ConversationPieces:
+    """A conversation encoded message by message, for families whose ids are a concatenation of pieces each
+    encoded on its own (ChatGLM3, GLM-4): `head` ids, the `system` piece (with the tools), each turn's pieces
+    (`ptune.conversations.Conversation.turns` order), the `end_id` after the last message and the `cue` for a
+    new answer.  Keeping any suffix of the turns gives the very ids `conversation_ids` gives for that
+    shorter conversation, so truncation chooses its cut on lengths without encoding again (linear time)."""
+
+    head: list[int]
+    system: list[Piece]
+    turns: list[list[Piece]]
+    end_id: int
+    cue: list[int]
+
+    def length(self, turns: Sequence[Sequence[Piece]]) -> int:
+        """len(ids(turns)[0]), without building them."""
+        return (
+            len(self.head)
+            + sum(len(p) for p, _ in self.system)
+            + sum(len(p) for t in turns for p, _ in t)
+            + 1
+        )
+
+    def ids(self, turns: Sequence[Sequence[Piece]]) -> tuple[list[int], list[bool]]:
+        """The ids of a conversation holding `turns` (some of `self.turns`), and which are learned."""
+        return learned_mask(self.head, self.system + [p for t in turns for p in t], self.end_id)
+
+    def prompt(self, turns: Sequence[Sequence[Piece]]) -> list[int]:
+        """The ids of a conversation holding `turns`, then the cue for a new answer."""
+        return (
+            self.head
+            + [i for p, _ in self.system for i in p]
+            + [i for t in turns for p, _ in t for i in p]
+            + self.cue
+        )
+
+
 def or_list(names: Sequence[str]) -> str:
     """ "a", "a or b", "a, b or c": names for a message."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -367,6 +407,12 @@ class Family:
     def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
         """The conversation's ids followed by the cue for a new assistant answer (predict, chat)."""
         raise UserError(f"{self.title} models cannot be prompted with conversations")
+
+    def conversation_pieces(self, tok: Any, conversation: Any) -> ConversationPieces | None:
+        """The conversation message by message (`ConversationPieces`), or None when this family encodes only
+        whole conversations (a message's ids depend on the others: ChatGLM2's round numbers, a native chat
+        template); truncation then re-encodes each shorter conversation."""
+        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ptune.errors import UserError
-from ptune.families.base import Message, ModelFolder, OriginalFamily, learned_mask, too_small
+from ptune.families.base import ConversationPieces, Message, ModelFolder, OriginalFamily, too_small
 from ptune.families.chatglm2 import CHATGLM_SPECIALS, ChatGLMTokenizer
 
 CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -115,18 +115,25 @@ class ChatGLM3(OriginalFamily):
         """One message's ids inside a conversation (role token first)."""
         return self.message_ids(tok, message)
 
-    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+    def conversation_pieces(self, tok: Any, conversation: Any) -> ConversationPieces:
+        """Each message encoded once (`piece_ids`), grouped as the conversation's turns."""
+        messages = self.family_messages(conversation)
+        pieces = [(self.piece_ids(tok, m), m["role"] == "assistant") for m in messages]
+        turns, start = [], len(pieces) - (len(conversation.messages) - len(conversation.system))
+        for turn in conversation.turns():
+            turns.append(pieces[start : start + len(turn)])
+            start += len(turn)
         head = [tok.special_ids[name] for name in self.begin_tokens]
-        pieces = [
-            (self.piece_ids(tok, m), m["role"] == "assistant") for m in self.family_messages(conversation)
-        ]
-        return learned_mask(head, pieces, self.end_id(tok))
+        system = pieces[: len(pieces) - sum(len(t) for t in turns)]
+        return ConversationPieces(head, system, turns, self.end_id(tok), [self.role_id(tok, "assistant")])
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        pieces = self.conversation_pieces(tok, conversation)
+        return pieces.ids(pieces.turns)
 
     def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
-        ids = [tok.special_ids[name] for name in self.begin_tokens]
-        for m in self.family_messages(conversation):
-            ids += self.piece_ids(tok, m)
-        return ids + [self.role_id(tok, "assistant")]
+        pieces = self.conversation_pieces(tok, conversation)
+        return pieces.prompt(pieces.turns)
 
     def cut_question(
         self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
