@@ -399,3 +399,23 @@ def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     )
     encoded = make_conversation_encoder(CHATGLM3, "t.json", 100, 100, "eval")(batch)
     assert encoded["labels"][0][-3:] == [*chars("{}"), EOS] and encoded["drop"] == [""]
+
+
+def test_glm4_tools_lose_their_null_keys_as_thudm_finetune():
+    # datasets fills keys a row lacks with null; THUDM's process_message drops null properties, so the model
+    # trains on the tools as inference writes them. Nulls go at every depth.
+    clean = [
+        {"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": {"type": "int"}}}}}
+    ]
+    nulls = [{"type": "function", "function": {"name": "f", "description": None, "parameters": {
+        "properties": {"x": {"type": "int", "enum": None}, "unit": None}}}}]  # fmt: skip
+    row = glm4_row()
+    row["messages"][0]["tools"] = nulls
+    encoded = encode_conversation(GLM4, parse_row(row, "messages", "t:1", None, True), 10**6)
+    tools_text = '{\n    "name": "f",\n    "parameters": {\n        "properties": {\n            "x": {\n'
+    tools_text += '                "type": "int"\n            }\n        }\n    }\n}'
+    system = GLM4_SYSTEM.replace('{\n    "name": "f"\n}', tools_text)
+    expected = [([G4, SOP4], F), ([SYS4] + chars(system) + [SYS4] + chars("\nS"), F)] + GLM4_EXPECTED[2:]
+    assert (encoded.input_ids, encoded.labels) == assemble(expected)
+    row["messages"][0]["tools"] = clean
+    assert encode_conversation(GLM4, parse_row(row, "messages", "t:1", None, True), 10**6) == encoded
