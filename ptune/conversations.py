@@ -229,7 +229,9 @@ def _sequence_problem(before: dict, message: dict) -> str | None:
         a = "an" if message["role"][0] in "aeiou" else "a"
         return f"{a} {message['role']} message after the tool call {name!r}: a call must be followed by its observation"
     if message["role"] == "observation" and not is_tool_call(before):
-        return "an observation without a tool call before it (an assistant message with metadata, a tool entry)"
+        return (
+            "an observation without a tool call before it (an assistant message with metadata, a tool entry)"
+        )
     if message["role"] == before["role"] == "user":
         return "two user messages in a row (a user message must be answered first)"
     if message["role"] == before["role"] == "assistant" and not is_tool_call(message):

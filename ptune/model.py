@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ptune.convert import PREFIX_KEY, check_safetensors, load_glm, read_json
+from ptune.convert import PREFIX_KEY, check_native_weights, load_glm, read_json
 from ptune.errors import UserError
 from ptune.prefix import (
     PrefixEncoder,
@@ -271,8 +271,7 @@ def load_base(
     if cfg.get("model_type") == "chatglm":
         model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
         return model, source, prefix
-    for shard in sorted(folder.glob("*.safetensors")):  # a truncated shard: one line, not a traceback
-        check_safetensors(shard)
+    check_native_weights(folder, cfg)  # a truncated shard, a pickle, a shard outside: one line
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             folder,
@@ -360,6 +359,12 @@ def load_model(
     elif pre_seq_len:
         if pre_seq_len < 1:
             raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
+        positions = getattr(base.config.get_text_config(), "max_position_embeddings", None)
+        if isinstance(positions, int) and pre_seq_len > positions:  # refused before the prefix is allocated
+            raise UserError(
+                f"--pre_seq_len {pre_seq_len}: longer than the {positions} positions of {model_name_or_path} "
+                "(max_position_embeddings)"
+            )
         encoder = PrefixEncoder(prefix_config_for(base, pre_seq_len, bool(prefix_projection)), prefix_dropout)
     if encoder is not None:
         encoder.to(base.device)
