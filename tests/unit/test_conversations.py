@@ -164,5 +164,9 @@ def test_a_thought_then_a_tool_call_is_fine():
     # ChatGLM3's finetune_demo: an assistant message (its thought) followed by a `tool` entry
     row = {"conversations": [U, A, {"role": "tool", "name": "f", "parameters": {}, "observation": "7"}, A]}
     assert [m["role"] for m in parse_row(row, "conversations", "f:1", None, True).messages] == [
-        "user", "assistant", "assistant", "observation", "assistant"
+        "user",
+        "assistant",
+        "assistant",
+        "observation",
+        "assistant",
     ]
