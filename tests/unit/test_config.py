@@ -513,6 +513,26 @@ def test_sampling_and_early_stopping_when_consistent():
 # ---- help and reference ----------------------------------------------------------------------------------
 
 
+def test_data_and_bench_help_are_their_own(capsys):
+    # issue 16: `ptune data --help` printed train's usage without --write_encoded; bench's said nothing of --serve
+    from ptune.cli import main
+
+    assert main(["data", "cfg-that-is-not-read.json", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "usage: ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
+    )
+    assert "--write_encoded FILE.jsonl" in out and "--pre_seq_len" in out and "ptune train [" not in out
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--serve benchmark ptune serve instead (streaming clients); its own flags: ptune bench --serve --help"
+        in out
+    )
+
+
 def test_help_prints_everything_and_exits_0(capsys):
     with pytest.raises(SystemExit) as caught:
         parse_args("train", ["cfg-that-is-not-read.json", "--help"])
