@@ -164,13 +164,13 @@ class _Turns:
 
     With the family's `ConversationPieces` each message is encoded once and a length is a sum (linear in the
     conversation); otherwise every shorter conversation is encoded whole (the family's ids of a message
-    depend on the others), each at most once."""
+    depend on the others), each once (the last one kept for `ids` after `length`)."""
 
     def __init__(self, tok: Any, conversation: Any):
         self.family, self.tok, self.conversation = family_of(tok), tok, conversation
         self.turns = conversation.turns()
         self.pieces = self.family.conversation_pieces(tok, conversation)
-        self._whole: dict[tuple[int, int | None], tuple[list[int], list[bool]]] = {}
+        self._last: tuple[tuple[int, int | None], tuple[list[int], list[bool]]] | None = None
         if self.pieces is not None:  # lengths of turns[lost:] for every lost, from the end
             self.suffix = [0] * (len(self.turns) + 1)
             for k in range(len(self.turns) - 1, -1, -1):
@@ -184,10 +184,10 @@ class _Turns:
     def ids(self, lost: int, keep: int | None = None) -> tuple[list[int], list[bool]]:
         if self.pieces is not None:
             return self.pieces.ids(self._kept(lost, keep))
-        if (lost, keep) not in self._whole:
+        if self._last is None or self._last[0] != (lost, keep):  # only the last: length() then ids()
             shorter = self.conversation.with_turns(self._kept(lost, keep))
-            self._whole[lost, keep] = self.family.conversation_ids(self.tok, shorter)
-        return self._whole[lost, keep]
+            self._last = (lost, keep), self.family.conversation_ids(self.tok, shorter)
+        return self._last[1]
 
     def length(self, lost: int, keep: int | None = None) -> int:
         if self.pieces is None:
