@@ -226,7 +226,7 @@ def _sequence_problem(before: dict, message: dict) -> str | None:
     may be followed by a tool call (ChatGLM3's thought, then the call)."""
     if is_tool_call(before) and message["role"] != "observation":
         name = before.get("metadata") or before["tool_call"]["name"]
-        a = "an" if message["role"][0] in "aeiou" else "a"
+        a = "an" if message["role"] in ("assistant", "observation") else "a"
         return f"{a} {message['role']} message after the tool call {name!r}: a call must be followed by its observation"
     if message["role"] == "observation" and not is_tool_call(before):
         return (
