@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ptune.convert import PREFIX_KEY, check_native_weights, load_glm, read_json
+from ptune.convert import PREFIX_KEY, load_glm, read_json
 from ptune.errors import UserError
 from ptune.prefix import (
     PrefixEncoder,
@@ -32,6 +32,7 @@ from ptune.prefix import (
     prefix_config_for,
     prefix_from_state,
 )
+from ptune.weight_files import check_native_weights
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
