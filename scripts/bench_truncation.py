@@ -30,7 +30,9 @@ def conversation(turns: int) -> Conversation:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--family", default="chatglm3", choices=("chatglm2", "chatglm3", "glm4"))
     parser.add_argument("--turns", default="1000,2000,4000")
     parser.add_argument("--keep", type=int, default=8)
@@ -41,7 +43,9 @@ def main() -> int:
         print(f"family {args.family}")
         for n in (int(t) for t in args.turns.split(",")):
             chat = conversation(n)
-            short = len(encode_conversation(tok, Conversation(chat.messages[: 1 + 2 * args.keep]), 10**9).input_ids)
+            short = len(
+                encode_conversation(tok, Conversation(chat.messages[: 1 + 2 * args.keep]), 10**9).input_ids
+            )
             start = time.perf_counter()
             train = encode_conversation(tok, chat, short)
             middle = time.perf_counter()
