@@ -27,6 +27,10 @@ from ptune.errors import UserError
 from ptune.families.registry import FAMILY_NAMES
 from ptune.training_args import TrainingArguments
 
+# The longest prefix any flag or config may ask for (GLM-4's 128K context); the model's own positions are
+# checked when it loads (ptune.model.load_model).
+MAX_PRE_SEQ_LEN = 131072
+
 # How prompts are built; None in ModelArguments.chat_format means "detect from the model". The one list of
 # chat formats (ptune.chat's --chat_format choices too); ChatFormat, the field's type, is made from it.
 CHAT_FORMATS: tuple[str, ...] = FAMILY_NAMES  # one family list: the registry's (ptune.families)
@@ -165,6 +169,12 @@ class ModelArguments:
                 "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
                 "and no --ptuning_checkpoint",
                 "random_prefix",
+            )
+        if self.pre_seq_len is not None and self.pre_seq_len > MAX_PRE_SEQ_LEN:  # before any tensor exists
+            raise BadArgument(
+                f"--pre_seq_len {self.pre_seq_len} is more prefix tokens than any model holds (at most "
+                f"{MAX_PRE_SEQ_LEN}; THUDM's recipes use 128)",
+                "pre_seq_len",
             )
         if not 0 <= self.prefix_dropout < 1:
             raise BadArgument(

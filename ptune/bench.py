@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="ptune bench",
         description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
-        "workload (random weights; see docs/workload.md).",
+        "workload (random weights; see docs/workload.md). With --serve: the serving benchmark instead "
+        "(ptune bench --serve --help).",
     )
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--micro_batch", type=_int_list, default=[4], help="training micro-batches, e.g. 1,4,16")
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bitsandbytes NF4/int8 decoder linears (the tool's flag)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(  # read by main before this parser: the flags after it are the server benchmark's
+        "--serve",
+        action="store_true",
+        help="benchmark ptune serve instead (streaming clients); its own flags: ptune bench --serve --help",
+    )
     return p
 
 

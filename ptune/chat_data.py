@@ -31,6 +31,7 @@ from ptune.conversations import (
     Conversation,
     check_same_format,
     empty_answer,
+    is_tool_call,
     parse_data_columns,
     parse_row,
     row_format,
@@ -56,6 +57,10 @@ ENCODING_DIGEST = hashlib.sha256(
         )
     )
 ).hexdigest()
+TRAILING_CALL = (
+    "the last message is a tool call without its observation: training would learn to end a call with "
+    "the end of the conversation"
+)
 STAT_COLUMNS = ("drop", "lost_turns", "cut", "source_len", "target_len")
 
 
@@ -141,6 +146,8 @@ def make_conversation_encoder(tok, path: str, max_source: int, max_target: int, 
             conversation = Conversation.from_json(text)
             try:
                 source_len, target_len = _lengths(tok, conversation)
+                if split == "train" and is_tool_call(conversation.messages[-1]):
+                    raise UserError(TRAILING_CALL)
                 if split != "predict" and empty_answer(conversation):
                     encoded = Encoded(dropped="an empty assistant message")
                 elif split == "train":

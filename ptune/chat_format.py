@@ -159,28 +159,64 @@ def last_span(learned: Sequence[bool]) -> tuple[int, int]:
     return start, end
 
 
+class _Turns:
+    """A conversation's ids keeping its turns from `lost` on (and of the last, its first `keep` messages).
+
+    With the family's `ConversationPieces` each message is encoded once and a length is a sum (linear in the
+    conversation); otherwise every shorter conversation is encoded whole (the family's ids of a message
+    depend on the others), each once (the last one kept for `ids` after `length`)."""
+
+    def __init__(self, tok: Any, conversation: Any):
+        self.family, self.tok, self.conversation = family_of(tok), tok, conversation
+        self.turns = conversation.turns()
+        self.pieces = self.family.conversation_pieces(tok, conversation)
+        self._last: tuple[tuple[int, int | None], tuple[list[int], list[bool]]] | None = None
+        if self.pieces is not None:  # lengths of turns[lost:] for every lost, from the end
+            self.suffix = [0] * (len(self.turns) + 1)
+            for k in range(len(self.turns) - 1, -1, -1):
+                self.suffix[k] = self.suffix[k + 1] + sum(len(p) for p, _ in self.pieces.turns[k])
+
+    def _kept(self, lost: int, keep: int | None) -> list:
+        turns = self.pieces.turns if self.pieces is not None else self.turns
+        kept = list(turns[lost:])
+        return kept if keep is None else kept[:-1] + [kept[-1][:keep]]
+
+    def ids(self, lost: int, keep: int | None = None) -> tuple[list[int], list[bool]]:
+        if self.pieces is not None:
+            return self.pieces.ids(self._kept(lost, keep))
+        if self._last is None or self._last[0] != (lost, keep):  # only the last: length() then ids()
+            shorter = self.conversation.with_turns(self._kept(lost, keep))
+            self._last = (lost, keep), self.family.conversation_ids(self.tok, shorter)
+        return self._last[1]
+
+    def length(self, lost: int, keep: int | None = None) -> int:
+        if self.pieces is None:
+            return len(self.ids(lost, keep)[0])
+        if keep is None:
+            return self.pieces.length([]) + self.suffix[lost]
+        return self.pieces.length(self._kept(lost, keep))
+
+
 def encode_conversation(tok: Any, conversation: Any, max_length: int) -> Encoded:
     """A training example: every assistant turn learned, at most `max_length` ids.
 
-    Too long: the system prompt and tools stay and the oldest whole turns go first (re-encoding each time);
-    if the last turn alone is still too long it is cut after its last assistant message that fits (a turn
-    with a tool call has several), and when not even its first answer fits the example is dropped.
+    Too long: the system prompt and tools stay and the oldest whole turns go first; if the last turn alone
+    is still too long it is cut after its last assistant message that fits (a turn with a tool call has
+    several), and when not even its first answer fits the example is dropped.  Families that encode message
+    by message (ChatGLM3, GLM-4) encode each message once and choose the cut on lengths (`_Turns`).
     """
-    family = family_of(tok)
-    turns = conversation.turns()
-    for lost in range(len(turns)):
-        ids, learned = family.conversation_ids(tok, conversation.with_turns(turns[lost:]))
-        if len(ids) <= max_length:
+    turns = _Turns(tok, conversation)
+    for lost in range(len(turns.turns)):
+        if turns.length(lost) <= max_length:
+            ids, learned = turns.ids(lost)
             return Encoded(ids, masked_labels(ids, learned), lost_turns=lost)
-    last = turns[-1]
-    full = family.conversation_ids(tok, conversation.with_turns([last]))
+    last, lost = turns.turns[-1], len(turns.turns) - 1
+    full = turns.ids(lost)
     for keep in range(len(last) - 1, 0, -1):
-        if last[keep - 1]["role"] != "assistant":
+        if last[keep - 1]["role"] != "assistant" or turns.length(lost, keep) > max_length:
             continue
-        cut = family.conversation_ids(tok, conversation.with_turns([last[:keep]]))
-        ids, learned = end_as_in_full(*cut, *full)
-        if len(ids) <= max_length:
-            return Encoded(ids, masked_labels(ids, learned), len(turns) - 1, cut=len(last) - keep)
+        ids, learned = end_as_in_full(*turns.ids(lost, keep), *full)
+        return Encoded(ids, masked_labels(ids, learned), lost, cut=len(last) - keep)
     return Encoded(dropped=f"longer than {max_length} tokens even with only its last turn's first answer")
 
 
@@ -207,25 +243,73 @@ def encode_last_answer(tok: Any, conversation: Any, max_source: int, max_target:
     """An eval/predict example: the prompt is everything before the last assistant message (at most
     `max_source` ids: oldest turns dropped, else the example is dropped), the answer that message cut to
     `max_target` ids plus its end marker; without an assistant message at the end, the prompt asks for a
-    new answer and the reference is empty."""
-    family = family_of(tok)
-    messages = list(conversation.messages)
-    has_answer = conversation.ends_with_answer()
-    if has_answer:
-        context, answer = messages[:-1], [messages[-1]]
-    else:
-        context, answer = messages, []
-    turns = type(conversation)(tuple(context), conversation.tools).turns()
-    for lost in range(len(turns)):
-        part = conversation.with_turns(turns[lost:] + ([answer] if answer else []))
-        if answer:
-            ids, learned = family.conversation_ids(tok, part)
-            start, end = last_span(learned)
-            prompt, target = ids[:start], ids[start:end]
+    new answer and the reference is empty.  Message-by-message families choose the turns kept on lengths
+    (`_LastAnswer`), each candidate checked by encoding it."""
+    last = _LastAnswer(tok, conversation)
+    n = len(last.turns)
+    if last.pieces is not None:  # the first `lost` whose prompt fits, on lengths; checked, else scanned
+        lost = next((k for k in range(n) if last.prompt_length(k) <= max_source), n)
+        fits = lost < n and len(last.example(lost)[0]) <= max_source
+        if (fits or lost == n) and (lost == 0 or len(last.example(lost - 1)[0]) > max_source):
+            return last.encoded(lost, max_target) if fits else _too_long(max_source)
+    for lost in range(n):
+        if len(last.example(lost)[0]) <= max_source:
+            return last.encoded(lost, max_target)
+    return _too_long(max_source)
+
+
+def _too_long(max_source: int) -> Encoded:
+    return Encoded(dropped=f"its last question alone is longer than max_source_length {max_source}")
+
+
+class _LastAnswer:
+    """The (prompt, answer) ids of a conversation's last answer keeping the context's turns from `lost` on."""
+
+    def __init__(self, tok: Any, conversation: Any):
+        self.family, self.tok, self.conversation = family_of(tok), tok, conversation
+        messages = list(conversation.messages)
+        self.has_answer = conversation.ends_with_answer()
+        context = messages[:-1] if self.has_answer else messages
+        self.answer = messages[-1:] if self.has_answer else []
+        self.turns = type(conversation)(tuple(context), conversation.tools).turns()
+        self.pieces = self.family.conversation_pieces(tok, conversation)
+        if self.pieces is not None:
+            turns = self.pieces.turns
+            self.context = turns[:-1] + [turns[-1][:-1]] if self.has_answer else turns
+            self.answer_piece = [turns[-1][-1:]] if self.has_answer else []
+            self.suffix = [0] * (len(self.context) + 1)
+            for k in range(len(self.context) - 1, -1, -1):
+                self.suffix[k] = self.suffix[k + 1] + sum(len(p) for p, _ in self.context[k])
+
+    def example(self, lost: int) -> tuple[list[int], list[int]]:
+        """(prompt, the answer's ids and end marker, uncut)."""
+        if self.pieces is not None:
+            kept = self.context[lost:]
+            if not self.has_answer:
+                return self.pieces.prompt(kept), self.family.answer_ids(self.tok, "") + [
+                    self.tok.eos_token_id
+                ]
+            ids, learned = self.pieces.ids(kept + self.answer_piece)
+        else:
+            part = self.conversation.with_turns(self.turns[lost:] + ([self.answer] if self.answer else []))
+            if not self.has_answer:
+                prompt = self.family.conversation_prompt(self.tok, part)
+                return prompt, self.family.answer_ids(self.tok, "") + [self.tok.eos_token_id]
+            ids, learned = self.family.conversation_ids(self.tok, part)
+        start, end = last_span(learned)
+        return ids[:start], ids[start:end]
+
+    def prompt_length(self, lost: int) -> int:
+        """The prompt's length keeping turns from `lost` on, from the pieces' lengths (the answer's part
+        measured once, on the whole conversation)."""
+        if not hasattr(self, "_whole_prompt"):
+            self._whole_prompt = len(self.example(0)[0])
+        return self._whole_prompt - (self.suffix[0] - self.suffix[lost])
+
+    def encoded(self, lost: int, max_target: int) -> Encoded:
+        prompt, target = self.example(lost)
+        if self.has_answer:
             target = target[:-1][: max(max_target, 0)] + target[-1:]
         else:
-            prompt = family.conversation_prompt(tok, part)
-            target = family.answer_ids(tok, "")[:max_target] + [tok.eos_token_id]
-        if len(prompt) <= max_source:
-            return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target, lost_turns=lost)
-    return Encoded(dropped=f"its last question alone is longer than max_source_length {max_source}")
+            target = target[:-1][:max_target] + target[-1:]
+        return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target, lost_turns=lost)

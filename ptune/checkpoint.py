@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ptune.convert import PREFIX_KEY, iter_tensors
+from ptune.convert import PREFIX_KEY
 from ptune.errors import UserError, torch_load_reason
 from ptune.io import atomic_dir, read_json, replacing, write_json
+from ptune.weight_files import iter_tensors
 
 __all__ = ["atomic_dir"]  # export.py's import until it moves to ptune.io
 

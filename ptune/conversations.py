@@ -206,6 +206,37 @@ def _check_order(
         raise UserError(f"{where}: {key}: the first message after the system prompt must be a user message")
     if require_answer and not any(m["role"] == "assistant" for m in rest):
         raise UserError(f"{where}: {key}: no assistant message (nothing to learn)")
+    start = len(messages) - len(rest)
+    for i in range(start + 1, len(messages)):
+        problem = _sequence_problem(messages[i - 1], messages[i])
+        if problem:
+            at = origins[i] if origins else f"{key}[{i}]"
+            raise UserError(f"{where}: {at}: {problem}")
+
+
+def is_tool_call(message: dict) -> bool:
+    """A tool call: an assistant message with `tool_call` or with `metadata` (the tool's name)."""
+    return message["role"] == "assistant" and ("tool_call" in message or bool(message.get("metadata")))
+
+
+def _sequence_problem(before: dict, message: dict) -> str | None:
+    """What is wrong with `message` following `before` (None: nothing). Each would train a wrong habit: a
+    call followed by anything but its result learns to end a call with the next role token; two user or two
+    assistant messages in a row learn one speaker's text as the other's continuation. An assistant message
+    may be followed by a tool call (ChatGLM3's thought, then the call)."""
+    if is_tool_call(before) and message["role"] != "observation":
+        name = before.get("metadata") or before["tool_call"]["name"]
+        a = "an" if message["role"] in ("assistant", "observation") else "a"
+        return f"{a} {message['role']} message after the tool call {name!r}: a call must be followed by its observation"
+    if message["role"] == "observation" and not is_tool_call(before):
+        return (
+            "an observation without a tool call before it (an assistant message with metadata, a tool entry)"
+        )
+    if message["role"] == before["role"] == "user":
+        return "two user messages in a row (a user message must be answered first)"
+    if message["role"] == before["role"] == "assistant" and not is_tool_call(message):
+        return "two assistant messages in a row (only a tool call may follow an assistant message)"
+    return None
 
 
 def parse_row(

@@ -8,9 +8,7 @@ in host memory. The mapping is documented in docs/architecture.md §2-§4 (tests
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from transformers import GlmConfig, GlmForCausalLM
 from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family
 from ptune.io import read_json
+from ptune.weight_files import integer_weights, iter_tensors, weight_files
 
 PREFIX_KEY = "transformer.prefix_encoder."
 
@@ -243,86 +242,6 @@ def to_chatglm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files in index order: sharded (with an index) or single, safetensors or .bin."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise UserError(f"{index}: no 'weight_map' in the index")
-            shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise UserError(f"{folder / missing[0]}: shard listed in {index_name} is missing")
-            return [folder / s for s in shards]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / single).is_file():
-            return [folder / single]
-    raise UserError(f"{folder}: no weights (model*.safetensors or pytorch_model*.bin with an index)")
-
-
-def check_safetensors(path: Path) -> None:
-    """A UserError naming `path` unless it looks like a whole safetensors file: an 8-byte header length, a
-    JSON header, and every tensor's bytes present (safetensors itself says "incomplete metadata")."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else 0
-        header = f.read(min(length, 100_000_000))
-    if not header.startswith(b"{"):
-        raise UserError(f"{path}: not a safetensors file (no JSON header; {size} bytes)")
-    if 8 + length > size:
-        raise UserError(f"{path}: truncated: {size} bytes, its header alone needs {8 + length}")
-    try:
-        tensors = json.loads(header)
-        end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
-    if 8 + length + end > size:
-        raise UserError(f"{path}: truncated: {size} bytes, its tensors need {8 + length + end}")
-
-
-def iter_tensors(path: Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from one weight file without loading the whole file first where the format allows.
-
-    `.bin` files are read with `torch.load(weights_only=True, mmap=True)`: never unpickle arbitrary objects.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        check_safetensors(path)
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    yield name, f.get_tensor(name)
-        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"{path}: cannot read safetensors file ({str(e).splitlines()[0]})") from None
-        return
-    try:
-        state = _load_bin(path)
-    except Exception as e:  # pickle errors come in many types; all mean the same to the user
-        raise UserError(f"{path}: not a weights-only PyTorch file ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise UserError(f"{path}: entry {name!r} is not a tensor")
-        yield name, tensor
-
-
-def _load_bin(path: Path):
-    """Weights-only load; memory-mapped when the file is in the zip format (saves a full copy in RAM)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_glm(
     folder: Path, cfg: dict, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa"
 ) -> tuple[GlmForCausalLM, dict[str, torch.Tensor]]:
@@ -341,6 +260,8 @@ def load_glm(
     for path in weight_files(folder):
         batch = {}
         for name, tensor in iter_tensors(path):
+            if not tensor.is_floating_point():  # `t.to(dtype)` below would cast it silently
+                raise integer_weights(path, name, tensor.dtype)
             if name.startswith(PREFIX_KEY):
                 prefix[name[len(PREFIX_KEY) :]] = tensor.float()
                 continue

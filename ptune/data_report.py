@@ -198,6 +198,31 @@ def _encoded_rows(split: str, encoded) -> list[dict]:
     return rows
 
 
+USAGE = "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
+DESCRIPTION = (
+    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each "
+    "of train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
+    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It "
+    "reads the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by "
+    "name and flags after it override them."
+)
+
+
+def print_help() -> None:
+    """data's own --help: its usage and --write_encoded, then the arguments it shares with ptune train."""
+    from ptune.parse import help_parser
+
+    parser = help_parser("ptune data", USAGE, DESCRIPTION)
+    parser.add_argument(
+        "--write_encoded",
+        metavar="FILE.jsonl",
+        help="Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
+        "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
+        "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+    )
+    parser.print_help()
+
+
 def main(argv: list[str]) -> int:
     """`ptune data`: report on every split of a config, draw the histograms, optionally write the ids."""
     from ptune.chat_data import encode_split
@@ -205,6 +230,9 @@ def main(argv: list[str]) -> int:
     from ptune.recipe import setup_logging
     from ptune.tokenizer import load_tokenizer
 
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return 0
     write_to = None
     if "--write_encoded" in argv:
         at = argv.index("--write_encoded")

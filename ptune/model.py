@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ptune.convert import PREFIX_KEY, check_safetensors, load_glm, read_json
+from ptune.convert import PREFIX_KEY, load_glm, read_json
 from ptune.errors import UserError
 from ptune.fingerprint import base_fingerprint
 from ptune.prefix import (
@@ -35,6 +35,7 @@ from ptune.prefix import (
     prefix_config_for,
     prefix_from_state,
 )
+from ptune.weight_files import check_native_weights
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -283,8 +284,7 @@ def load_base(
         model, prefix = load_glm(folder, cfg, torch_dtype, device, attn_implementation)
         source.fingerprint = base_fingerprint(cfg, model.get_input_embeddings().weight)
         return model, source, prefix
-    for shard in sorted(folder.glob("*.safetensors")):  # a truncated shard: one line, not a traceback
-        check_safetensors(shard)
+    check_native_weights(folder, cfg)  # a truncated shard, a pickle, a shard outside: one line
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             folder,
@@ -375,6 +375,12 @@ def load_model(
     elif pre_seq_len:
         if pre_seq_len < 1:
             raise UserError(f"--pre_seq_len {pre_seq_len}: must be a positive number of prefix tokens")
+        positions = getattr(base.config.get_text_config(), "max_position_embeddings", None)
+        if isinstance(positions, int) and pre_seq_len > positions:  # refused before the prefix is allocated
+            raise UserError(
+                f"--pre_seq_len {pre_seq_len}: longer than the {positions} positions of {model_name_or_path} "
+                "(max_position_embeddings)"
+            )
         config = prefix_config_for(
             base, pre_seq_len, bool(prefix_projection), default_positions(source.model_type)
         )

@@ -62,6 +62,16 @@ def _field_parser(classes: tuple[type, ...], **kwargs: Any) -> Parser:
     return FieldParser(classes, **kwargs)
 
 
+def help_parser(prog: str, usage: str, description: str) -> Parser:
+    """A parser over every argument of train/eval/predict under another verb's name, usage and description:
+    for the --help of a verb that reads their config (`ptune data`), which adds its own flags to it."""
+    from ptune.args import ARGUMENT_CLASSES
+
+    return _field_parser(
+        ARGUMENT_CLASSES, prog=prog, usage=usage, description=description, allow_abbrev=False
+    )
+
+
 @dataclass
 class _Fields:
     """The parser for one verb, and per field (dest) its converter; option strings map to dests."""

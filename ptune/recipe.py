@@ -217,7 +217,13 @@ class PTuningRecipe:
             set_aside_results(
                 args.output_dir
             )  # only now: a run refused until here leaves every file in place
-        return run_training(trainer, resume, len(train_ds))
+        code = run_training(trainer, resume, len(train_ds))
+        self.say_where(
+            ("prefix", "model.safetensors"),
+            ("curves", "training_curves.png"),
+            ("metrics", "train_results.json"),
+        )
+        return code
 
     def evaluate(self) -> int:
         """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU.
@@ -237,6 +243,7 @@ class PTuningRecipe:
                 metrics.update(trainer.evaluate(metric_key_prefix="base_eval"))
         metrics["eval_samples"] = len(eval_ds)
         self.report(trainer, "eval", metrics)
+        self.say_where(("metrics", "eval_results.json"))
         return 0
 
     def predict(self) -> int:
@@ -262,7 +269,18 @@ class PTuningRecipe:
             path = Path(self.training_args.output_dir) / "generated_predictions.txt"
             write_predictions(path, pairs, base_answers)
         self.report(trainer, "predict", metrics)
+        self.say_where(("predictions", "generated_predictions.txt"), ("metrics", "predict_results.json"))
         return 0
+
+    def say_where(self, *outputs: tuple[str, str]) -> None:
+        """The run's closing line: where each of its outputs (label, file name in output_dir) is; those a run
+        did not write (stopped early, nothing to train) are left out."""
+        if not self.training_args.should_save:  # one line, from the process that writes the files
+            return
+        out = Path(self.training_args.output_dir)
+        found = [f"{label}: {out / name}" for label, name in outputs if (out / name).is_file()]
+        if found:
+            print(f"ptune {self.verb}: " + "  ".join(found), flush=True)
 
     def predict_pass(self, trainer, test_ds, prefix: str) -> tuple[list[tuple[str, str]], dict]:
         """Generate for every row (longest prompts first, for less padding), in file order: the (answer,

@@ -10,6 +10,7 @@ What changes, and why:
 - `prediction_step` computes the teacher-forced loss on prompt + answer and, with generation, generates
   from the left-padded prompts (the stock step compares prompt-length outputs with answer-length labels
   on decoder-only models and fails).
+Logged lines carry their step (`StepPrinter`, `StepProgress`: ``step 20/100 {'loss': ...}``).
 Callbacks: `SaveWhenStopping` saves the last step inside the loop (before the best prefix is loaded back),
 `StopOnSignal` turns SIGTERM/SIGHUP into a clean stop with a checkpoint, `StopOnNonFiniteLoss` ends a NaN run.
 Everything else — optimizer, schedules, accumulation, logging, evaluation loop, early stopping, distributed
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.chat_format import decode_response
@@ -146,9 +147,36 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def log_line(state, logs: dict) -> str:
+    """A logged dict as the stock Trainer prints it (floats to 4 digits, no total_flos), after the step it
+    was logged at while training: ``step 20/100 {'loss': '2.31', 'grad_norm': '0.52', ...}``."""
+    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+    return f"step {state.global_step}/{state.max_steps} {shown}" if state.max_steps else str(shown)
+
+
+class StepPrinter(PrinterCallback):
+    """The stock printer (used without a progress bar), each line with its step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs is not None:
+            print(log_line(state, logs), flush=True)
+
+
+class StepProgress(ProgressCallback):
+    """The stock progress bar, each logged line written above it with its step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs is not None:
+            self.training_bar.write(log_line(state, logs))
+
+
 class PrefixTrainer(Seq2SeqTrainer):
     def __init__(self, *args, chat_tokenizer=None, tokenizer_files=(), generation=None, **kwargs):
         super().__init__(*args, **kwargs)
+        for stock, ours in ((PrinterCallback, StepPrinter), (ProgressCallback, StepProgress)):
+            if any(type(cb) is stock for cb in self.callback_handler.callbacks):
+                self.callback_handler.remove_callback(stock)
+                self.add_callback(ours)
         self.chat_tokenizer = chat_tokenizer
         self.tokenizer_files = [Path(f) for f in tokenizer_files]
         self.generation = generation or GenerationSettings()

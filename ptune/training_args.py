@@ -106,6 +106,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.disable_tqdm = True  # progress bar updates written into a log file are noise
         refuse_dead(self)  # save_safetensors, include_inputs_for_metrics (ptune.compat.FLAGS)
         map_renamed(self)  # evaluation_strategy -> eval_strategy, ... before transformers validates
+        # A batch of 0 rows divides by zero in the dataloader; numpy (transformers' set_seed) takes 0..2**32-1.
+        check_at_least(self, 1, "per_device_train_batch_size", "per_device_eval_batch_size")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**32:
+                raise BadArgument(f"--{name} must be from 0 to {2**32 - 1}, got {value}", name)
         route_logging_dir(self)
         if self.fp16 and self.bf16:
             raise BadArgument("--fp16 and --bf16 are both set: choose one", "fp16", "bf16")

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ptune.families.base import or_list
-from ptune.families.glm4 import GLM4_PATTERN, load_tiktoken_ranks
+from ptune.families.glm4 import GLM4_CHAT_TEMPLATE, GLM4_PATTERN, load_tiktoken_ranks
 from ptune.families.registry import FAMILY_NAMES, get_family
 
 CORPUS_PATH = Path(__file__).resolve().parent / "corpus.txt"
 
-# GLM-4's chat template restricted to plain messages (no tools): what the real one renders for them.
-GLM4_TINY_CHAT_TEMPLATE = (
-    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>"
-    "{{ item['metadata'] }}\n{{ item['content'] }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+# GLM-4-9B-chat's own chat template (ptune ships it): tools, tool calls and observations render as on the
+# real model, so the README's tool formats work on a tiny GLM-4 folder.
+GLM4_TINY_CHAT_TEMPLATE = GLM4_CHAT_TEMPLATE.read_text(encoding="utf-8")
 
 
 def _corpus_lines(corpus: Path) -> list[str]:

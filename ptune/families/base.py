@@ -12,8 +12,9 @@ A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, nativ
   columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
   ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
 - conversations (ptune.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
-  whether it is learned: every assistant turn and its end marker; `learned_mask` builds it for role-token
-  formats) and ``conversation_prompt`` (ending with the cue for a new answer).
+  whether it is learned: every assistant turn and its end marker) and ``conversation_prompt`` (ending with the
+  cue for a new answer); ``conversation_pieces`` when its ids are each message's encoded alone (ChatGLM3's
+  `ConversationPieces`: truncation then costs linear time).
 - checkpoint: ``model_type`` of its original folders (``ptune.convert`` converts "chatglm" ones; None: a model
   transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
   ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
@@ -85,24 +86,6 @@ def chat_messages(
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
     messages.append({"role": "user", "content": source_prefix + query})
     return messages
-
-
-def learned_mask(
-    head: Sequence[int], pieces: Sequence[tuple[Sequence[int], bool]], end_id: int
-) -> tuple[list[int], list[bool]]:
-    """ids = head + every piece + [end_id]; learned: the ids of an assistant piece after its first (role) id,
-    and the id right after an assistant piece (the next piece's role token, or `end_id`): the marker that
-    ends the turn.  This is THUDM's loss mask shifted by one (finetune_hf.py / finetune.py ``[False,
-    *loss_masks]``).  Empty pieces (GLM-4 renders nothing for an empty message) are skipped."""
-    ids, learned = list(head), [False] * len(head)
-    after_answer = False
-    for piece, is_answer in pieces:
-        if not piece:
-            continue
-        ids += piece
-        learned += [after_answer] + [is_answer] * (len(piece) - 1)
-        after_answer = is_answer
-    return ids + [end_id], learned + [after_answer]
 
 
 def or_list(names: Sequence[str]) -> str:
@@ -367,6 +350,12 @@ class Family:
     def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
         """The conversation's ids followed by the cue for a new assistant answer (predict, chat)."""
         raise UserError(f"{self.title} models cannot be prompted with conversations")
+
+    def conversation_pieces(self, tok: Any, conversation: Any) -> Any:
+        """The conversation message by message (`ptune.families.chatglm3.ConversationPieces`), or None when this family encodes only
+        whole conversations (a message's ids depend on the others: ChatGLM2's round numbers, a native chat
+        template); truncation then re-encodes each shorter conversation."""
+        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -24,10 +24,11 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ptune.errors import UserError
-from ptune.families.base import Message, ModelFolder, OriginalFamily, learned_mask, too_small
+from ptune.families.base import Message, ModelFolder, OriginalFamily, too_small
 from ptune.families.chatglm2 import CHATGLM_SPECIALS, ChatGLMTokenizer
 
 CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -35,6 +36,64 @@ CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observat
 CHATGLM3_TOOLS_PROMPT = (
     "Answer the following questions as best as you can. You have access to the following tools:"
 )
+
+
+def learned_mask(
+    head: Sequence[int], pieces: Sequence[tuple[Sequence[int], bool]], end_id: int
+) -> tuple[list[int], list[bool]]:
+    """ids = head + every piece + [end_id]; learned: the ids of an assistant piece after its first (role) id,
+    and the id right after an assistant piece (the next piece's role token, or `end_id`): the marker that
+    ends the turn.  This is THUDM's loss mask shifted by one (finetune_hf.py / finetune.py ``[False,
+    *loss_masks]``).  Empty pieces (GLM-4 renders nothing for an empty message) are skipped."""
+    ids, learned = list(head), [False] * len(head)
+    after_answer = False
+    for piece, is_answer in pieces:
+        if not piece:
+            continue
+        ids += piece
+        learned += [after_answer] + [is_answer] * (len(piece) - 1)
+        after_answer = is_answer
+    return ids + [end_id], learned + [after_answer]
+
+
+Piece = tuple[list[int], bool]  # one message's ids, and whether it is an assistant message
+
+
+@dataclass(frozen=True)
+class ConversationPieces:
+    """A conversation encoded message by message, for families whose ids are a concatenation of pieces each
+    encoded on its own (ChatGLM3, GLM-4): `head` ids, the `system` piece (with the tools), each turn's pieces
+    (`ptune.conversations.Conversation.turns` order), the `end_id` after the last message and the `cue` for a
+    new answer.  Keeping any suffix of the turns gives the very ids `conversation_ids` gives for that
+    shorter conversation, so truncation chooses its cut on lengths without encoding again (linear time)."""
+
+    head: list[int]
+    system: list[Piece]
+    turns: list[list[Piece]]
+    end_id: int
+    cue: list[int]
+
+    def length(self, turns: Sequence[Sequence[Piece]]) -> int:
+        """len(ids(turns)[0]), without building them."""
+        return (
+            len(self.head)
+            + sum(len(p) for p, _ in self.system)
+            + sum(len(p) for t in turns for p, _ in t)
+            + 1
+        )
+
+    def ids(self, turns: Sequence[Sequence[Piece]]) -> tuple[list[int], list[bool]]:
+        """The ids of a conversation holding `turns` (some of `self.turns`), and which are learned."""
+        return learned_mask(self.head, self.system + [p for t in turns for p in t], self.end_id)
+
+    def prompt(self, turns: Sequence[Sequence[Piece]]) -> list[int]:
+        """The ids of a conversation holding `turns`, then the cue for a new answer."""
+        return (
+            self.head
+            + [i for p, _ in self.system for i in p]
+            + [i for t in turns for p, _ in t for i in p]
+            + self.cue
+        )
 
 
 def tool_call_code(name: str, arguments: dict) -> str:
@@ -115,18 +174,25 @@ class ChatGLM3(OriginalFamily):
         """One message's ids inside a conversation (role token first)."""
         return self.message_ids(tok, message)
 
-    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+    def conversation_pieces(self, tok: Any, conversation: Any) -> ConversationPieces:
+        """Each message encoded once (`piece_ids`), grouped as the conversation's turns."""
+        messages = self.family_messages(conversation)
+        pieces = [(self.piece_ids(tok, m), m["role"] == "assistant") for m in messages]
+        turns, start = [], len(pieces) - (len(conversation.messages) - len(conversation.system))
+        for turn in conversation.turns():
+            turns.append(pieces[start : start + len(turn)])
+            start += len(turn)
         head = [tok.special_ids[name] for name in self.begin_tokens]
-        pieces = [
-            (self.piece_ids(tok, m), m["role"] == "assistant") for m in self.family_messages(conversation)
-        ]
-        return learned_mask(head, pieces, self.end_id(tok))
+        system = pieces[: len(pieces) - sum(len(t) for t in turns)]
+        return ConversationPieces(head, system, turns, self.end_id(tok), [self.role_id(tok, "assistant")])
+
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        pieces = self.conversation_pieces(tok, conversation)
+        return pieces.ids(pieces.turns)
 
     def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
-        ids = [tok.special_ids[name] for name in self.begin_tokens]
-        for m in self.family_messages(conversation):
-            ids += self.piece_ids(tok, m)
-        return ids + [self.role_id(tok, "assistant")]
+        pieces = self.conversation_pieces(tok, conversation)
+        return pieces.prompt(pieces.turns)
 
     def cut_question(
         self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""

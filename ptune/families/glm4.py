@@ -209,6 +209,20 @@ def is_glm4_checkpoint(
     )
 
 
+def without_nulls(value: Any) -> Any:
+    """`value` with every object key whose value is null left out, at any depth.
+
+    THUDM's GLM-4 finetune.py (`process_message`) drops the null properties of each tool, because datasets'
+    JSON reader fills every key a row lacks with null; a file written by `datasets` has those nulls at every
+    depth ("enum": null, "description": null), and the model never sees them at inference.
+    """
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
 class GLM4(ChatGLM3):
     """GLM-4-9B-chat (module docstring): ChatGLM3's prompt mechanics with its own tokenizer and pieces."""
 
@@ -247,7 +261,7 @@ class GLM4(ChatGLM3):
         conversation has none, as in THUDM's examples)."""
         if tools is None:
             return super().system_message(content, tools)
-        return {"role": "system", "content": content or "", "tools": tools}
+        return {"role": "system", "content": content or "", "tools": without_nulls(tools)}
 
     def tool_call_message(self, name: str, arguments: dict) -> Message:
         return {"role": "assistant", "metadata": name, "content": json.dumps(arguments, ensure_ascii=False)}

@@ -66,7 +66,10 @@ def test_predict_writes_predictions_and_score_reproduces_metrics(trained, tiny, 
     expected = compute_metrics([r["predict"] for r in rows], dev)
     for key in ("rouge-1", "rouge-2", "rouge-l", "bleu-4"):
         assert results[f"predict_{key}"] == expected[key]
-    capsys.readouterr()
+    assert capsys.readouterr().out.splitlines()[-1] == (  # issue 16: where the results are, in one line
+        f"ptune predict: predictions: {trained / 'generated_predictions.txt'}  "
+        f"metrics: {trained / 'predict_results.json'}"
+    )
     assert main(["score", str(trained / "generated_predictions.txt")]) == 0
     assert json.loads(capsys.readouterr().out) == expected
     # A second predict refuses to overwrite the predictions file.

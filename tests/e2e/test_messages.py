@@ -38,6 +38,13 @@ def test_no_progress_bars_in_a_log_file(tiny, tmp_path):
     for noise in ("\r", "it/s]", "examples/s", "Generating train split", "Tokenizing"):
         assert noise not in run.stderr and noise not in run.stdout, noise
     assert "'loss': " in run.stdout and "'eval_loss': " in run.stdout  # the logs themselves are still printed
+    # each with its step (issue 16: none had one), and a closing line saying where the results are
+    assert "step 1/2 {'loss': " in run.stdout and "step 2/2 {'eval_loss': " in run.stdout
+    out = tmp_path / "out"
+    assert run.stdout.splitlines()[-1] == (
+        f"ptune train: prefix: {out / 'model.safetensors'}  curves: {out / 'training_curves.png'}  "
+        f"metrics: {out / 'train_results.json'}"
+    )
 
 
 def test_a_bad_data_file_is_one_line(tiny, tmp_path):

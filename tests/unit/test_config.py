@@ -528,6 +528,26 @@ def test_sampling_and_early_stopping_when_consistent():
 # ---- help and reference ----------------------------------------------------------------------------------
 
 
+def test_data_and_bench_help_are_their_own(capsys):
+    # issue 16: `ptune data --help` printed train's usage without --write_encoded; bench's said nothing of --serve
+    from ptune.cli import main
+
+    assert main(["data", "cfg-that-is-not-read.json", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "usage: ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
+    )
+    assert "--write_encoded FILE.jsonl" in out and "--pre_seq_len" in out and "ptune train [" not in out
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--serve benchmark ptune serve instead (streaming clients); its own flags: ptune bench --serve --help"
+        in out
+    )
+
+
 def test_help_prints_everything_and_exits_0(capsys):
     with pytest.raises(SystemExit) as caught:
         parse_args("train", ["cfg-that-is-not-read.json", "--help"])
@@ -588,3 +608,42 @@ def test_dataclasses_validate_when_built_directly():
         ModelArguments(model_name_or_path="m", model_revision="v2")
     assert ModelArguments(model_name_or_path="m").attn_implementation == "sdpa"
     assert DataTrainingArguments(max_target_length=32).val_max_target_length == 32
+
+
+@pytest.mark.parametrize("value", ["100000000", "1e26"])
+def test_a_prefix_no_model_holds_is_refused_before_any_tensor(tmp_path, value):
+    # issue 16: --pre_seq_len 1e8 (a YAML or JSON config's 1e8 or 1e26 too) went on to allocate the prefix.
+    shown = int(float(value))
+    if value.isdigit():
+        assert error_of("train", [*BASE, "--pre_seq_len", value]) == (
+            f"--pre_seq_len {shown} is more prefix tokens than any model holds (at most 131072; THUDM's "
+            "recipes use 128)"
+        )
+    path = tmp_path / "cfg.json"
+    path.write_text(f'{{"pre_seq_len": {value}}}', encoding="utf-8")
+    assert error_of("train", [str(path), *BASE]) == (
+        f"{path}: 'pre_seq_len' {shown} is more prefix tokens than any model holds (at most 131072; THUDM's "
+        "recipes use 128)"
+    )
+    yaml = tmp_path / "cfg.yaml"
+    yaml.write_text(f"model_name_or_path: m\npre_seq_len: {float(value):.1e}\n", encoding="utf-8")
+    assert error_of("train", [str(yaml), "--output_dir", "out", "--train_file", "train.json"]) == (
+        f"{yaml}:2: 'pre_seq_len' {shown} is more prefix tokens than any model holds (at most 131072; THUDM's "
+        "recipes use 128)"
+    )
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be at least 1, got 0"),
+        ("--per_device_eval_batch_size", "0", "--per_device_eval_batch_size must be at least 1, got 0"),
+        ("--per_gpu_train_batch_size", "0", "--per_device_train_batch_size must be at least 1, got 0"),
+        ("--seed", "-1", "--seed must be from 0 to 4294967295, got -1"),
+        ("--seed", "4294967296", "--seed must be from 0 to 4294967295, got 4294967296"),
+        ("--data_seed", "-3", "--data_seed must be from 0 to 4294967295, got -3"),
+    ],
+)
+def test_batch_sizes_and_seeds_out_of_range(flag, value, message):
+    # a batch of 0 divided by zero in the dataloader, seed -1 failed in numpy's seed(): both with a traceback
+    assert error_of("train", [*BASE, flag, value]) == message

@@ -338,3 +338,84 @@ def test_chat_system_prompt_comes_first():
     session.history = [("q", "a")]
     ids, _ = session.prompt("r")
     assert ids == [G, SOP, SYS] + chars("\nS") + [U] + chars("\nr") + [A]
+
+
+@dataclass
+class CountingTok(FakeTok):
+    """FakeTok counting its encode calls."""
+
+    calls: int = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        self.calls += 1
+        return super().encode(text, add_special_tokens)
+
+
+def long_conversation(turns: int):
+    messages = [{"role": "system", "content": "S"}]
+    for k in range(turns):
+        messages += [{"role": "user", "content": f"q{k:03}"}, {"role": "assistant", "content": f"a{k:03}"}]
+    return parse_row({"messages": messages}, "messages", "t:1", None, True)
+
+
+@pytest.mark.parametrize("family", ["chatglm3", "glm4"])
+def test_truncating_a_long_conversation_encodes_each_message_once(family):
+    # Issue 16: every dropped turn re-encoded the rest (10,000 turns: 169 s). Now each message is encoded
+    # once (ChatGLM3: its opening and its content, 2 calls; GLM-4: its rendered template, 1 call) and the
+    # cut is chosen on lengths, for training and for eval alike.
+    base = CHATGLM3 if family == "chatglm3" else GLM4
+    per_message = 2 if family == "chatglm3" else 1
+    tok = CountingTok(base.family, base.special_ids, base.eos_token_id, chat_template=base.chat_template)
+    conversation = long_conversation(300)
+    last_two = long_conversation(2)  # the system prompt, then turns like the last two (same lengths)
+    max_length = len(encode_conversation(base, last_two, 10**6).input_ids)
+    encoded = encode_conversation(tok, conversation, max_length)
+    assert (encoded.lost_turns, len(encoded.input_ids)) == (298, max_length)
+    assert tok.calls == per_message * len(conversation.messages)
+    tok.calls = 0
+    evaluate = encode_last_answer(tok, conversation, max_source=max_length, max_target=10)
+    end = EOS if family == "chatglm3" else U4
+    assert (evaluate.lost_turns, evaluate.labels[-6:]) == (298, [*chars("\na299"), end])
+    assert tok.calls == per_message * len(conversation.messages)
+
+
+def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
+    # It would learn </s> (ChatGLM3) or <|user|> (GLM-4) as the end of a call; eval/predict keep it (the call
+    # is the reference answer).
+    from ptune.chat_data import make_conversation_encoder
+
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "metadata": "f", "content": "{}"},
+        ]
+    }
+    batch = {"line": [7], "conversation": [parse_row(row, "messages", "t.json:7", None, True).to_json()]}
+    with pytest.raises(UserError) as error:
+        make_conversation_encoder(CHATGLM3, "t.json", 100, 100, "train")(batch)
+    assert str(error.value) == (
+        "t.json:7: the last message is a tool call without its observation: training would learn to end a "
+        "call with the end of the conversation"
+    )
+    encoded = make_conversation_encoder(CHATGLM3, "t.json", 100, 100, "eval")(batch)
+    assert encoded["labels"][0][-3:] == [*chars("{}"), EOS] and encoded["drop"] == [""]
+
+
+def test_glm4_tools_lose_their_null_keys_as_thudm_finetune():
+    # datasets fills keys a row lacks with null; THUDM's process_message drops null properties, so the model
+    # trains on the tools as inference writes them. Nulls go at every depth.
+    clean = [
+        {"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": {"type": "int"}}}}}
+    ]
+    nulls = [{"type": "function", "function": {"name": "f", "description": None, "parameters": {
+        "properties": {"x": {"type": "int", "enum": None}, "unit": None}}}}]  # fmt: skip
+    row = glm4_row()
+    row["messages"][0]["tools"] = nulls
+    encoded = encode_conversation(GLM4, parse_row(row, "messages", "t:1", None, True), 10**6)
+    tools_text = '{\n    "name": "f",\n    "parameters": {\n        "properties": {\n            "x": {\n'
+    tools_text += '                "type": "int"\n            }\n        }\n    }\n}'
+    system = GLM4_SYSTEM.replace('{\n    "name": "f"\n}', tools_text)
+    expected = [([G4, SOP4], F), ([SYS4] + chars(system) + [SYS4] + chars("\nS"), F)] + GLM4_EXPECTED[2:]
+    assert (encoded.input_ids, encoded.labels) == assemble(expected)
+    row["messages"][0]["tools"] = clean
+    assert encode_conversation(GLM4, parse_row(row, "messages", "t:1", None, True), 10**6) == encoded

@@ -63,7 +63,7 @@ def test_messages_with_mapped_names():
 
 def test_turns_start_at_user_messages():
     row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a"}, {"role": "observation", "content": "o"},
+                        {"role": "assistant", "content": "a", "metadata": "f"}, {"role": "observation", "content": "o"},
                         {"role": "assistant", "content": "b"}, {"role": "user", "content": "r"}]}  # fmt: skip
     conversation = parse_row(row, "messages", "f:1", None, True)
     assert [[m["content"] for m in t] for t in conversation.turns()] == [["q", "a", "o", "b"], ["r"]]
@@ -104,6 +104,20 @@ A = {"role": "assistant", "content": "a"}
          "f.json:3: conversations[0].content: must be a string, got nothing"),
         ({"messages": [U, {"role": "assistant", "content": None}]}, "messages",
          "f.json:3: messages[1].content: must be a string, got nothing"),
+        # sequences that would train a wrong habit (issue 16)
+        ({"messages": [U, {"role": "assistant", "metadata": "f", "content": "{}"}, A]}, "messages",
+         "f.json:3: messages[2]: an assistant message after the tool call 'f': a call must be followed by its observation"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '{"name": "g"}'},
+                            {"from": "human", "value": "r"}, {"from": "gpt", "value": "a"}]}, "sharegpt",
+         "f.json:3: conversations[2]: a user message after the tool call 'g': a call must be followed by its observation"),
+        ({"messages": [U, A, {"role": "observation", "content": "7"}, A]}, "messages",
+         "f.json:3: messages[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)"),
+        ({"conversations": [U, {"role": "tool", "name": "f", "observation": "7"}, {"role": "observation", "content": "8"}, A]},
+         "conversations",
+         "f.json:3: conversations[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)"),
+        ({"messages": [U, U, A]}, "messages", "f.json:3: messages[1]: two user messages in a row (a user message must be answered first)"),
+        ({"messages": [U, A, A]}, "messages",
+         "f.json:3: messages[2]: two assistant messages in a row (only a tool call may follow an assistant message)"),
     ],
 )  # fmt: skip
 def test_bad_rows_name_line_and_field(row, fmt, message):
@@ -144,3 +158,15 @@ def test_a_row_of_the_given_format_is_not_called_mixed():
     assert str(error.value) == (
         "f.json:2: a sharegpt row in a conversations file (mixed formats; keys ['conversations'])"
     )
+
+
+def test_a_thought_then_a_tool_call_is_fine():
+    # ChatGLM3's finetune_demo: an assistant message (its thought) followed by a `tool` entry
+    row = {"conversations": [U, A, {"role": "tool", "name": "f", "parameters": {}, "observation": "7"}, A]}
+    assert [m["role"] for m in parse_row(row, "conversations", "f:1", None, True).messages] == [
+        "user",
+        "assistant",
+        "assistant",
+        "observation",
+        "assistant",
+    ]

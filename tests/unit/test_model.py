@@ -298,3 +298,68 @@ def test_a_prefix_holding_non_finite_values_is_refused_at_load(tiny, tmp_path, v
     with pytest.raises(UserError) as e:
         load(str(tiny), {"p": str(ckpt)})
     assert str(e.value) == message
+
+
+class _Runs:
+    """A pickle that would run code when unpickled (never is: weights_only)."""
+
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_native_folder_problems_are_one_line_errors(tmp_path):
+    # issue 16: a pickle in a native folder gave a traceback quoting torch's advice to load it with
+    # weights_only=False; an index naming a file outside the folder was followed; int64 weights were cast.
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny.make_tiny_checkpoint(tmp_path / "llama", "llama")
+    weights = load_file(folder / "model.safetensors")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for f in folder.iterdir():
+        if f.name != "model.safetensors":
+            (pickled / f.name).write_bytes(f.read_bytes())
+    torch.save({"lm_head.weight": _Runs()}, pickled / "pytorch_model.bin")
+    with pytest.raises(UserError) as error:
+        load_model(pickled, dtype="float32", device="cpu")
+    assert str(error.value) == (
+        f"{pickled / 'pytorch_model.bin'}: not a weights-only PyTorch file (Unsupported global: GLOBAL print)"
+    )
+    index = {"weight_map": {name: "../llama/model.safetensors" for name in weights}}
+    (pickled / "pytorch_model.bin").unlink()
+    (pickled / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError) as error:
+        load_model(pickled, dtype="float32", device="cpu")
+    assert str(error.value) == (
+        f"{pickled / 'model.safetensors.index.json'}: weight_map names '../llama/model.safetensors', which is "
+        "not a file inside the model folder; ptune reads only the folder's own shards"
+    )
+    (pickled / "model.safetensors.index.json").unlink()
+    save_file(
+        {**weights, "lm_head.weight": weights["lm_head.weight"].long()}, str(pickled / "model.safetensors")
+    )
+    with pytest.raises(UserError, match=r"model.safetensors: 'lm_head.weight' holds integers \(I64\), not"):
+        load_model(pickled, dtype="float32", device="cpu")
+
+
+def test_chatglm_integer_weights_are_refused_not_cast(tmp_path):
+    _folder(tmp_path, "chatglm3")
+    shard = tmp_path / "pytorch_model-00002-of-00002.bin"
+    part = torch.load(shard, weights_only=True)
+    part["transformer.output_layer.weight"] = part["transformer.output_layer.weight"].long()
+    torch.save(part, shard)
+    with pytest.raises(UserError) as error:
+        load_model(tmp_path, dtype="float32", device="cpu")
+    assert str(error.value).startswith(
+        f"{shard}: 'transformer.output_layer.weight' holds integers (torch.int64), not floating-point weights"
+    )
+
+
+def test_a_prefix_longer_than_the_model_positions_is_refused_before_allocating(tmp_path):
+    cfg, _ = _folder(tmp_path, "chatglm3")
+    positions = cfg.get("seq_length", 8192)
+    with pytest.raises(UserError) as error:
+        load_model(tmp_path, dtype="float32", device="cpu", pre_seq_len=positions + 1)
+    assert str(error.value) == (
+        f"--pre_seq_len {positions + 1}: longer than the {positions} positions of {tmp_path} (max_position_embeddings)"
+    )

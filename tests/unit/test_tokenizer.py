@@ -205,6 +205,12 @@ def test_glm4_tiny_layout(tmp_path):
     rendered = tok.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered == "[gMASK]<sop><|user|>\na<|assistant|>\nb<|user|>\nhi<|assistant|>"
     assert tok.decode(tok.hf.encode(rendered, add_special_tokens=False)) == "\na\nb\nhi"
+    # It is GLM-4-9B-chat's own template: it writes tools (the tiny one before issue 16 could not).
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    with_tools = tok.render_chat([{"role": "system", "content": "", "tools": tools}, *messages])
+    assert "## get_weather" in with_tools and with_tools.startswith(
+        "[gMASK]<sop><|system|>\n你是一个名为 ChatGLM"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
