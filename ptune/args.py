@@ -52,6 +52,12 @@ class ModelArguments:
             "model; its pre_seq_len and prefix_projection are read from it."
         },
     )
+    ignore_plan: bool = field(
+        default=False,
+        metadata={
+            "help": "train: start even when `ptune plan` predicts the run will not fit the free GPU memory."
+        },
+    )
     compare_base: bool = field(
         default=False,
         metadata={

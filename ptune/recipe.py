@@ -197,6 +197,9 @@ class PTuningRecipe:
         resume = self.resume_target()
         check_overwrite(args.output_dir, args.overwrite_output_dir, resume is not None)
         set_seed(args.seed)
+        from ptune.plan.gate import check_training_plan
+
+        check_training_plan(self.model_args, self.data_args, args)
         self.load()
         train_ds = self.dataset(d.train_file, d.max_target_length, d.max_train_samples)
         eval_ds = None

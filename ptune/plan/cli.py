@@ -62,14 +62,25 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
         where = f"the longest encoded sample of {data.train_file}"
     memory = flags["--gpu_memory"]
     inputs = PlanInputs(
-        cfg=cfg, folder=model.model_name_or_path, dtype=dtype, pre_seq_len=model.pre_seq_len or 0,
-        projection=bool(model.prefix_projection), bits=model.quantization_bit,
-        train_batch=training.per_device_train_batch_size, eval_batch=training.per_device_eval_batch_size,
-        seq=seq, answer=answer, prompt=data.max_source_length, new_tokens=gen.max_new_tokens,
-        checkpointing=bool(training.activation_checkpointing), device=device.type,
-        gpu_memory=_memory(memory, flags["--device_name"]), device_name=flags["--device_name"],
-        samples=samples, lengths_from=where or "max_source_length + max_target_length",
-    )  # fmt: skip
+        cfg=cfg,
+        folder=model.model_name_or_path,
+        dtype=dtype,
+        pre_seq_len=model.pre_seq_len or 0,
+        projection=bool(model.prefix_projection),
+        bits=model.quantization_bit,
+        train_batch=training.per_device_train_batch_size,
+        eval_batch=training.per_device_eval_batch_size,
+        seq=seq,
+        answer=answer,
+        prompt=data.max_source_length,
+        new_tokens=gen.max_new_tokens,
+        checkpointing=bool(training.activation_checkpointing),
+        device=device.type,
+        gpu_memory=_memory(memory, flags["--device_name"]),
+        device_name=flags["--device_name"],
+        samples=samples,
+        lengths_from=where or "max_source_length + max_target_length",
+    )
     return inputs, flags["--json"]
 
 
@@ -114,8 +125,9 @@ def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int]:
     from ptune.tokenizer import load_tokenizer
 
     recipe = PTuningRecipe("train", model_args, data_args, training_args, None)
-    recipe.tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                                      model_args.chat_format)  # fmt: skip
+    recipe.tokenizer = load_tokenizer(
+        model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format
+    )
     ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
     seq = max(len(ids) for ids in ds["input_ids"])
     answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
@@ -140,8 +152,11 @@ def format_plan(plan: dict) -> str:
     }
     for name in i["phases"]:
         row = plan[name]
-        lines.append(f"{what[name]:<34}" + "".join(f"{row[p + '_gib']:>12.2f}" for p in PARTS)
-                     + f"{row['peak_gib']:>12.2f}")  # fmt: skip
+        lines.append(
+            f"{what[name]:<34}"
+            + "".join(f"{row[p + '_gib']:>12.2f}" for p in PARTS)
+            + f"{row['peak_gib']:>12.2f}"
+        )
     t = plan.get("train", {})
     if "max_micro_batch" in t:
         lines.append(

@@ -42,6 +42,7 @@ class PlanInputs:
     new_tokens: int
     checkpointing: bool
     device: str = "cuda"
+    grad_accum: int = 1
     serve_batch: int = 16
     serve_length: int = 2048
     gpu_memory: int | None = None
@@ -58,34 +59,46 @@ class PlanInputs:
 
 
 def traced(inputs: PlanInputs, what: str, *args) -> Footprint:
-    """A phase traced with 1 and 2 layers and extended to the real depth (memoized per arguments)."""
+    """A phase traced with 1 and 2 layers and extended to the real depth (a model of 1 or 2 layers is traced as
+    it is); memoized per arguments in `inputs.cache`."""
     key = (what, *args)
     if key not in inputs.cache:
         run = {"train": trace_train, "eval": trace_eval, "generate": trace_generate}[what]
+        depths = (inputs.layers,) if inputs.layers <= 2 else (1, 2)
         shallow = []
-        for layers in (1, 2):
-            model = build_fake(inputs.cfg, inputs.folder, layers, inputs.dtype, inputs.pre_seq_len,
-                               inputs.projection, new_mode())  # fmt: skip
-            shallow.append((run(model, *args), model))
-        inputs.cache[key] = shallow[0][0].extend(shallow[1][0], inputs.layers)
-        inputs.cache[("model", 1)] = shallow[0][1]
+        for layers in depths:
+            model = build_fake(
+                inputs.cfg,
+                inputs.folder,
+                layers,
+                inputs.dtype,
+                inputs.pre_seq_len,
+                inputs.projection,
+                new_mode(),
+            )
+            shallow.append(run(model, *args))
+            inputs.cache.setdefault(("model", 1), model)  # read for the layouts of one layer
+        inputs.cache[key] = shallow[0] if len(shallow) == 1 else shallow[0].extend(shallow[1], inputs.layers)
     return inputs.cache[key]
 
 
-def split(inputs: PlanInputs, fp: Footprint, logits: int, kv_cache: int) -> dict[str, int]:
-    """Bytes by part (PARTS) for a full-depth footprint."""
+def split(inputs: PlanInputs, fp: Footprint, logits: int, kv_cache: int, tokens: int) -> dict[str, int]:
+    """Bytes by part (PARTS) for a full-depth footprint of a batch of `tokens` tokens (all rows)."""
     weights = fp.params + fp.buffers - fp.trainable
     activations = fp.activations
     if inputs.bits:
-        old, new, widest = _quantized(inputs)
+        old, new, widest = _quantized(inputs, tokens)
         weights += (new - old) * inputs.layers
-        activations += (
-            widest  # bitsandbytes dequantizes one weight at a time for the matmul (MatMul4Bit/8bitLt)
-        )
+        activations += widest
     logits = min(logits, activations)
     kv_cache = min(kv_cache, activations - logits)
-    parts = {"weights": weights, "prefix": fp.trainable + fp.grads + fp.optimizer,
-             "activations": activations - logits - kv_cache, "logits": logits, "kv_cache": kv_cache}  # fmt: skip
+    parts = {
+        "weights": weights,
+        "prefix": fp.trainable + fp.grads + fp.optimizer,
+        "activations": activations - logits - kv_cache,
+        "logits": logits,
+        "kv_cache": kv_cache,
+    }
     traced_total = sum(parts.values())
     parts["cuda"] = 0
     if inputs.device == "cuda":
@@ -93,15 +106,21 @@ def split(inputs: PlanInputs, fp: Footprint, logits: int, kv_cache: int) -> dict
     return parts
 
 
-def _quantized(inputs: PlanInputs) -> tuple[int, int, int]:
-    """(bytes of one decoder layer's linear weights in the compute dtype, the same quantized, the widest one
-    dequantized) read off the 1-layer fake model."""
+def _quantized(inputs: PlanInputs, tokens: int) -> tuple[int, int, int]:
+    """(bytes of one decoder layer's linear weights in the compute dtype, the same quantized, the largest
+    transient of one quantized matmul), read off the 1-layer fake model. The transient (bitsandbytes 0.50,
+    bitsandbytes/autograd/_functions.py): MatMul4Bit dequantizes the whole weight to the compute dtype
+    (forward and backward); MatMul8bitLt quantizes its input as a float16 copy plus an int8 copy ([tokens, in],
+    3 bytes per value) and its backward dequantizes the int8 weight to the compute dtype."""
     model = inputs.cache[("model", 1)]
     size = torch.empty((), dtype=inputs.dtype).element_size()
     linears = [m for m in model.base.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear)]
     old = sum(m.weight.numel() * size for m in linears)
     new = sum(devices.quantized_bytes(m.out_features, m.in_features, inputs.bits) for m in linears)
-    return old, new, max(m.weight.numel() * size for m in linears)
+    widest = max(m.weight.numel() * size for m in linears)
+    if inputs.bits == 8:
+        widest = max(widest, 3 * tokens * max(m.in_features for m in linears))
+    return old, new, widest
 
 
 def _vocab_kv(inputs: PlanInputs) -> tuple[int, int, int]:
@@ -120,13 +139,15 @@ def _vocab_kv(inputs: PlanInputs) -> tuple[int, int, int]:
 def train_parts(inputs: PlanInputs, batch: int, checkpointing: bool) -> dict[str, int]:
     fp = traced(inputs, "train", batch, inputs.seq, inputs.answer, checkpointing)
     vocab, _, size = _vocab_kv(inputs)
-    return split(inputs, fp, batch * inputs.answer * vocab * (size + 4), 0)
+    return split(inputs, fp, batch * inputs.answer * vocab * (size + 4), 0, batch * inputs.seq)
 
 
 def eval_parts(inputs: PlanInputs) -> dict[str, int]:
     fp = traced(inputs, "eval", inputs.eval_batch, inputs.seq, inputs.answer)
     vocab, _, size = _vocab_kv(inputs)
-    return split(inputs, fp, inputs.eval_batch * inputs.answer * vocab * (size + 4), 0)
+    return split(
+        inputs, fp, inputs.eval_batch * inputs.answer * vocab * (size + 4), 0, inputs.eval_batch * inputs.seq
+    )
 
 
 def generate_parts(inputs: PlanInputs, batch: int, prompt: int, new_tokens: int) -> dict[str, int]:
@@ -135,7 +156,7 @@ def generate_parts(inputs: PlanInputs, batch: int, prompt: int, new_tokens: int)
     grown = batch * per_token * max(new_tokens - 2, 0)
     cache = batch * per_token * (inputs.pre_seq_len + prompt + min(new_tokens, 2))
     fp = Footprint(**{**fp.__dict__, "activations": fp.activations + grown})
-    return split(inputs, fp, batch * vocab * (size + 4), cache + grown)
+    return split(inputs, fp, batch * vocab * (size + 4), cache + grown, batch * prompt)
 
 
 def max_micro_batch(inputs: PlanInputs, checkpointing: bool) -> int:
@@ -185,5 +206,8 @@ def _peak_tflops(inputs: PlanInputs) -> float | None:
 
 
 def describe(inputs: PlanInputs) -> dict:
-    return {k: (str(v)[6:] if isinstance(v, torch.dtype) else v) for k, v in inputs.__dict__.items()
-            if k not in ("cfg", "cache")}  # fmt: skip
+    return {
+        k: (str(v)[6:] if isinstance(v, torch.dtype) else v)
+        for k, v in inputs.__dict__.items()
+        if k not in ("cfg", "cache")
+    }

@@ -14,6 +14,7 @@ prefix rows and cache); tests/unit/test_plan.py checks that rule against a 3-lay
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -97,8 +98,10 @@ class Footprint:
     def extend(self, deeper: Footprint, layers: int) -> Footprint:
         """This 1-layer footprint extended to `layers` layers by the per-layer step to `deeper` (2 layers)."""
         fields = self.__dataclass_fields__
-        return replace(self, **{f: getattr(self, f) + (layers - 1) * (getattr(deeper, f) - getattr(self, f))
-                                for f in fields})  # fmt: skip
+        return replace(
+            self,
+            **{f: getattr(self, f) + (layers - 1) * (getattr(deeper, f) - getattr(self, f)) for f in fields},
+        )
 
 
 def build_fake(cfg: dict, folder, layers: int, dtype: torch.dtype, pre_seq_len: int, projection: bool, mode):
@@ -176,7 +179,7 @@ def trace_train(model, batch: int, seq: int, answer: int, checkpointing: bool) -
         model.activation_checkpointing_enable()
     tracker = FrozenAwareMemTracker()
     tracker.track_external(model, optimizer)
-    with mode, KnownSelection(batch * answer), tracker:
+    with mode, _selection(model, batch * answer), tracker:
         for _ in range(2):
             model(**inputs).loss.backward()
             optimizer.step()
@@ -194,7 +197,7 @@ def trace_eval(model, batch: int, seq: int, answer: int) -> Footprint:
     model.eval()
     tracker = FrozenAwareMemTracker()
     tracker.track_external(model)
-    with mode, KnownSelection(batch * answer), tracker, torch.no_grad():
+    with mode, _selection(model, batch * answer), tracker, torch.no_grad(), _frozen(model):
         model(**inputs, return_logits=False)
     return _footprint(tracker, model)
 
@@ -222,8 +225,32 @@ def trace_generate(model, batch: int, prompt: int, new_tokens: int = 2) -> Footp
     return _footprint(tracker, model)
 
 
-def _mode_of(model) -> FakeTensorMode:
-    return next(model.parameters()).fake_mode
+@contextlib.contextmanager
+def _frozen(model):
+    """No parameter requires grad for the duration. Under no_grad a float32 prefix reaches the dropout module
+    as a view of the parameter that still says requires_grad (no copy is made when the dtype already matches),
+    and MemTracker's module hooks then fail ("Expected gradient function to be set"); nothing is computed
+    differently, an eval pass keeps no gradients either way."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
+
+
+def _mode_of(model):
+    """The model's FakeTensorMode, or no mode for a real model (a measurement: the same steps, real bytes)."""
+    return getattr(next(model.parameters()), "fake_mode", None) or contextlib.nullcontext()
+
+
+def _selection(model, selected: int):
+    """KnownSelection for a fake model; a real one selects by its real mask."""
+    if hasattr(next(model.parameters()), "fake_mode"):
+        return KnownSelection(selected)
+    return contextlib.nullcontext()
 
 
 def new_mode() -> FakeTensorMode:
