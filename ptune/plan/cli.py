@@ -51,14 +51,10 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
     cfg = read_json(Path(model.model_name_or_path) / "config.json")
     device = torch.device(flags["--device"])
     dtype = _dtype(model.dtype, device)
-    seq, answer, samples, where = (
-        data.max_source_length + data.max_target_length,
-        data.max_target_length,
-        None,
-        None,
-    )
+    seq, answer = data.max_source_length + data.max_target_length, data.max_target_length
+    samples = tokens = where = None
     if data.train_file not in (None, "<none>"):
-        seq, answer, samples = data_lengths(model, data, training)
+        seq, answer, samples, tokens = data_lengths(model, data, training)
         where = f"the longest encoded sample of {data.train_file}"
     memory = flags["--gpu_memory"]
     inputs = PlanInputs(
@@ -79,6 +75,7 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
         gpu_memory=_memory(memory, flags["--device_name"]),
         device_name=flags["--device_name"],
         samples=samples,
+        tokens=tokens,
         lengths_from=where or "max_source_length + max_target_length",
     )
     return inputs, flags["--json"]
@@ -118,9 +115,9 @@ def _spec(name: str) -> tuple[float, float]:
         raise UserError(f"--device_name {name}: unknown (known: {', '.join(devices.DEVICES)})") from None
 
 
-def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int]:
-    """(longest sample, its supervised tokens at most, samples) of the training data, encoded as ptune train
-    encodes it (the tokenizer and ptune.chat_data's path, cached like a training run's)."""
+def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, int]:
+    """(longest sample, the most supervised tokens of a sample, samples, tokens) of the training data, encoded
+    as ptune train encodes it (the tokenizer and ptune.chat_data's path, cached like a training run's)."""
     from ptune.recipe import PTuningRecipe
     from ptune.tokenizer import load_tokenizer
 
@@ -131,7 +128,7 @@ def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int]:
     ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
     seq = max(len(ids) for ids in ds["input_ids"])
     answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
-    return seq, answer, len(ds)
+    return seq, answer, len(ds), sum(len(ids) for ids in ds["input_ids"])
 
 
 def format_plan(plan: dict) -> str:
@@ -154,8 +151,8 @@ def format_plan(plan: dict) -> str:
         row = plan[name]
         lines.append(
             f"{what[name]:<34}"
-            + "".join(f"{row[p + '_gib']:>12.2f}" for p in PARTS)
-            + f"{row['peak_gib']:>12.2f}"
+            + "".join(f"{_gib(row[p + '_gib']):>12}" for p in PARTS)
+            + f"{_gib(row['peak_gib']):>12}"
         )
     t = plan.get("train", {})
     if "max_micro_batch" in t:
@@ -164,7 +161,10 @@ def format_plan(plan: dict) -> str:
             f" without activation checkpointing, {t['max_micro_batch_checkpointing']} with it"
         )
     if "flops_per_sample" in t:
-        line = f"training FLOPs per sample: {t['flops_per_sample']:.3e} (4·N per token, N = {t['matmul_params']:.3e})"
+        line = (
+            f"training FLOPs per sample: {t['flops_per_sample']:.3e} (4·N per token x {t['tokens_per_sample']:.0f}"
+            f" tokens, N = {t['matmul_params']:.3e})"
+        )
         if "epoch_seconds_lower_bound" in t:
             line += (
                 f"; {t['epoch_samples']} samples take at least {t['epoch_seconds_lower_bound']:.0f} s on "
@@ -173,6 +173,10 @@ def format_plan(plan: dict) -> str:
             )
         lines.append(line)
     return "\n".join(lines)
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f}" if x >= 1 or x == 0 else f"{x:.3g}"
 
 
 def main(argv: list[str]) -> int:

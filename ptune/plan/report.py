@@ -48,6 +48,7 @@ class PlanInputs:
     gpu_memory: int | None = None
     device_name: str | None = None
     samples: int | None = None  # training samples in an epoch (with a data file)
+    tokens: int | None = None  # their tokens
     lengths_from: str = "max_source_length + max_target_length"
     phases: tuple[str, ...] = ("train", "eval", "predict", "serve")
     cache: dict = field(default_factory=dict)
@@ -189,7 +190,9 @@ def make_plan(inputs: PlanInputs) -> dict:
             train["max_micro_batch_no_checkpointing"] = max_micro_batch(inputs, False)
         n = traced(inputs, "train", inputs.train_batch, inputs.seq, inputs.answer, inputs.checkpointing)
         train["matmul_params"] = n.matmul_params
-        train["flops_per_sample"] = 4 * n.matmul_params * inputs.seq
+        per_sample = inputs.tokens / inputs.samples if inputs.tokens else inputs.seq  # mean, else the longest
+        train["tokens_per_sample"] = per_sample
+        train["flops_per_sample"] = 4 * n.matmul_params * per_sample
         peak = _peak_tflops(inputs)
         if peak is not None:
             samples = inputs.samples or 1000
