@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     header = (
-        ["model", "weights"]
+        ["model", "base"]
         + [f"mb {b} {c}" for b in BATCHES for c in ("", "ckpt")]
         + ["predict 16", "serve 32x2048"]
     )

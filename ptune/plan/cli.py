@@ -1,5 +1,5 @@
 """`ptune plan CONFIG [--flag value ...] [--gpu_memory 24GiB] [--device_name H100] [--device cuda|cpu]
-[--json FILE]`: the config and flags of `ptune train`, read by ptune's own parser, plus the plan's own flags.
+[--max_batch 16] [--max_length 2048] [--json FILE]`: the config and flags of `ptune train`, read by ptune's own parser, plus the plan's own flags.
 Only config.json of --model_name_or_path is read (no weights); with --train_file the lengths come from the
 real data, encoded as training encodes it (the tokenizer files are needed then)."""
 
@@ -15,7 +15,14 @@ from ptune.errors import UserError
 from ptune.plan import devices
 from ptune.plan.report import PARTS, PlanInputs, make_plan
 
-PLAN_FLAGS = {"--gpu_memory": None, "--device_name": None, "--device": "cuda", "--json": None}
+PLAN_FLAGS = {
+    "--gpu_memory": None,
+    "--device_name": None,
+    "--device": "cuda",
+    "--json": None,
+    "--max_batch": "16",  # serve: ptune serve's defaults
+    "--max_length": "2048",
+}
 
 
 def split_plan_flags(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
@@ -76,9 +83,21 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
         device_name=flags["--device_name"],
         samples=samples,
         tokens=tokens,
+        serve_batch=_positive(flags, "--max_batch"),
+        serve_length=_positive(flags, "--max_length"),
         lengths_from=where or "max_source_length + max_target_length",
     )
     return inputs, flags["--json"]
+
+
+def _positive(flags: dict, name: str) -> int:
+    try:
+        value = int(flags[name])
+    except ValueError:
+        value = 0
+    if value < 1 or (name == "--max_length" and value < 3):
+        raise UserError(f"{name} {flags[name]}: expected a positive whole number")
+    return value
 
 
 def _config_keys(rest: list[str]) -> set[str]:
