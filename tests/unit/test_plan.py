@@ -158,3 +158,16 @@ def test_refusal_names_what_fits():
         "starts anyway"
     )
     assert "no single change" in refusal(30 * GIB, free, {"--quantization_bit 4": 21 * GIB})
+
+
+def test_alternatives_are_the_single_changes_that_lower_the_peak(planned):
+    from ptune.plan.gate import alternatives
+
+    now = sum(train_parts(planned, planned.train_batch, planned.checkpointing).values())
+    options = alternatives(dataclasses.replace(planned, grad_accum=2))
+    assert sorted(options) == [
+        "--activation_checkpointing true",
+        "--per_device_train_batch_size 1 --gradient_accumulation_steps 8",
+        "--quantization_bit 4",
+    ]
+    assert all(peak < now for peak in options.values())
