@@ -47,9 +47,8 @@ def alternatives(inputs) -> dict[str, int]:
             train_parts(inputs, inputs.train_batch, True).values()
         )
     if inputs.train_batch > 1:
-        flags = (
-            f"--per_device_train_batch_size 1 --gradient_accumulation_steps {inputs.train_batch}x (as now)"
-        )
+        steps = inputs.train_batch * inputs.grad_accum  # the same effective batch
+        flags = f"--per_device_train_batch_size 1 --gradient_accumulation_steps {steps}"
         options[flags] = sum(train_parts(inputs, 1, inputs.checkpointing).values())
     if inputs.bits != 4:
         four = dataclasses.replace(inputs, bits=4, cache={})
