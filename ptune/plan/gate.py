@@ -88,7 +88,7 @@ def check_training_plan(model_args, data_args, training_args) -> None:
     )
     peak = sum(train_parts(inputs, inputs.train_batch, inputs.checkpointing).values())
     logger.info(
-        "plan: a training step of %d x %d tokens peaks at %.2f GiB of %s memory (ptune plan for the details)",
+        "plan: a training step of %d x %d tokens peaks at %.3g GiB of %s memory (ptune plan for the details)",
         inputs.train_batch,
         inputs.seq,
         peak / devices.GIB,
