@@ -57,6 +57,12 @@ class ModelArguments:
             "from it."
         },
     )
+    ignore_plan: bool = field(
+        default=False,
+        metadata={
+            "help": "train: start even when `ptune plan` predicts the run will not fit the free GPU memory."
+        },
+    )
     compare_base: bool = field(
         default=False,
         metadata={

@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         device = torch.device("cuda", 0)
     dtype = resolve_dtype(args.dtype, device)
     peak = args.peak_tflops if args.peak_tflops is not None else device_peak_tflops(device, dtype)
+    peak_source = "given" if args.peak_tflops is not None else "data sheet"
+    if peak is None:  # the CPU, or a GPU without a known figure: this machine's timed matmul in this dtype
+        from ptune.plan.check import matmul_tflops
+
+        peak, peak_source = matmul_tflops(device, dtype), "measured matmul"
     base, cfg = build_model(args.shape, dtype, device, args.seed)
     ids = special_ids(cfg["padded_vocab_size"])
     n_params = matmul_params(base)  # counted before quantization: FLOPs are the same, only storage shrinks
@@ -125,14 +130,19 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     most = max(args.micro_batch) * args.grad_accum * (args.warmup_steps + args.steps)
     samples = [] if args.no_train else make_samples(most, args.seed, ids)
     rows: list[Row] = []
+    from ptune.plan.check import bench_inputs, check_row
+
     for psl in args.pre_seq_len:
         model = wrap(base, psl, args.shape, args.seed)
+        planned = bench_inputs(cfg, args.shape, model, args)  # one plan per prefix: traces shared by rows
         if not args.no_train:
             for mb in args.micro_batch:
                 rows.append(train_row(model, samples, args, mb, n_params, peak))
+                check_row(rows[-1], planned, model)
         if not args.no_predict:
             for pb in args.predict_batch:
                 rows.append(predict_row(model, args, pb, n_params, peak, ids))
+                check_row(rows[-1], planned, model)
         del model
     meta = {
         "shape": args.shape,
@@ -140,6 +150,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         "dtype": str(dtype)[6:],
         "matmul_params": n_params,
         "peak_tflops": peak,
+        "peak_source": peak_source,
         "activation_checkpointing": args.activation_checkpointing,
         "group_by_length": args.group_by_length,
         "quantization_bit": args.quantization_bit,
@@ -178,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{'on' if meta['group_by_length'] else 'off'}; train: {meta['steps']} steps timed after "
         f"{meta['warmup_steps']}; predict: {meta['predict_steps']} batches x {meta['new_tokens']} new tokens"
     )
+    print(f"of peak: of {meta['peak_tflops']:.3g} TFLOP/s ({meta['peak_source']})")
     print(format_table(rows))
     print(
         "tokens/s: real (non-pad) tokens for train, new tokens for predict. TFLOP/s: model FLOPs, "
         "4·N per real token for train (frozen base: no weight gradients), 2·N per prompt and new token for "
-        "predict."
+        "predict. peak GiB: measured (CUDA: max_memory_allocated; CPU: MemTracker over the row's longest batch, "
+        "after the timed run); plan GiB: what `ptune plan` predicts for that batch."
     )
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows]}

@@ -21,6 +21,7 @@ USAGE = """usage: ptune VERB [CONFIG.json|CONFIG.yaml] [--flag value ...]
     ptune chat    --model_name_or_path DIR [--ptuning_checkpoint CKPT]   talk to the model
     ptune export  CHECKPOINT --format thudm         the prefix in THUDM's layout
     ptune plot    OUTPUT_DIR                        redraw training_curves.png
+    ptune plan    CONFIG.json [--gpu_memory 24GiB] [--device_name H100]   predicted peak memory and FLOPs
     ptune bench   [--shape tiny|6b ...]             speed and memory (--serve: of a live server)
     ptune serve   --model_name_or_path DIR --prefix NAME=CKPT ...   OpenAI-compatible API + chat page
 
@@ -73,6 +74,7 @@ MODULE_VERBS = {
     "export": ("ptune.export", "main"),
     "plot": ("ptune.plot", "main"),
     "bench": ("ptune.bench", "main"),
+    "plan": ("ptune.plan.cli", "main"),
     "serve": ("ptune.serve.cli", "main"),
 }
 

@@ -203,6 +203,9 @@ class PTuningRecipe:
         resume = self.resume_target()
         check_overwrite(args.output_dir, args.overwrite_output_dir, resume is not None)
         set_seed(args.seed)
+        from ptune.plan.gate import check_training_plan
+
+        check_training_plan(self.model_args, self.data_args, args)
         self.load()
         if resume is not None:
             from ptune.prefix import check_resumable_prefix

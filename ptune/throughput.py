@@ -28,6 +28,7 @@ HEADER = (
     "TFLOP/s",
     "of peak",
     "peak GiB",
+    "plan GiB",
 )
 
 
@@ -80,6 +81,9 @@ class Row:
     memory_kind: str
     timed_steps: int  # optimizer steps (train) or generate calls (predict)
     step_seconds: float  # train: sum of on_step_begin → on_step_end (without data loading); predict: seconds
+    longest: tuple[int, int] = (0, 0)  # train: (tokens, supervised tokens per row) of the longest batch;
+    # predict: (prompt tokens, new tokens) of the longest batch; what `ptune plan` predicts the peak for
+    plan_gib: float | None = None  # the plan's predicted peak for this row (ptune.plan.check)
 
 
 class StepTimer:
@@ -117,10 +121,13 @@ class CountingCollator:
     def __init__(self, collator):
         self.collator = collator
         self.tokens: list[int] = []
+        self.shapes: list[tuple[int, int]] = []  # (padded length, supervised tokens per row rounded up)
 
     def __call__(self, rows):
         batch = self.collator(rows)
         self.tokens.append(int(batch["attention_mask"].sum()))
+        supervised = int((batch["labels"][:, 1:] != -100).sum())
+        self.shapes.append((batch["input_ids"].shape[1], -(-supervised // batch["input_ids"].shape[0])))
         return batch
 
 
@@ -199,8 +206,10 @@ def train_row(model, samples, args, micro_batch: int, n_params: int, peak: float
     # 6·N counts weight gradients that are never computed here; attention score FLOPs and the
     # recomputation under activation checkpointing are not counted (model FLOPs, not hardware FLOPs).
     flops = 4 * n_params * tokens
-    return _row("train", micro_batch, args.grad_accum, model.pre_seq_len, samples_timed, tokens, seconds,
-                flops, peak, gib, kind, args.steps, step_seconds)  # fmt: skip
+    row = _row("train", micro_batch, args.grad_accum, model.pre_seq_len, samples_timed, tokens, seconds,
+               flops, peak, gib, kind, args.steps, step_seconds)  # fmt: skip
+    row.longest = max(collator.shapes)
+    return row
 
 
 def predict_row(model, args, batch_size: int, n_params: int, peak: float | None, ids: SpecialIds) -> Row:
@@ -249,8 +258,10 @@ def predict_row(model, args, batch_size: int, n_params: int, peak: float | None,
     gib, kind = peak_memory(device)
     # Model FLOPs of inference: 2·N per token through the model, prompt (prefill) and new tokens alike.
     flops = 2 * n_params * (prompt_tokens + new_tokens)
-    return _row("predict", batch_size, 1, model.pre_seq_len, len(samples), new_tokens, seconds, flops,
-                peak, gib, kind, len(batches), seconds)  # fmt: skip
+    row = _row("predict", batch_size, 1, model.pre_seq_len, len(samples), new_tokens, seconds, flops,
+               peak, gib, kind, len(batches), seconds)  # fmt: skip
+    row.longest = (max(b["prompt_ids"].shape[1] for b in batches), args.new_tokens)
+    return row
 
 
 def _row(mode, mb, accum, psl, samples, tokens, seconds, flops, peak, gib, kind, steps, step_seconds) -> Row:
@@ -286,13 +297,19 @@ def _num(x: float) -> str:
     return f"{x:.2e}"
 
 
+def _gib(x: float) -> str:
+    """GiB with two decimals, or three significant digits below 1 GiB (the tiny shape's MiB)."""
+    return f"{x:.2f}" if x >= 1 else f"{x:.3g}"
+
+
 def format_table(rows: list[Row]) -> str:
     """One aligned plain-text table: header, rule, one line per row."""
     cells = [list(HEADER)]
     for r in rows:
         batch = f"{r.micro_batch} x {r.grad_accum}" if r.mode == "train" else str(r.micro_batch)
         fraction = "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%"
-        memory = f"{r.peak_gib:.2f}" + (" RSS" if r.memory_kind == "rss" else "")
+        memory = _gib(r.peak_gib) + (" RSS" if r.memory_kind == "rss" else "")
+        plan = "-" if r.plan_gib is None else _gib(r.plan_gib)
         cells.append(
             [
                 r.mode,
@@ -303,6 +320,7 @@ def format_table(rows: list[Row]) -> str:
                 _num(r.tflops),
                 fraction,
                 memory,
+                plan,
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]

@@ -95,7 +95,7 @@ def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("mode"))
     assert lines[header].split() == ["mode", "batch", "pre_seq_len", "samples/s", "tokens/s", "TFLOP/s",
-                                     "of", "peak", "peak", "GiB"]  # fmt: skip
+                                     "of", "peak", "peak", "GiB", "plan", "GiB"]  # fmt: skip
     assert set(lines[header + 1]) == {"-", " "}
     table = [line.split() for line in lines[header + 2 :] if line.split()[0] in ("train", "predict")]
     # (mode, micro-batch x accum, pre_seq_len); "1 x 2" splits into three words.
@@ -103,19 +103,23 @@ def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):
         ("train", "1 x 2", "4"), ("train", "2 x 2", "4"), ("predict", "3", "4"),
         ("train", "1 x 2", "8"), ("train", "2 x 2", "8"), ("predict", "3", "8"),
     ]  # fmt: skip
-    assert all(r[-1] == "RSS" and r[-3] == "-" for r in table)  # CPU: RSS memory, no known peak
+    # CPU: "of peak" against this machine's timed matmul; the measured peak beside the plan's.
+    assert all(r[-3].endswith("%") and r[-2] != "-" and r[-1] != "-" for r in table)
 
     data = json.loads(out.read_text(encoding="utf-8"))
     rows = data["rows"]
     n = data["meta"]["matmul_params"]
     assert data["meta"]["shape"] == "tiny" and data["meta"]["device"] == "cpu"
+    assert data["meta"]["peak_source"] == "measured matmul" and data["meta"]["peak_tflops"] > 0
     assert [(r["mode"], r["micro_batch"], r["grad_accum"], r["pre_seq_len"]) for r in rows] == [
         ("train", 1, 2, 4), ("train", 2, 2, 4), ("predict", 3, 1, 4),
         ("train", 1, 2, 8), ("train", 2, 2, 8), ("predict", 3, 1, 8),
     ]  # fmt: skip
     for r in rows:
         assert r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_gib"] > 0
-        assert r["memory_kind"] == "rss" and r["peak_fraction"] is None
+        assert r["memory_kind"] == "memtracker" and r["peak_fraction"] > 0
+        # The plan of the row's longest batch against the same step measured on the real tensors.
+        assert r["plan_gib"] == pytest.approx(r["peak_gib"], rel=0.10)
         if r["mode"] == "train":
             assert r["samples"] == r["micro_batch"] * 2 and r["timed_steps"] == 1
             # Real tokens of the timed step: between the shortest and longest possible samples.

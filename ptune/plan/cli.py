@@ -1,0 +1,209 @@
+"""`ptune plan CONFIG [--flag value ...] [--gpu_memory 24GiB] [--device_name H100] [--device cuda|cpu]
+[--max_batch 16] [--max_length 2048] [--json FILE]`: the config and flags of `ptune train`, read by ptune's own parser, plus the plan's own flags.
+Only config.json of --model_name_or_path is read (no weights); with --train_file the lengths come from the
+real data, encoded as training encodes it (the tokenizer files are needed then)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ptune.errors import UserError
+from ptune.plan import devices
+from ptune.plan.report import PARTS, PlanInputs, make_plan
+
+PLAN_FLAGS = {
+    "--gpu_memory": None,
+    "--device_name": None,
+    "--device": "cuda",
+    "--json": None,
+    "--max_batch": "16",  # serve: ptune serve's defaults
+    "--max_length": "2048",
+}
+
+
+def split_plan_flags(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """(the train arguments, the plan-only flag values) from `ptune plan`'s argv."""
+    rest, values = [], dict(PLAN_FLAGS)
+    it = iter(argv)
+    for arg in it:
+        name, eq, inline = arg.partition("=")
+        if name in PLAN_FLAGS:
+            value = inline if eq else next(it, None)
+            if value is None:
+                raise UserError(f"{name}: expected a value")
+            values[name] = value
+        else:
+            rest.append(arg)
+    return rest, values
+
+
+def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
+    """PlanInputs from `ptune plan`'s arguments, and the --json path."""
+    from ptune.io import read_json
+    from ptune.parse import parse_args
+
+    rest, flags = split_plan_flags(argv)
+    if flags["--device"] not in ("cuda", "cpu"):
+        raise UserError(f"--device {flags['--device']}: expected cuda or cpu")
+    given = " ".join(rest)
+    if "--output_dir" not in given:
+        rest += ["--output_dir", "<plan: nothing is written>"]
+    if "--train_file" not in given and "train_file" not in _config_keys(rest):
+        rest += ["--train_file", "<none>"]
+    model, data, training, gen = parse_args("train", rest)
+    cfg = read_json(Path(model.model_name_or_path) / "config.json")
+    device = torch.device(flags["--device"])
+    dtype = _dtype(model.dtype, device)
+    seq, answer = data.max_source_length + data.max_target_length, data.max_target_length
+    samples = tokens = where = None
+    if data.train_file not in (None, "<none>"):
+        seq, answer, samples, tokens = data_lengths(model, data, training)
+        where = f"the longest encoded sample of {data.train_file}"
+    memory = flags["--gpu_memory"]
+    inputs = PlanInputs(
+        cfg=cfg,
+        folder=model.model_name_or_path,
+        dtype=dtype,
+        pre_seq_len=model.pre_seq_len or 0,
+        projection=bool(model.prefix_projection),
+        bits=model.quantization_bit,
+        train_batch=training.per_device_train_batch_size,
+        eval_batch=training.per_device_eval_batch_size,
+        seq=seq,
+        answer=answer,
+        prompt=data.max_source_length,
+        new_tokens=gen.max_new_tokens,
+        checkpointing=bool(training.activation_checkpointing),
+        device=device.type,
+        gpu_memory=_memory(memory, flags["--device_name"]),
+        device_name=flags["--device_name"],
+        samples=samples,
+        tokens=tokens,
+        serve_batch=_positive(flags, "--max_batch"),
+        serve_length=_positive(flags, "--max_length"),
+        lengths_from=where or "max_source_length + max_target_length",
+    )
+    return inputs, flags["--json"]
+
+
+def _positive(flags: dict, name: str) -> int:
+    try:
+        value = int(flags[name])
+    except ValueError:
+        value = 0
+    if value < 1 or (name == "--max_length" and value < 3):
+        raise UserError(f"{name} {flags[name]}: expected a positive whole number")
+    return value
+
+
+def _config_keys(rest: list[str]) -> set[str]:
+    if rest and not rest[0].startswith("-"):
+        from ptune.parse import load_config_file
+
+        return set(load_config_file(rest[0]))
+    return set()
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    from ptune.model import _DTYPES
+
+    if name == "auto":  # as resolve_dtype decides on a bf16-capable GPU / on the CPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def _memory(text: str | None, device_name: str | None) -> int | None:
+    if text is not None:
+        try:
+            return devices.parse_memory(text)
+        except ValueError as e:
+            raise UserError(f"--gpu_memory: {e}") from None
+    if device_name is not None:
+        return int(_spec(device_name)[1] * devices.GIB)
+    return None
+
+
+def _spec(name: str) -> tuple[float, float]:
+    try:
+        return devices.device_spec(name)
+    except KeyError:
+        raise UserError(f"--device_name {name}: unknown (known: {', '.join(devices.DEVICES)})") from None
+
+
+def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, int]:
+    """(longest sample, the most supervised tokens of a sample, samples, tokens) of the training data, encoded
+    as ptune train encodes it (the tokenizer and ptune.chat_data's path, cached like a training run's)."""
+    from ptune.recipe import PTuningRecipe
+    from ptune.tokenizer import load_tokenizer
+
+    recipe = PTuningRecipe("train", model_args, data_args, training_args, None)
+    recipe.tokenizer = load_tokenizer(
+        model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format
+    )
+    ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
+    seq = max(len(ids) for ids in ds["input_ids"])
+    answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
+    return seq, answer, len(ds), sum(len(ids) for ids in ds["input_ids"])
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as aligned text: one row per phase, GiB per part, then the batch and FLOPs lines."""
+    i = plan["inputs"]
+    lines = [
+        f"plan for {i['folder']} ({i['dtype']}"
+        + (f", int{i['bits']}" if i["bits"] else "")
+        + f", P={i['pre_seq_len']}, device {i['device']}); lengths: {i['seq']} tokens ({i['answer']} answer) from "
+        f"{i['lengths_from']}; traced under FakeTensorMode (no weights read)",
+        f"{'phase':<34}" + "".join(f"{p:>12}" for p in PARTS) + f"{'peak GiB':>12}",
+    ]
+    what = {
+        "train": f"train step {i['train_batch']} x {i['seq']}" + (" (ckpt)" if i["checkpointing"] else ""),
+        "eval": f"eval batch {i['eval_batch']} x {i['seq']}",
+        "predict": f"predict {i['eval_batch']} x {i['prompt']}+{i['new_tokens']}",
+        "serve": f"serve {i['serve_batch']} x {i['serve_length']}",
+    }
+    for name in i["phases"]:
+        row = plan[name]
+        lines.append(
+            f"{what[name]:<34}"
+            + "".join(f"{_gib(row[p + '_gib']):>12}" for p in PARTS)
+            + f"{_gib(row['peak_gib']):>12}"
+        )
+    t = plan.get("train", {})
+    if "max_micro_batch" in t:
+        lines.append(
+            f"largest micro-batch in {i['gpu_memory'] / devices.GIB:.1f} GiB: {t['max_micro_batch_no_checkpointing']}"
+            f" without activation checkpointing, {t['max_micro_batch_checkpointing']} with it"
+        )
+    if "flops_per_sample" in t:
+        line = (
+            f"training FLOPs per sample: {t['flops_per_sample']:.3e} (4·N per token x {t['tokens_per_sample']:.0f}"
+            f" tokens, N = {t['matmul_params']:.3e})"
+        )
+        if "epoch_seconds_lower_bound" in t:
+            line += (
+                f"; {t['epoch_samples']} samples take at least {t['epoch_seconds_lower_bound']:.0f} s on "
+                f"{i['device_name']} at its {t['peak_tflops']:.0f} TFLOP/s peak (a lower bound: real runs reach "
+                "a fraction of peak)"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f}" if x >= 1 or x == 0 else f"{x:.3g}"
+
+
+def main(argv: list[str]) -> int:
+    """`ptune plan ...`: print the plan (and write --json)."""
+    logging.getLogger("ptune").setLevel(logging.WARNING)
+    inputs, json_path = parse(argv)
+    plan = make_plan(inputs)
+    print(format_plan(plan))
+    if json_path:
+        Path(json_path).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    return 0

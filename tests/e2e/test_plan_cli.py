@@ -1,0 +1,99 @@
+"""`ptune plan` end to end: config.json only (no weights), lengths from the real data through the tokenizer,
+the printed table and the --json keys; and the 6B shape cut to 2 layers, predicted against measured (bf16)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ptune.cli import main
+from ptune.plan.report import PlanInputs, train_parts
+from ptune.plan.trace import trace_train
+
+
+def test_plan_reads_config_and_data_only(tiny, tmp_path, capsys, hf_cache):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.model"):  # no weights
+        if (tiny / name).exists():
+            (model / name).write_bytes((tiny / name).read_bytes())
+    data = tmp_path / "train.json"
+    data.write_text(
+        '{"content": "hello there", "summary": "a short answer"}\n{"content": "hi", "summary": "ok"}\n'
+    )
+    out = tmp_path / "plan.json"
+    argv = [
+        "plan",
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        str(data),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--pre_seq_len",
+        "8",
+        "--per_device_train_batch_size",
+        "2",
+        "--gpu_memory",
+        "1GiB",
+        "--device",
+        "cpu",
+        "--device_name",
+        "H100",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "from the longest encoded sample of" in text and "a lower bound" in text
+    plan = json.loads(out.read_text())
+    for phase in ("train", "eval", "predict", "serve"):
+        parts = sum(plan[phase][k] for k in plan[phase] if k.endswith("_gib") and k != "peak_gib")
+        assert plan[phase]["peak_gib"] == pytest.approx(parts) and plan[phase]["peak_gib"] > 0
+    train = plan["train"]
+    assert train["max_micro_batch_checkpointing"] >= train["max_micro_batch_no_checkpointing"] > 2
+    assert train["flops_per_sample"] == 4 * train["matmul_params"] * train["tokens_per_sample"]
+    assert plan["inputs"]["samples"] == 2 and plan["inputs"]["seq"] < 64  # the real data, not 64 + 128
+
+
+def test_unknown_device_name_is_one_line(tiny, capsys):
+    assert (
+        main(["plan", "--model_name_or_path", str(tiny), "--pre_seq_len", "8", "--device_name", "TPU"]) == 2
+    )
+    assert capsys.readouterr().err.startswith("ptune plan: error: --device_name TPU: unknown")
+
+
+def test_6b_shape_two_layers_bf16_prediction_matches_measurement():
+    """ChatGLM3-6B's dimensions cut to 2 layers, bf16, one ADGEN-length sample (64 + 128): the plan (fake) and
+    the real step measured agree exactly (allocates ~2 GB and takes ~30 s on 2 cores)."""
+    from ptune.workload import SHAPES, build_model, wrap
+
+    SHAPES["6b-2"] = {**SHAPES["6b"], "num_layers": 2}
+    try:
+        base, cfg = build_model("6b-2", torch.bfloat16, torch.device("cpu"), 0)
+    finally:
+        del SHAPES["6b-2"]
+    inputs = PlanInputs(
+        cfg=cfg,
+        folder="<random>",
+        dtype=torch.bfloat16,
+        pre_seq_len=128,
+        projection=False,
+        bits=None,
+        train_batch=1,
+        eval_batch=1,
+        seq=192,
+        answer=128,
+        prompt=64,
+        new_tokens=2,
+        checkpointing=False,
+        device="cpu",
+    )
+    predicted = sum(train_parts(inputs, 1, False).values())
+    measured = trace_train(wrap(base, 128, "6b", 0), 1, 192, 128, False).total
+    assert abs(predicted - measured) <= 0.10 * measured
+    assert predicted == measured
