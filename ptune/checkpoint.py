@@ -22,10 +22,8 @@ from safetensors.torch import save_file
 
 from ptune.convert import PREFIX_KEY
 from ptune.errors import UserError, torch_load_reason
-from ptune.io import atomic_dir, read_json, replacing, write_json
+from ptune.io import read_json, replacing, write_json
 from ptune.weight_files import iter_tensors
-
-__all__ = ["atomic_dir"]  # export.py's import until it moves to ptune.io
 
 WEIGHTS_NAME = "model.safetensors"
 THUDM_WEIGHTS_NAME = "pytorch_model.bin"

@@ -11,7 +11,7 @@
 - `peft`: PEFT's prefix-tuning adapter (`adapter_config.json` + `adapter_model.safetensors`, ptune/peft_adapter.py)
   for `PeftModel.from_pretrained(base, DIR)`; only a native base's prefix trained with positions "after_prefix"
   (what PEFT computes), anything else is refused with the reason.
-The output folder is staged and renamed into place (`checkpoint.atomic_dir`); an existing one is replaced
+The output folder is staged and renamed into place (`io.atomic_dir`); an existing one is replaced
 only with `--overwrite`.
 """
 
@@ -29,14 +29,13 @@ from ptune.checkpoint import (
     PREFIX_CONFIG_NAME,
     THUDM_WEIGHTS_NAME,
     WEIGHTS_NAME,
-    atomic_dir,
     read_prefix_config,
     read_prefix_state,
 )
 from ptune.convert import PREFIX_KEY, read_json
 from ptune.errors import UserError
 from ptune.families.registry import checkpoint_family, tokenizer_files
-from ptune.io import dumps_json
+from ptune.io import atomic_dir, dumps_json
 from ptune.parse import Parser
 
 FORMATS = ("thudm", "safetensors", "peft")

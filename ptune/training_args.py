@@ -138,7 +138,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         if "tensorboard" in reports and not _tensorboard_installed():
             raise BadArgument(
                 "TensorBoard logging (--logging_dir or --report_to tensorboard) needs tensorboard: "
-                "pip install 'ptune[tensorboard]'",
+                "pip install tensorboard (a core dependency of ptune: reinstall ptune)",
                 "logging_dir",
                 "report_to",
             )

@@ -1,6 +1,6 @@
 """Tiny tokenizers for the tests and the tiny demo models, trained deterministically on ``tools/corpus.txt``.
 
-Not runtime code (a later step moves it out of the package): `train_tiny_sentencepiece` (ChatGLM2/3-shaped
+Dev tooling (never imported by `ptune/`): `train_tiny_sentencepiece` (ChatGLM2/3-shaped
 SentencePiece), `train_byte_bpe` / `write_tiny_tiktoken` (a GLM-4-shaped tiktoken ranks file), and
 `write_tiny_tokenizer` (the tokenizer files of a tiny model of a family, by the family's tokenizer format).
 """
