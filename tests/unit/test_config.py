@@ -393,6 +393,19 @@ def test_removed_flags_ptune_rejects():
     )
 
 
+def test_deepspeed_is_refused_naming_fsdp(tmp_path):
+    """THUDM's `--deepspeed ds_zero_3.json` is still a known flag, refused before deepspeed is imported."""
+    message = error_of("train", [*BASE, "--deepspeed", "ds_zero_3.json"])
+    assert message == (
+        "--deepspeed: ptune does not run under DeepSpeed (its checkpoints would hold the whole base, not the "
+        'prefix); to shard the frozen base over GPUs use --fsdp "full_shard auto_wrap" (scripts/fsdp_train.sh)'
+    )
+    config = tmp_path / "ds.json"
+    config.write_text('{"deepspeed": "ds_zero_3.json"}')
+    named_in_file = message.replace("--deepspeed:", "'deepspeed':", 1)
+    assert error_of("train", [str(config), *BASE]) == f"{config}: {named_in_file}"
+
+
 def test_logging_dir_turns_on_tensorboard(monkeypatch):
     _, _, training, _ = parse_args("train", [*BASE, "--logging_dir", "tb"])
     assert training.logging_dir == "tb" and training.report_to == ["tensorboard"]
