@@ -24,14 +24,39 @@ from torch import nn
 
 logger = logging.getLogger("ptune")
 
-FSDP_ONE_PROCESS = (
-    "--fsdp shards the base over several processes: launch with torchrun --nproc_per_node N (N >= 2), "
-    "e.g. scripts/fsdp_train.sh, or drop --fsdp"
-)
-FSDP_NO_GENERATION = (
-    "ptune {verb} does not run under --fsdp: generation reads the prefix and the base outside FSDP's forward; "
-    "run it in one process (without torchrun), or under torchrun without --fsdp"
-)
+
+def check_arguments(verb: str, model_args, training) -> None:
+    """What ptune runs under --fsdp: training (with eval loss) by FSDP2 over several processes."""
+    from ptune.argtypes import BadArgument
+
+    if not training.fsdp:
+        return
+    if verb != "train":
+        raise BadArgument(
+            f"ptune {verb} does not run under --fsdp: run it in one process (without torchrun), or under "
+            "torchrun without --fsdp",
+            "fsdp",
+        )
+    if training.world_size < 2:
+        raise BadArgument(
+            "--fsdp shards the base over several processes: launch with torchrun --nproc_per_node N (N >= 2), "
+            "e.g. scripts/fsdp_train.sh, or remove --fsdp",
+            "fsdp",
+        )
+    plugin = training.fsdp_plugin_args or {}
+    refused = (  # (given, flag, why)
+        (training.predict_with_generate, "--predict_with_generate", "generation runs outside FSDP's forward"),
+        (model_args.quantization_bit, "--quantization_bit", "bitsandbytes layers are not sharded by ptune"),
+        (plugin.get("fsdp_version") == 1, "fsdp_config version 1", "ptune shards with FSDP2 (version 2)"),
+        (
+            plugin.get("activation_checkpointing"),
+            "fsdp_config activation_checkpointing",
+            "use --activation_checkpointing true",
+        ),
+    )
+    for given, flag, why in refused:
+        if given:
+            raise BadArgument(f"{flag} does not go with --fsdp: {why}", "fsdp")
 
 
 def enable_on_cpu(accelerator, plugin_args: dict | None) -> bool:
@@ -71,7 +96,9 @@ def load_into(param: nn.Parameter, value: torch.Tensor) -> None:
     if is_sharded(param):
         from torch.distributed.tensor import distribute_tensor
 
-        value = distribute_tensor(value.to(param.to_local().device, param.dtype), param.device_mesh, param.placements)
+        value = distribute_tensor(
+            value.to(param.to_local().device, param.dtype), param.device_mesh, param.placements
+        )
         param.to_local().copy_(value.to_local())
     else:
         param.data.copy_(value.to(param.device, param.dtype))

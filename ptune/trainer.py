@@ -249,6 +249,7 @@ class PrefixTrainer(Seq2SeqTrainer):
             with write_errors_as_user_errors(f"{run_dir}: could not write {name}"):
                 super()._save_checkpoint(model, trial)
                 self._staging_dir = None
+                self.accelerator.wait_for_everyone()  # every rank's rng_state_N.pth is in before the rename
                 if self.args.should_save:
                     self._publish(run_dir, staging, name)
         except BaseException:

@@ -19,7 +19,6 @@ from ptune.argtypes import BadArgument, check_at_least, check_choices
 from ptune.compat import map_renamed, refuse_dead, route_logging_dir
 from ptune.errors import UserError
 
-
 # transformers has DeepSpeed write its own checkpoint (the whole base included: it leaves frozen weights out only
 # for PEFT models) and resume from it instead of ptune's prefix files; nothing here could run it to check.
 DEEPSPEED_REFUSED = (

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,14 +77,16 @@ def single(tiny, hf_cache, tmp_path_factory) -> Path:
     return out
 
 
-def launch(launcher: list[str], tiny: Path, hf_cache: Path, tmp_path: Path) -> tuple[Path, str]:
+def launch(
+    launcher: list[str], tiny: Path, hf_cache: Path, tmp_path: Path, extra: tuple[str, ...] = ()
+) -> tuple[Path, str]:
     """Run `launcher -m ptune train` (2 processes x batch 4) from an empty folder; (output_dir, its output)."""
     cwd, out = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
     env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", *launcher, "-m", "ptune", *train_argv(tiny, out, batch=4)],
+        [sys.executable, "-m", *launcher, "-m", "ptune", *train_argv(tiny, out, batch=4), *extra],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
@@ -115,8 +119,48 @@ def check_like_single(out: Path, output: str, single: Path) -> None:
 
 
 def test_torchrun_two_cpu_processes_train_like_one(tiny, hf_cache, single, tmp_path):
-    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    check_like_single(*launch(launcher, tiny, hf_cache, tmp_path), single)
+    check_like_single(*launch(TORCHRUN, tiny, hf_cache, tmp_path), single)
+
+
+TORCHRUN = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+FSDP = ("--fsdp", "full_shard auto_wrap")
+
+
+def decoder_shares(output: str) -> dict[int, tuple[int, int]]:
+    """{rank: (held, total)} from each process's "FSDP: process R holds X of Y decoder parameters" line."""
+    found = re.findall(r"FSDP: process (\d) holds (\d+) of (\d+) decoder parameters", output)
+    return {int(rank): (int(held), int(total)) for rank, held, total in found}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny, hf_cache, single, tmp_path_factory) -> tuple[Path, str]:
+    return launch(TORCHRUN, tiny, hf_cache, tmp_path_factory.mktemp("fsdp"), FSDP)
+
+
+def test_fsdp_shards_the_decoder_and_trains_like_one_process(fsdp_run, single):
+    """`--fsdp "full_shard auto_wrap"`: each process holds half of every decoder layer (FSDP2 shards dim 0;
+    the tiny model's widths are even) and the prefix trains as one process with the same global batch does.
+    The checkpoints hold ptune's files only: no `pytorch_model_fsdp*`, no DCP shards of the base."""
+    out, output = fsdp_run
+    shares = decoder_shares(output)
+    total = shares[0][1]
+    assert shares == {0: (total // 2, total), 1: (total // 2, total)} and total > 0
+    check_like_single(out, output, single)
+
+
+def test_fsdp_resume_continues_exactly(fsdp_run, tiny, hf_cache, tmp_path):
+    """Stopped at step 6 (only checkpoint-6 kept) and resumed under FSDP, with activation checkpointing on
+    this time: the same prefix, to the bit, as the uninterrupted FSDP run (activation checkpointing recomputes
+    the same operations; the prefix's Adam state is gathered into optimizer.pt and re-sharded)."""
+    out, _ = fsdp_run
+    resumed = tmp_path / "run"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-6", resumed / "checkpoint-6")
+    extra = (*FSDP, "--resume_from_checkpoint", "true", "--activation_checkpointing", "true")
+    again, output = launch(TORCHRUN, tiny, hf_cache, tmp_path, extra)
+    assert again == resumed and "resuming from" in output
+    assert torch.equal(prefix(again), prefix(out))
+    assert logs(again) == logs(out)  # the log history: the checkpoint's first half, then the same steps
 
 
 def test_accelerate_launch_multi_gpu_on_cpu_trains_like_one(tiny, hf_cache, single, tmp_path):
