@@ -77,17 +77,30 @@ def single(tiny, hf_cache, tmp_path_factory) -> Path:
     return out
 
 
+def child_env(hf_cache: Path, **extra: str) -> dict[str, str]:
+    """This environment for ptune's child processes: the test's datasets cache, this checkout first on the
+    path, and torchrun on PATH (the scripts call it by name)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
+            "PYTHONPATH": python_path, "PATH": path, **extra}  # fmt: skip
+
+
 def launch(
-    launcher: list[str], tiny: Path, hf_cache: Path, tmp_path: Path, extra: tuple[str, ...] = ()
+    command: list[str], tiny: Path, hf_cache: Path, tmp_path: Path, extra: tuple[str, ...] = (), **env: str
 ) -> tuple[Path, str]:
-    """Run `launcher -m ptune train` (2 processes x batch 4) from an empty folder; (output_dir, its output)."""
+    """Run `command train ARGS` (2 processes x batch 4) from an empty folder; (output_dir, its output).
+    `command`: a launcher module run with `-m ptune` (["torch.distributed.run", ...]) or a script (["bash", X])."""
     cwd, out = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
-    env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    argv = train_argv(tiny, out, batch=4)
+    if command[0] == "bash":  # scripts/*.sh add `-m ptune train` themselves
+        argv = argv[1:]
+    else:
+        command = [sys.executable, "-m", *command, "-m", "ptune"]
     proc = subprocess.run(
-        [sys.executable, "-m", *launcher, "-m", "ptune", *train_argv(tiny, out, batch=4), *extra],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        [*command, *argv, *extra], cwd=cwd, env=child_env(hf_cache, **env), capture_output=True, text=True,
+        timeout=300,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -134,7 +147,9 @@ def decoder_shares(output: str) -> dict[int, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def fsdp_run(tiny, hf_cache, single, tmp_path_factory) -> tuple[Path, str]:
-    return launch(TORCHRUN, tiny, hf_cache, tmp_path_factory.mktemp("fsdp"), FSDP)
+    """scripts/fsdp_train.sh with 2 processes: torchrun, --fsdp "full_shard auto_wrap" and scripts/fsdp_config.json."""
+    script = ["bash", str(REPO / "scripts" / "fsdp_train.sh")]
+    return launch(script, tiny, hf_cache, tmp_path_factory.mktemp("fsdp"), NUM_GPUS="2")
 
 
 def test_fsdp_shards_the_decoder_and_trains_like_one_process(fsdp_run, single):
@@ -182,12 +197,9 @@ def test_torchrun_two_processes_predict_like_one(tiny, hf_cache, single, tmp_pat
                 "--report_to", "none"]  # fmt: skip
 
     assert main(predict_argv(tmp_path / "one")) == 0
-    env = {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ptune",
-         *predict_argv(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", *TORCHRUN, "-m", "ptune", *predict_argv(tmp_path / "two")],
+        env=child_env(hf_cache), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     one = (tmp_path / "one" / "generated_predictions.txt").read_text(encoding="utf-8")
