@@ -14,7 +14,10 @@ fi
 : "${NODE_RANK:?set NODE_RANK (0 .. NNODES-1) on each machine}"
 : "${MASTER_ADDR:?set MASTER_ADDR to the address of the machine with NODE_RANK 0}"
 MASTER_PORT=${MASTER_PORT:-29500}
-# c10d: the machine at MASTER_ADDR hosts the rendezvous; torchrun numbers the machines itself (by host name).
-exec torchrun --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NUM_GPUS" \
-  --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="${RDZV_ID:-ptune}" \
-  -m ptune train "$@"
+# c10d: NODE_RANK 0 hosts the rendezvous at MASTER_ADDR:MASTER_PORT. torchrun numbers the machines itself, in the
+# order of their addresses (host names, or NODE_ADDR where set): the same machines get the same ranks again
+# after a restart, which a run writing into each machine's own folder (--save_on_each_node) needs for its RNG files.
+IS_HOST=$([ "$NODE_RANK" = 0 ] && echo 1 || echo 0)
+exec torchrun --nnodes="$NNODES" --nproc-per-node="$NUM_GPUS" --rdzv-backend=c10d \
+  --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="${RDZV_ID:-ptune}" --rdzv-conf="is_host=$IS_HOST" \
+  ${NODE_ADDR:+--local-addr="$NODE_ADDR"} -m ptune train "$@"

@@ -12,19 +12,23 @@ the averaged gradient equals the single-process one up to float32 summation orde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptune.checkpoint import step_checkpoints
 from ptune.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,3 +211,119 @@ def test_torchrun_two_processes_predict_like_one(tiny, hf_cache, single, tmp_pat
     assert len(two.splitlines()) == 40 and two == one
     metrics = [json.loads((tmp_path / d / "predict_results.json").read_text()) for d in ("one", "two")]
     assert metrics[0]["predict_rouge-l"] == metrics[1]["predict_rouge-l"]
+
+
+# ------------------------------------------------------------------------------------ several machines (loopback)
+def start_node(
+    rank: int, port: int, argv: list[str], hf_cache: Path, log: Path, run: str
+) -> subprocess.Popen:
+    """One "machine" of 2 (1 process each): scripts/train.sh with NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT, its
+    own loopback address (127.0.0.1 / 127.0.0.2) so that torchrun's c10d rendezvous numbers the nodes alike on
+    every start, as it does real machines by host name."""
+    env = child_env(hf_cache, NNODES="2", NODE_RANK=str(rank), NODE_ADDR=f"127.0.0.{rank + 1}",
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NUM_GPUS="1", RDZV_ID=run)  # fmt: skip
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "train.sh"), *argv],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@contextlib.contextmanager
+def nodes_of(argvs: list[list[str]], hf_cache: Path, tmp_path: Path, run: str):
+    """Start both nodes (node 1 first: it waits for node 0's rendezvous); yields (nodes, log files). Whatever
+    is still running on the way out is SIGKILLed, so a failed test leaves no process behind."""
+    port = free_port()
+    logs_ = [tmp_path / f"{run}-node{rank}.log" for rank in (0, 1)]
+    nodes = [start_node(rank, port, argvs[rank], hf_cache, logs_[rank], run) for rank in (1, 0)][::-1]
+    try:
+        yield nodes, logs_
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                sigkill_node(node)
+
+
+def run_nodes(argvs: list[list[str]], hf_cache: Path, tmp_path: Path, run: str) -> list[str]:
+    """Both nodes to the end; their outputs (each must exit 0)."""
+    with nodes_of(argvs, hf_cache, tmp_path, run) as (nodes, logs_):
+        for node, log in zip(nodes, logs_, strict=True):
+            assert node.wait(timeout=240) == 0, log.read_text()[-4000:]
+        return [log.read_text() for log in logs_]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (torchrun's workers run in sessions of their own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def sigkill_node(node: subprocess.Popen) -> None:
+    """SIGKILL a node as a machine dies: its torchrun agent and its worker at once."""
+    for pid in [*children(node.pid), node.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.wait(timeout=30)
+
+
+def node_argv(tiny: Path, out: Path, *extra: str) -> list[str]:
+    return [*train_argv(tiny, out, batch=4)[1:], *extra]
+
+
+def test_two_nodes_shared_folder_train_like_one_node(tiny, hf_cache, single, tmp_path):
+    """2 machines x 1 process into one shared folder: global rank 0 alone writes each checkpoint, every rank
+    adds its RNG file, and the run is the 1 machine x 2 processes run (same batches, same all-reduce)."""
+    out = tmp_path / "shared"
+    outputs = run_nodes([node_argv(tiny, out)] * 2, hf_cache, tmp_path, "shared")
+    check_like_single(out, "".join(outputs), single)
+    assert [o.count("***** train metrics *****") for o in outputs] == [1, 0]  # rank 0 is NODE_ADDR 127.0.0.1
+
+
+def test_two_nodes_own_folders_sigkill_one_and_restart_both(tiny, hf_cache, single, tmp_path):
+    """2 machines x 1 process, each writing into its own folder (--save_on_each_node): each folder gets every
+    checkpoint, with the RNG file of its own rank only. Node 1 is SIGKILLed once it has checkpoint-6 (node 0
+    then has checkpoint-4 at least: a save waits for every rank before the next step) and its checkpoints after
+    step 2 are removed, as if it had died before renaming them into place. Restarted with
+    --resume_from_checkpoint true, both nodes continue from checkpoint-2, the newest step both hold complete,
+    and end where one process with the same global batch does."""
+    outs = [tmp_path / "node0", tmp_path / "node1"]
+    argvs = [node_argv(tiny, out, "--save_on_each_node", "true", "--save_steps", "2") for out in outs]
+    with nodes_of(argvs, hf_cache, tmp_path, "killed") as (nodes, logs_):
+        deadline = time.monotonic() + 240
+        while not (outs[1] / "checkpoint-6").is_dir():
+            assert nodes[1].poll() is None and time.monotonic() < deadline, logs_[1].read_text()[-4000:]
+            time.sleep(0.02)
+        sigkill_node(nodes[1])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            nodes[0].wait(timeout=60)  # its worker fails on the lost peer (else it is killed on the way out)
+    assert nodes[1].returncode == -signal.SIGKILL
+    assert not (outs[1] / "checkpoint-12").exists()  # killed before the end
+    for out, rank in zip(outs, (0, 1), strict=True):
+        for ckpt in out.glob("checkpoint-*"):
+            assert {p.name for p in ckpt.iterdir()} == CHECKPOINT_FILES | {f"rng_state_{rank}.pth"}
+    assert (outs[0] / "checkpoint-4").is_dir()
+    for step, ckpt in step_checkpoints(outs[1]):
+        if step > 2:
+            shutil.rmtree(ckpt)
+    outputs = run_nodes(
+        [[*a, "--resume_from_checkpoint", "true"] for a in argvs], hf_cache, tmp_path, "again"
+    )
+    assert all(f"resuming from {out / 'checkpoint-2'}" in o for out, o in zip(outs, outputs, strict=True))
+    assert "the newest step every process holds complete" in outputs[0]
+    # The run's final files (trainer_state.json, *_results.json) are global rank 0's: node 0's folder.
+    for out, state in zip(outs, (outs[0], outs[1] / "checkpoint-12"), strict=True):
+        assert torch.allclose(prefix(out), prefix(single), rtol=0, atol=ATOL_PREFIX)
+        got, want = logs(state), logs(single)
+        assert [s for s, _, _ in got] == [s for s, _, _ in want]
+        for (_, loss, norm), (_, loss1, norm1) in zip(got, want, strict=True):
+            assert loss == pytest.approx(loss1, rel=RTOL_LOGS) and norm == pytest.approx(norm1, rel=RTOL_LOGS)
+    assert torch.equal(prefix(outs[0]), prefix(outs[1]))
