@@ -104,10 +104,21 @@ def load_into(param: nn.Parameter, value: torch.Tensor) -> None:
         param.data.copy_(value.to(param.device, param.dtype))
 
 
+def reshard(model) -> None:
+    """Put every FSDP unit back to its shards. A forward without backward (an evaluation) leaves the root unit
+    (embedding, output layer, prefix) gathered, and the optimizer's parameters are the sharded ones."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def full_optimizer_state(model, optimizer) -> dict:
     """The optimizer's state gathered whole (keyed by parameter name), on every rank, CPU tensors."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    reshard(model)
     return get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )

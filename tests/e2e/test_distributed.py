@@ -167,19 +167,31 @@ def test_fsdp_shards_the_decoder_and_trains_like_one_process(fsdp_run, single):
     check_like_single(out, output, single)
 
 
-def test_fsdp_resume_continues_exactly(fsdp_run, tiny, hf_cache, tmp_path):
+def test_fsdp_resume_continues_exactly_and_evaluates(fsdp_run, tiny, hf_cache, tmp_path):
     """Stopped at step 6 (only checkpoint-6 kept) and resumed under FSDP, with activation checkpointing on
     this time: the same prefix, to the bit, as the uninterrupted FSDP run (activation checkpointing recomputes
-    the same operations; the prefix's Adam state is gathered into optimizer.pt and re-sharded)."""
+    the same operations; the prefix's Adam state is gathered into optimizer.pt and re-sharded). Its evaluation
+    at step 12 runs under FSDP too: the eval_loss one process computes for that prefix on the same batches."""
     out, _ = fsdp_run
     resumed = tmp_path / "run"
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-6", resumed / "checkpoint-6")
-    extra = (*FSDP, "--resume_from_checkpoint", "true", "--activation_checkpointing", "true")
+    evaluation = ("--validation_file", str(DEMO / "dev.json"), "--per_device_eval_batch_size", "4")
+    extra = (*FSDP, "--resume_from_checkpoint", "true", "--activation_checkpointing", "true", *evaluation,
+             "--eval_strategy", "steps", "--eval_steps", str(STEPS))  # fmt: skip
     again, output = launch(TORCHRUN, tiny, hf_cache, tmp_path, extra)
     assert again == resumed and "resuming from" in output
     assert torch.equal(prefix(again), prefix(out))
     assert logs(again) == logs(out)  # the log history: the checkpoint's first half, then the same steps
+    history = json.loads((again / "trainer_state.json").read_text())["log_history"]
+    [fsdp_eval] = [h["eval_loss"] for h in history if "eval_loss" in h]
+    one = tmp_path / "eval-one"
+    eval_argv = ["eval", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(again), "--output_dir",
+                 str(one), "--prompt_column", "content", "--response_column", "summary", "--max_source_length",
+                 "32", "--max_target_length", "32", "--use_cpu", "true", "--report_to", "none", *evaluation]  # fmt: skip
+    assert main(eval_argv) == 0
+    one_eval = json.loads((one / "eval_results.json").read_text())["eval_loss"]
+    assert fsdp_eval == pytest.approx(one_eval, rel=RTOL_LOGS)
 
 
 def test_accelerate_launch_multi_gpu_on_cpu_trains_like_one(tiny, hf_cache, single, tmp_path):
