@@ -16,13 +16,10 @@ included. What ptune changes, and why:
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import torch
 from torch import nn
-
-logger = logging.getLogger("ptune")
 
 
 def check_arguments(verb: str, model_args, training) -> None:
