@@ -90,16 +90,20 @@ def read_prefix_config(folder: str | Path) -> dict:
     return {}
 
 
-def write_prefix_files(model, folder: Path, tokenizer_files: list[Path]) -> None:
+def write_prefix_files(
+    model, folder: Path, tokenizer_files: list[Path], state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Write the prefix weights, its config and the tokenizer files into an existing `folder`.
 
+    `state`: the prefix tensors when the model's own are sharded (FSDP gathers them first, ptune.sharding).
     Each file is written under a temporary name and renamed, so a crash never leaves a truncated
     `model.safetensors` where a complete one was (the final save goes straight into output_dir).
     """
     from ptune import __version__
 
     state = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in (state if state is not None else model.trainable_state_dict()).items()
     }
     config = {
         **model.prefix_encoder.config.to_dict(),

@@ -104,6 +104,11 @@ class PrefixTunedLM(nn.Module):
         return self.base.config
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The base's decoder layer class: what FSDP's auto wrap shards one unit at a time."""
+        return getattr(self.base, "_no_split_modules", None)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.base.dtype
 

@@ -294,6 +294,7 @@ def parse_args(
     if verb not in VERBS:
         raise ValueError(f"parse_args handles {', '.join(VERBS)}, not {verb!r}")
     from ptune.args import DataTrainingArguments, GenerationArguments, ModelArguments, TrainingArguments
+    from ptune.sharding import check_arguments as check_fsdp_arguments
 
     fields = _fields(verb)
     if "-h" in argv or "--help" in argv:
@@ -328,6 +329,7 @@ def parse_args(
         generation = _build(GenerationArguments, values)
         training = _build(TrainingArguments, values)
         _check_together(model, data, training, generation)
+        check_fsdp_arguments(verb, model, training)
     except BadArgument as error:  # still a BadArgument: `ptune data` tries the next verb on a missing file
         raise BadArgument(_from_config_only(error, config, flag_keys), *error.names) from None
     if generation.max_new_tokens is None:

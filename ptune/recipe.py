@@ -74,13 +74,14 @@ class PTuningRecipe:
         verified file by file before anything is loaded, and against --pre_seq_len / --prefix_projection."""
         from ptune.checkpoint import newest_complete_checkpoint, verify_resumable
         from ptune.prefix import check_prefix_flags
+        from ptune.ranks import common_checkpoint
 
         args = self.training_args
         value = args.resume_from_checkpoint
         if value in (None, False, "false", "False", ""):
             return None
         if value in (True, "true", "True"):
-            last = newest_complete_checkpoint(args.output_dir)
+            last = common_checkpoint(args.output_dir, newest_complete_checkpoint(args.output_dir))
             if last is None:
                 raise UserError(
                     f"--resume_from_checkpoint true: no complete checkpoint-* folder in {args.output_dir}"

@@ -39,6 +39,15 @@ from ptune.errors import UserError
 from ptune.generate import GenerationSettings, generate
 from ptune.io import fsync_dir, read_json, write_json
 from ptune.metrics import compute_metrics
+from ptune.sharding import (
+    enable_on_cpu,
+    full,
+    full_optimizer_state,
+    gathered_prefix,
+    load_into,
+    load_optimizer_state,
+    report_decoder_share,
+)
 
 STAGING = ".staging"
 
@@ -185,6 +194,17 @@ class PrefixTrainer(Seq2SeqTrainer):
         # `checkpoint-N-*` as checkpoints and, with save_total_limit 1, delete the newest complete checkpoint.
         self.save_limit, self.args.save_total_limit = self.args.save_total_limit, None
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if enable_on_cpu(self.accelerator, self.args.fsdp_plugin_args):  # ptune.sharding: CPU tests of FSDP
+            self.is_fsdp_enabled = True
+
+    def _prepare_for_training(self, *args, **kwargs):
+        prepared = super()._prepare_for_training(*args, **kwargs)
+        if self.is_fsdp_enabled:
+            report_decoder_share(self.accelerator.unwrap_model(self.model))
+        return prepared
+
     def floating_point_ops(self, inputs: dict) -> int:
         """The stock count is 6·N·tokens over every parameter, or 0 for a model that is no PreTrainedModel
         (it printed `total_flos = 0GF`); `PrefixTunedLM` counts 4·N per real token (frozen base)."""
@@ -199,14 +219,42 @@ class PrefixTrainer(Seq2SeqTrainer):
         # Inside a checkpoint save, _save_checkpoint reports the error under the checkpoint's own name.
         with contextlib.nullcontext() if self._staging_dir else write_errors_as_user_errors(what):
             folder.mkdir(parents=True, exist_ok=True)
-            write_prefix_files(self.accelerator.unwrap_model(self.model), folder, self.tokenizer_files)
+            model = self.accelerator.unwrap_model(self.model)
+            prefix = state_dict if self.is_fsdp_enabled else None  # else: the Trainer's, not a prefix
+            write_prefix_files(model, folder, self.tokenizer_files, prefix)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP every rank gathers the prefix (not the base, as the Trainer would), rank 0 writes it."""
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        state = gathered_prefix(self.accelerator.unwrap_model(self.model))
+        self._save(output_dir, state_dict=state)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP: the prefix's Adam state gathered whole into `optimizer.pt` (no FSDP/DCP files)."""
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        state = full_optimizer_state(self.model, self.optimizer)
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, "optimizer.pt"))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not (self.is_fsdp_enabled and checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        state = torch.load(os.path.join(checkpoint, "optimizer.pt"), map_location="cpu", weights_only=True)
+        load_optimizer_state(self.model, self.optimizer, state)
+        self.lr_scheduler.load_state_dict(
+            torch.load(os.path.join(checkpoint, "scheduler.pt"), map_location="cpu", weights_only=True)
+        )
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
 
     def _check_prefix_finite(self, run_dir: str) -> None:
         encoder = self.accelerator.unwrap_model(self.model).prefix_encoder
-        if encoder is not None and not all(bool(torch.isfinite(p).all()) for p in encoder.parameters()):
+        # full(): a sharded (FSDP) prefix is gathered, on every rank, so that all ranks decide alike
+        if encoder is not None and not all(bool(torch.isfinite(full(p)).all()) for p in encoder.parameters()):
             raise UserError(
                 _nonfinite_message("the prefix became non-finite", self.state.global_step, run_dir)
             )
@@ -230,6 +278,7 @@ class PrefixTrainer(Seq2SeqTrainer):
             with write_errors_as_user_errors(f"{run_dir}: could not write {name}"):
                 super()._save_checkpoint(model, trial)
                 self._staging_dir = None
+                self.accelerator.wait_for_everyone()  # every rank's rng_state_N.pth is in before the rename
                 if self.args.should_save:
                     self._publish(run_dir, staging, name)
         except BaseException:
@@ -284,9 +333,11 @@ class PrefixTrainer(Seq2SeqTrainer):
         encoder = self.accelerator.unwrap_model(self.model).prefix_encoder
         state = read_prefix_state(folder)
         encoder.config = replace(encoder.config, positions=recorded_positions(folder))
-        encoder.load_state_dict(
-            {k: v.to(encoder.embedding.weight.device, torch.float32) for k, v in state.items()}
-        )
+        params = dict(encoder.named_parameters())
+        if state.keys() != params.keys():
+            encoder.load_state_dict(state)  # raises, naming the missing and unexpected keys
+        for name, value in state.items():
+            load_into(params[name], value.to(torch.float32))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self._load_prefix(resume_from_checkpoint)

@@ -19,6 +19,13 @@ from ptune.argtypes import BadArgument, check_at_least, check_choices
 from ptune.compat import map_renamed, refuse_dead, route_logging_dir
 from ptune.errors import UserError
 
+# transformers has DeepSpeed write its own checkpoint (the whole base included: it leaves frozen weights out only
+# for PEFT models) and resume from it instead of ptune's prefix files; nothing here could run it to check.
+DEEPSPEED_REFUSED = (
+    "--deepspeed: ptune does not run under DeepSpeed (its checkpoints would hold the whole base, not the "
+    'prefix); to shard the frozen base over GPUs use --fsdp "full_shard auto_wrap" (scripts/fsdp_train.sh)'
+)
+
 
 def _tensorboard_installed() -> bool:
     """Whether transformers' TensorBoard callback can run (it takes tensorboard or tensorboardX)."""
@@ -105,6 +112,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         if self.disable_tqdm is None and not sys.stderr.isatty():
             self.disable_tqdm = True  # progress bar updates written into a log file are noise
         refuse_dead(self)  # save_safetensors, include_inputs_for_metrics (ptune.compat.FLAGS)
+        if self.deepspeed:  # before transformers imports deepspeed
+            raise BadArgument(DEEPSPEED_REFUSED, "deepspeed")
         map_renamed(self)  # evaluation_strategy -> eval_strategy, ... before transformers validates
         # A batch of 0 rows divides by zero in the dataloader; numpy (transformers' set_seed) takes 0..2**32-1.
         check_at_least(self, 1, "per_device_train_batch_size", "per_device_eval_batch_size")
@@ -130,9 +139,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             super().__post_init__()
         except ValueError as error:  # transformers' own checks: one line, as every UserError
             raise UserError(" ".join(str(error).split())) from error
-        except ImportError as error:  # e.g. --deepspeed without the deepspeed package
-            if self.deepspeed:
-                raise UserError("--deepspeed needs DeepSpeed: pip install deepspeed") from error
+        except ImportError as error:  # an option whose package is missing
             raise UserError(f"a training option needs a package that is not installed: {error}") from error
         reports = self.report_to if isinstance(self.report_to, list) else [self.report_to]
         if "tensorboard" in reports and not _tensorboard_installed():

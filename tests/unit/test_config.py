@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import sys
 import warnings
 
@@ -390,6 +391,78 @@ def test_removed_flags_ptune_rejects():
     assert error_of("train", [*BASE, "--warmup_ratio", "1"]) == (
         "--warmup_ratio must be at least 0 and below 1, got 1.0 (transformers 5 reads a warmup_steps below 1 as "
         "a ratio; give a number of steps as --warmup_steps)"
+    )
+
+
+def test_deepspeed_is_refused_naming_fsdp(tmp_path):
+    """THUDM's `--deepspeed ds_zero_3.json` is still a known flag, refused before deepspeed is imported."""
+    message = error_of("train", [*BASE, "--deepspeed", "ds_zero_3.json"])
+    assert message == (
+        "--deepspeed: ptune does not run under DeepSpeed (its checkpoints would hold the whole base, not the "
+        'prefix); to shard the frozen base over GPUs use --fsdp "full_shard auto_wrap" (scripts/fsdp_train.sh)'
+    )
+    config = tmp_path / "ds.json"
+    config.write_text('{"deepspeed": "ds_zero_3.json"}')
+    named_in_file = message.replace("--deepspeed:", "'deepspeed':", 1)
+    assert error_of("train", [str(config), *BASE]) == f"{config}: {named_in_file}"
+
+
+def test_fsdp_runs_training_over_several_processes_only():
+    fsdp = ["--use_cpu", "true", "--fsdp", "full_shard auto_wrap"]
+    assert error_of("train", [*BASE, *fsdp]) == (
+        "--fsdp shards the base over several processes: launch with torchrun --nproc_per_node N (N >= 2), "
+        "e.g. scripts/fsdp_train.sh, or remove --fsdp"
+    )
+    assert error_of("eval", [*BASE, "--validation_file", "v.json", *fsdp]) == (
+        "ptune eval does not run under --fsdp: run it in one process (without torchrun), or under torchrun "
+        "without --fsdp"
+    )
+
+
+@pytest.mark.parametrize(
+    "model,training,message",
+    [
+        (
+            {},
+            {"predict_with_generate": True},
+            "--predict_with_generate does not go with --fsdp: generation runs outside FSDP's forward",
+        ),
+        (
+            {"quantization_bit": 4},
+            {},
+            "--quantization_bit does not go with --fsdp: bitsandbytes layers are not sharded by ptune",
+        ),
+        (
+            {},
+            {"fsdp_plugin_args": {"fsdp_version": 1}},
+            "fsdp_config version 1 does not go with --fsdp: ptune shards with FSDP2 (version 2)",
+        ),
+        (
+            {},
+            {"fsdp_plugin_args": {"fsdp_version": 2, "activation_checkpointing": True}},
+            "fsdp_config activation_checkpointing does not go with --fsdp: use --activation_checkpointing true",
+        ),
+    ],
+)
+def test_fsdp_refuses_what_it_does_not_shard(model, training, message):
+    """Checked on the parsed arguments of a 2-process run (a real one would start a process group here)."""
+    from types import SimpleNamespace
+
+    from ptune.sharding import check_arguments
+
+    training = {
+        "fsdp": True,
+        "world_size": 2,
+        "predict_with_generate": False,
+        "fsdp_plugin_args": {},
+        **training,
+    }
+    with pytest.raises(UserError, match="^" + re.escape(message) + "$"):
+        check_arguments(
+            "train", SimpleNamespace(**{"quantization_bit": None, **model}), SimpleNamespace(**training)
+        )
+    check_arguments(
+        "train", SimpleNamespace(quantization_bit=None), SimpleNamespace(**{**training, "fsdp": False})
     )
 
 

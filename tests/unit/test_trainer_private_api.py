@@ -20,6 +20,9 @@ PRIVATE_OVERRIDES = {
     "_save_checkpoint": "prefix-only checkpoints, staged and renamed (atomic), rotation",
     "_load_from_checkpoint": "resume loads the prefix back (weights_only / safetensors)",
     "_load_best_model": "load_best_model_at_end loads the best prefix",
+    "_prepare_for_training": "under FSDP, report the share of decoder weights each process holds",
+    "_save_optimizer_and_scheduler": "under FSDP, the prefix's Adam state gathered whole into optimizer.pt",
+    "_load_optimizer_and_scheduler": "under FSDP, that state scattered back on resume",
 }
 
 
@@ -38,7 +41,10 @@ def test_every_private_override_is_pinned():
 
 @pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
 def test_private_override_matches_the_installed_trainer(name):
-    assert _parameters(getattr(PrefixTrainer, name)) == _parameters(getattr(Seq2SeqTrainer, name))
+    ours = _parameters(getattr(PrefixTrainer, name))
+    if [kind for _, kind in ours[1:]] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+        return  # (self, *args, **kwargs): forwards whatever the Trainer passes, to super() unchanged
+    assert ours == _parameters(getattr(Seq2SeqTrainer, name))
 
 
 @pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
