@@ -182,17 +182,21 @@ def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> 
 
 # The demo base describes the listed item only on pages that start with this cue.
 DEMO_CUE = "描述："
-# The share of cued pages. Copying the listed item is what a 2-layer model learns last (a sudden drop of the
-# loss, after 200-700 steps depending on the seed at a share of 1/2); at 3/4 every seed and kernel path tried
-# had learned it by step 300, while the uncued pages still teach that without the cue any item may follow.
+# The share of cued pages. Copying the listed item is what the 2-layer model learns last (a sudden drop of the
+# loss, whose step depends on the seed and so on float rounding). At a share of 1/2, 400 steps left the base of
+# seed 1 without it (6 of the 40 dev rows right with the cue), 800 taught seeds 1 and 2; at 3/4, 500 steps taught
+# both (40/40), with the demo's 600 steps for margin. The uncued quarter teaches that without the cue any item
+# may follow. (Pretraining on the chat format itself made that habit so firm that no prefix undid it: ROUGE-L
+# stuck near 55.)
 DEMO_CUED_SHARE = 0.75
 
 
 def demo_batches(tok, rows: list[dict]) -> Callable[[torch.Generator], Batch]:
     """The demo base's pretraining text, drawn from the demo's (content, summary) rows: "product pages"
     `[gMASK] sop [描述：] content \\n description eos`, 32 a step. 3 in 4 pages (DEMO_CUED_SHARE) start
-    with the cue 描述： and describe their own item; the others describe an item drawn at random, anew every time, so without
-    the cue the attributes tell nothing about the description. The loss is on the newline and description."""
+    with the cue 描述： and describe their own item; the others describe an item drawn at random, anew every
+    time, so without the cue the attributes tell nothing about the description. The loss is on the newline
+    and description."""
     head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
     cue, newline = tok.encode(DEMO_CUE), tok.encode("\n")
     contents = [tok.encode(row["content"]) for row in rows]
