@@ -2,7 +2,7 @@
 """Make the demo's base model: a tiny ChatGLM3 checkpoint pretrained on product pages built from the demo's
 training rows (see tools.tiny.make_demo_base), printing each stage.
 
-python -m scripts.make_demo_base .cache/demo-base [--train_file data/demo/train.json --steps 400 --seed 0]
+python -m scripts.make_demo_base .cache/demo-base [--train_file data/demo/train.json --steps 600 --seed 0]
 """
 
 import argparse
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", help="folder to write (created)")
     parser.add_argument("--train_file", default=str(TRAIN_FILE))
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     with open(args.train_file, encoding="utf-8") as f:

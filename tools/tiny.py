@@ -130,7 +130,8 @@ def _pretrain(
     seed: int,
     log: Callable[[str], None] | None = None,
 ) -> None:
-    """Train every weight of the chatglm-format model in `folder` (AdamW, lr 3e-3) for `steps` batches from
+    """Train every weight of the chatglm-format model in `folder` (AdamW, lr 3e-3 decaying linearly to 0, so
+    the weights settle rather than stop mid-stride) for `steps` batches from
     `draw` (given a generator seeded with `seed`), then rewrite its shards in place, still in the original
     format. `log` gets a progress line every 100 steps."""
     from ptune.convert import is_glm4, to_chatglm_state_dict
@@ -142,6 +143,7 @@ def _pretrain(
     model.requires_grad_(True).train()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda done: 1 - done / steps)
     g = torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
         batch = draw(g)
@@ -154,6 +156,7 @@ def _pretrain(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         if log and step % 100 == 0:
             log(f"  pretraining step {step}/{steps}: loss {loss.item():.3f}")
     cfg = read_json(folder / "config.json")
@@ -179,13 +182,21 @@ def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> 
 
 # The demo base describes the listed item only on pages that start with this cue.
 DEMO_CUE = "描述："
+# The share of cued pages. Copying the listed item is what the 2-layer model learns last (a sudden drop of the
+# loss, whose step depends on the seed and so on float rounding). At a share of 1/2, 400 steps left the base of
+# seed 1 without it (6 of the 40 dev rows right with the cue), 800 taught seeds 1 and 2; at 3/4, 500 steps taught
+# both (40/40), with the demo's 600 steps for margin. The uncued quarter teaches that without the cue any item
+# may follow. (Pretraining on the chat format itself made that habit so firm that no prefix undid it: ROUGE-L
+# stuck near 55.)
+DEMO_CUED_SHARE = 0.75
 
 
 def demo_batches(tok, rows: list[dict]) -> Callable[[torch.Generator], Batch]:
     """The demo base's pretraining text, drawn from the demo's (content, summary) rows: "product pages"
-    `[gMASK] sop [描述：] content \\n description eos`, 32 a step. Half the pages start with the cue 描述：
-    and describe their own item; the others describe an item drawn at random, anew every time, so without
-    the cue the attributes tell nothing about the description. The loss is on the newline and description."""
+    `[gMASK] sop [描述：] content \\n description eos`, 32 a step. 3 in 4 pages (DEMO_CUED_SHARE) start
+    with the cue 描述： and describe their own item; the others describe an item drawn at random, anew every
+    time, so without the cue the attributes tell nothing about the description. The loss is on the newline
+    and description."""
     head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
     cue, newline = tok.encode(DEMO_CUE), tok.encode("\n")
     contents = [tok.encode(row["content"]) for row in rows]
@@ -194,7 +205,7 @@ def demo_batches(tok, rows: list[dict]) -> Callable[[torch.Generator], Batch]:
     def draw(g: torch.Generator) -> Batch:
         batch = []
         items, others = torch.randint(len(rows), (2, 32), generator=g).tolist()
-        for i, other, cued in zip(items, others, torch.rand(32, generator=g) < 0.5, strict=True):
+        for i, other, cued in zip(items, others, torch.rand(32, generator=g) < DEMO_CUED_SHARE, strict=True):
             page = [*head, *(cue if cued else []), *contents[i]]
             # Supervised from the newline on: a chat answer starts with one too, after the role token.
             batch.append((page + newline + descriptions[i if cued else other], len(page) - 1))
@@ -206,7 +217,7 @@ def demo_batches(tok, rows: list[dict]) -> Callable[[torch.Generator], Batch]:
 def make_demo_base(
     out_dir: str | Path,
     rows: list[dict],
-    steps: int = 400,
+    steps: int = 600,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> Path:
