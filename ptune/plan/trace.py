@@ -137,7 +137,7 @@ def _meta_base(cfg: dict, folder, layers: int):
         config = glm_config(cfg, folder)
         config._attn_implementation = "sdpa"
         return GlmForCausalLM(config)
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)  # never runs a folder's code
     config.get_text_config().num_hidden_layers = layers
     config._attn_implementation = "sdpa"
     return AutoModelForCausalLM.from_config(config)
