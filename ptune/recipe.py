@@ -206,7 +206,7 @@ class PTuningRecipe:
         set_seed(args.seed)
         from ptune.plan.gate import check_training_plan
 
-        check_training_plan(self.model_args, self.data_args, args)
+        plan_line = check_training_plan(self.model_args, self.data_args, args)
         self.load()
         if resume is not None:
             from ptune.prefix import check_resumable_prefix
@@ -217,6 +217,8 @@ class PTuningRecipe:
         if args.eval_strategy != "no":
             eval_ds = self.dataset(d.validation_file, d.val_max_target_length, d.max_eval_samples, "eval")
         trainer = self.trainer(train_ds, eval_ds)
+        if plan_line:
+            logger.info(plan_line)
         if args.overwrite_output_dir and resume is None and args.should_save:
             set_aside_results(
                 args.output_dir

@@ -58,13 +58,15 @@ def alternatives(inputs) -> dict[str, int]:
     return options
 
 
-def check_training_plan(model_args, data_args, training_args) -> None:
-    """Log the plan's peak of this run; on CUDA refuse a run that will not fit (UserError → exit 2)."""
+def check_training_plan(model_args, data_args, training_args) -> str | None:
+    """The line that tells the plan's peak of this run (the recipe logs it once the data is read, so that a
+    bad data file still fails with its one line alone); on CUDA refuse a run that will not fit (UserError →
+    exit 2), before a byte of weights is read."""
     from ptune.io import read_json
     from ptune.plan.report import PlanInputs, train_parts
 
     if model_args.ptuning_checkpoint or not model_args.pre_seq_len:
-        return  # the prefix shape comes from a checkpoint: planned by `ptune plan`, not here
+        return None  # the prefix shape comes from a checkpoint: planned by `ptune plan`, not here
     device = training_args.device
     from ptune.model import resolve_dtype
 
@@ -91,17 +93,15 @@ def check_training_plan(model_args, data_args, training_args) -> None:
     except Exception as error:  # noqa: BLE001 - a plan is advice: a folder the trace cannot build is for the
         # model loader to refuse (with its own one-line message), right after this
         logger.debug("plan: not available for this run (%s)", " ".join(str(error).split())[:200])
-        return
-    logger.info(
-        "plan: a training step of %d x %d tokens peaks at %.3g GiB of %s memory (ptune plan for the details)",
-        inputs.train_batch,
-        inputs.seq,
-        peak / devices.GIB,
-        device.type,
+        return None
+    line = (
+        f"plan: a training step of {inputs.train_batch} x {inputs.seq} tokens peaks at "
+        f"{peak / devices.GIB:.3g} GiB of {device.type} memory (ptune plan for the details)"
     )
     if device.type != "cuda" or model_args.ignore_plan:
-        return
+        return line
     free = torch.cuda.mem_get_info(device)[0]
     message = refusal(peak, free, alternatives(inputs) if peak > free else {})
     if message:
         raise UserError(message)
+    return line
