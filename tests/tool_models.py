@@ -6,11 +6,17 @@ ChatGLM3's `conversations` (THUDM's `tool` entries, the tools as bare functions)
 (`function_call`) for a native Llama whose chat template writes tools and calls Qwen-style
 (``<tool_call>{"name", "arguments"}</tool_call>``).
 
-A prefix on a tiny random base cannot learn this in seconds (measured: 60 steps of `ptune train` with
-pre_seq_len 8 at lr 5e-2 took the loss from 7.61 to 7.54 only; the base's random output layer barely lets a
-prefix move the logits), so `teach` trains the *base's* weights on the very examples ptune's training encoder
-makes of these rows (`encode_conversation`), until greedy decoding reproduces every learned token (teacher
-forced argmax), and writes them back in the family's format (float32 shards, so no rounding undoes it).
+The tests serve and predict with a *prefix* that learned to call, trained with the real `ptune train`, the
+way the project's demo works (tools/tiny.make_demo_base): a prefix on a tiny random base barely moves the
+logits (measured: 60 steps at pre_seq_len 8, lr 5e-2 took the loss from 7.61 to 7.54 only), so `teach` first
+trains the *base's* weights (all of them) on the conversations with a cue in front (CUE's tokens before the
+first one), and on the weather questions without the cue answered with plain text (NO_CALL). The base thus
+calls only when cued; the prefix, trained on the cue-less conversations (`rows`), must learn to do what the cue
+did (tests/e2e/conftest.TOOL_PREFIX_TRAINING: 100-300 steps). `teach` runs until every learned token has a
+probability over MARGIN (teacher forced; an argmax alone left near ties, 0.50 against 0.50, that another CPU's
+rounding could flip; gradient clipping keeps ChatGLM3 from diverging at that margin) and writes the weights back
+in the family's format (float32 shards, so no rounding undoes it). Measured on one thread: teaching 90 / 150 /
+70 steps (3 / 8 / 2 s of CPU for GLM-4 / ChatGLM3 / Llama), the prefixes 4 / 4 / 6 s.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ TOOLS = [
 ]
 WEATHER = {"Paris": 20, "Rome": 25}
 GREETING = ("hello", "Hi there.")
+NO_CALL = "I cannot tell."  # the taught base's answer to a weather question without the cue
+CUE = "[tools]"
+MARGIN = 0.9  # the least probability `teach` leaves on a learned token
 
 
 def answer_of(city: str) -> str:
@@ -171,47 +180,71 @@ def make_tool_base(folder: Path, family: str) -> Path:
     return folder
 
 
-def examples(folder: Path, family: str) -> list:
-    """The training encoder's examples of the family's rows (`ptune.chat_format.encode_conversation`)."""
+def plain_rows(family: str) -> tuple[str, list[dict]]:
+    """(--data_format, rows) of the two weather questions answered with NO_CALL (text, no call)."""
+    fmt, data = rows(family)
+    key, asked = ("messages", 2) if fmt == "messages" else ("conversations", 1)
+    answer = (
+        {"from": "gpt", "value": NO_CALL} if fmt == "sharegpt" else {"role": "assistant", "content": NO_CALL}
+    )
+    return fmt, [{**row, key: [*row[key][:asked], answer]} for row in data[: len(WEATHER)]]
+
+
+def examples(folder: Path, family: str, data: tuple[str, list[dict]] | None = None) -> list:
+    """The training encoder's examples (`ptune.chat_format.encode_conversation`) of `data` (default: the
+    family's `rows`, what the prefix is trained on)."""
     from ptune.chat_format import encode_conversation
     from ptune.conversations import parse_row
     from ptune.tokenizer import load_tokenizer
 
     tok = load_tokenizer(folder)
-    fmt, data = rows(family)
+    fmt, data = data or rows(family)
     return [
         encode_conversation(tok, parse_row(r, fmt, f"row {i}", None, True), 4096) for i, r in enumerate(data)
     ]
 
 
-def teach(folder: Path, family: str, max_steps: int = 400, seed: int = 0) -> int:
-    """Train every weight of the model in `folder` on `examples` until each learned token is the argmax
-    (teacher forced) with the loss under 0.05, for a margin; write it back in place; returns the steps taken
-    (AssertionError when `max_steps` did not do)."""
+def base_examples(folder: Path, family: str) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) the base is taught: every conversation of `rows` with CUE's tokens in front (not
+    learned), and the weather questions of `plain_rows` without the cue."""
+    from ptune.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    cue = [i for i in tok.encode(CUE) if i != getattr(tok, "bos_token_id", None)]
+    cued = [(cue + e.input_ids, [-100] * len(cue) + e.labels) for e in examples(folder, family)]
+    plain = [(e.input_ids, e.labels) for e in examples(folder, family, plain_rows(family))]
+    return cued + plain
+
+
+def teach(folder: Path, family: str, max_steps: int = 1000, seed: int = 0, lr: float = 3e-3) -> int:
+    """Train every weight of the model in `folder` on `base_examples` until each learned token has a
+    probability over MARGIN (teacher forced), so that no other CPU's rounding changes a greedy answer; write it
+    back in place; returns the steps taken (AssertionError when `max_steps` did not do)."""
     from ptune.model import answer_loss, load_model
 
     torch.manual_seed(seed)
     model = load_model(folder, dtype="float32", device="cpu").base
     model.requires_grad_(True).train()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    batch = examples(folder, family)
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.tensor([e.input_ids + [0] * (width - len(e.input_ids)) for e in batch])
-    labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in batch])
+    batch = base_examples(folder, family)
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
     learned = labels[:, 1:] != -100
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     for step in range(1, max_steps + 1):
         hidden = decoder(input_ids=ids).last_hidden_state
         loss = answer_loss(head, hidden, labels)
         if step % 10 == 0 and loss.item() < 0.05:
-            guess = head(hidden[:, :-1][learned]).argmax(-1)
-            if torch.equal(guess, labels[:, 1:][learned]):
+            chances = head(hidden[:, :-1][learned]).softmax(-1).gather(1, labels[:, 1:][learned][:, None])
+            if chances.min().item() > MARGIN:
                 _save(model.eval(), folder, family)
                 return step
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-    raise AssertionError(f"{family}: not memorized in {max_steps} steps (loss {loss.item():.3f})")
+    raise AssertionError(f"{family}: not learned in {max_steps} steps (loss {loss.item():.3f})")
 
 
 def _save(model, folder: Path, family: str) -> None:

@@ -1,5 +1,5 @@
-"""`ptune chat --tools FILE.json` on the tiny models taught to call get_weather (tests/tool_models.py): the
-call is shown, its result asked for on stdin, and the model answers with it."""
+"""`ptune chat --tools FILE.json --ptuning_checkpoint` with the prefixes trained to call get_weather on tiny
+bases (tests/tool_models.py): the call is shown, its result asked for on stdin, and the model answers with it."""
 
 from __future__ import annotations
 
@@ -16,13 +16,21 @@ from tests.tool_models import TOOLS, answer_of, result_of
 @pytest.mark.parametrize(
     "family, name", [("glm4", "ChatGLM"), ("chatglm3", "ChatGLM"), ("llama", "Assistant")]
 )
-def test_chat_shows_the_call_and_asks_for_its_result(tool_bases, tmp_path, monkeypatch, capsys, family, name):
+def test_chat_shows_the_call_and_asks_for_its_result(
+    tool_bases, tool_prefixes, tmp_path, monkeypatch, capsys, family, name
+):
     tools = tmp_path / "tools.json"
     tools.write_text(json.dumps(TOOLS), encoding="utf-8")
     monkeypatch.setattr(
         "sys.stdin", io.StringIO(f"weather in Paris?\n{result_of('Paris')}\nclear\nhello\nexit\n")
     )
-    argv = ["--model_name_or_path", str(tool_bases[family]), "--tools", str(tools), "--device", "cpu"]
+    argv = [
+        "--model_name_or_path",
+        str(tool_bases[family]),
+        "--ptuning_checkpoint",
+        str(tool_prefixes[family]),
+    ]
+    argv += ["--tools", str(tools), "--device", "cpu"]
     assert chat.main([*argv, "--max_new_tokens", "64"]) == 0
     out = capsys.readouterr().out
     expected = (

@@ -90,14 +90,16 @@ def test_compare_sends_one_message_to_two_prefixes(browser, server):
 
 
 def test_chat_shows_a_tool_call_and_its_result(browser, tool_servers):
-    """With tools in the tools box, the taught GLM-4 model's call shows as name(arguments); the next message is
+    """With tools in the tools box, the GLM-4 tool prefix's call shows as name(arguments); the next message is
     its result, after which the model answers."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from tests.tool_models import TOOLS, answer_of, result_of
 
     server = tool_servers["glm4"]
     open_page(browser, server)
+    Select(browser.find_element(By.ID, "model")).select_by_value("glm4")  # the tool prefix, not the base
     browser.find_element(By.CSS_SELECTOR, "#tools-box summary").click()
     browser.find_element(By.ID, "tools").send_keys(json.dumps(TOOLS))
     browser.find_element(By.ID, "input").send_keys("weather in Paris?")

@@ -1,7 +1,8 @@
-"""Tools through `ptune serve`, driven with the official `openai` client: tiny GLM-4, ChatGLM3 and native
-Llama models taught to call get_weather (tests/tool_models.py) are asked about the weather, answer with
-`tool_calls`, get the tool's result and answer; greedy answers equal `ptune predict` on the same conversation,
-plain and streamed; `tool_choice` names, requires or leaves out the tool."""
+"""Tools through `ptune serve`, driven with the official `openai` client: prefixes trained with `ptune train` to
+call get_weather on tiny GLM-4, ChatGLM3 and native Llama bases (tests/tool_models.py; the base alone answers
+with text) are asked about the weather, answer with `tool_calls`, get the tool's result and answer; greedy
+answers equal `ptune predict --ptuning_checkpoint` on the same conversation, plain and streamed; `tool_choice`
+names, requires or leaves out the tool."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from ptune.cli import main
 from tests.e2e.conftest import TOOL_FAMILIES
-from tests.tool_models import GREETING, TOOLS, answer_of, prompt_rows, result_of
+from tests.tool_models import GREETING, NO_CALL, TOOLS, answer_of, prompt_rows, result_of
 
 MAX_TOKENS = 64
 
@@ -26,9 +27,9 @@ def clients(tool_servers):
 
 
 @pytest.fixture(scope="module")
-def predicted(tool_bases, tmp_path_factory, hf_cache):
-    """{family: (the call's text, the final answer)} from `ptune predict` (greedy) on the Paris conversation
-    cut before the call and before the final answer."""
+def predicted(tool_bases, tool_prefixes, tmp_path_factory, hf_cache):
+    """{family: (the call's text, the final answer)} from `ptune predict --ptuning_checkpoint` (greedy) with the
+    family's tool prefix on the Paris conversation cut before the call and before the final answer."""
     folder, answers = tmp_path_factory.mktemp("predict-tools"), {}
     for family, base in tool_bases.items():
         fmt, rows = prompt_rows(family, "Paris")
@@ -38,6 +39,8 @@ def predicted(tool_bases, tmp_path_factory, hf_cache):
             "predict",
             "--model_name_or_path",
             str(base),
+            "--ptuning_checkpoint",
+            str(tool_prefixes[family]),
             "--test_file",
             str(test_file),
             "--data_format",
@@ -116,6 +119,14 @@ def test_call_result_answer_equal_ptune_predict(clients, predicted, tool_bases, 
     content, calls, reason, usage = ask(client, family, history, stream, tools=TOOLS)
     assert (content, calls, reason) == (answer_text, [], "stop")
     assert content == answer_of("Paris")
+
+
+@pytest.mark.parametrize("family", TOOL_FAMILIES)
+def test_the_base_alone_does_not_call(clients, family):
+    """The prefix is what learned to call: the same request to the base answers with text."""
+    for city in ("Paris", "Rome"):
+        question = [{"role": "user", "content": f"weather in {city}?"}]
+        assert ask(clients[family], f"{family}-base", question, tools=TOOLS)[:3] == (NO_CALL, [], "stop")
 
 
 @pytest.mark.parametrize("family", TOOL_FAMILIES)
