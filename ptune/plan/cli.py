@@ -5,7 +5,6 @@ real data, encoded as training encodes it (the tokenizer files are needed then).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -200,10 +199,16 @@ def _gib(x: float) -> str:
 
 def main(argv: list[str]) -> int:
     """`ptune plan ...`: print the plan (and write --json)."""
-    logging.getLogger("ptune").setLevel(logging.WARNING)
-    inputs, json_path = parse(argv)
-    plan = make_plan(inputs)
+    from ptune.io import write_json
+
+    quiet, level = logging.getLogger("ptune"), logging.getLogger("ptune").level
+    quiet.setLevel(logging.WARNING)  # the data reading's info lines would interleave with the plan
+    try:
+        inputs, json_path = parse(argv)
+        plan = make_plan(inputs)
+    finally:
+        quiet.setLevel(level)  # in-process callers (tests, the Python API) keep their logging
     print(format_plan(plan))
     if json_path:
-        Path(json_path).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+        write_json(json_path, plan)  # strict JSON, written atomically
     return 0

@@ -199,7 +199,17 @@ def test_eval_and_predict_accept_the_training_config(tiny, tmp_path):
     cfg = {k: (str(REPO / v) if k.endswith("_file") else v) for k, v in cfg.items()}
     path = tmp_path / "demo.json"
     path.write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
-    small = ["--pre_seq_len", "4", "--max_new_tokens", "4", "--disable_tqdm", "true"]
+    # No checkpoint here: an untrained prefix must be asked for (--random_prefix), else eval/predict refuse.
+    small = [
+        "--pre_seq_len",
+        "4",
+        "--random_prefix",
+        "true",
+        "--max_new_tokens",
+        "4",
+        "--disable_tqdm",
+        "true",
+    ]
     assert main(["eval", str(path), "--max_eval_samples", "4", *small]) == 0
     assert main(["predict", str(path), "--max_predict_samples", "4", *small]) == 0
     assert len((tmp_path / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 4
