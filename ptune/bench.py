@@ -76,15 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict_batch", type=_int_list, default=[16], help="generation batches, e.g. 1,16")
     p.add_argument("--predict_steps", type=_positive, default=2, help="timed generate calls per row")
     p.add_argument("--new_tokens", type=_positive, default=64, help="tokens generated for every prompt")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-                   help="auto: bfloat16 on CUDA (float16 without bf16 support), float32 on the CPU")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        default="auto",
+        help="auto: bfloat16 on CUDA (float16 without bf16 support), float32 on the CPU",
+    )
     p.add_argument("--activation_checkpointing", choices=("on", "off"), default="off")
     p.add_argument("--group_by_length", action="store_true", help="train_sampling_strategy group_by_length")
     p.add_argument("--no_train", action="store_true")
     p.add_argument("--no_predict", action="store_true")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--peak_tflops", type=float, default=None,
-                   help="device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)")  # fmt: skip
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--quantization_bit",

@@ -211,8 +211,14 @@ def _load_yaml(path: str, text: str) -> tuple[Any, dict[tuple, int]]:
 
 # ------------------------------------------------------------------------------------- THUDM finetune_demo
 FINETUNE_DEMO_KEYS = (
-    "data_config", "max_input_length", "max_output_length", "training_args", "peft_config", "combine", "freezeV",
-)  # fmt: skip
+    "data_config",
+    "max_input_length",
+    "max_output_length",
+    "training_args",
+    "peft_config",
+    "combine",
+    "freezeV",
+)
 _DATA_CONFIG = {
     "train_file": "train_file",
     "val_file": "validation_file",

@@ -38,18 +38,49 @@ ROLES = ("system", "user", "assistant", "observation")
 
 # Per format: the default names of the keys and role tags (LLaMA-Factory's dataset_info vocabulary).
 _DEFAULTS: dict[str, dict[str, str]] = {
-    "conversations": {"messages": "conversations", "tools": "tools", "role_tag": "role",
-                      "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-                      "observation_tag": "observation", "function_tag": "tool", "system_tag": "system"},
-    "messages": {"messages": "messages", "tools": "tools", "role_tag": "role", "content_tag": "content",
-                 "user_tag": "user", "assistant_tag": "assistant", "observation_tag": "observation",
-                 "function_tag": "", "system_tag": "system"},
-    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools", "role_tag": "from",
-                 "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-               "history": "history", "tools": "tools"},
-}  # fmt: skip
+    "conversations": {
+        "messages": "conversations",
+        "tools": "tools",
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "observation",
+        "function_tag": "tool",
+        "system_tag": "system",
+    },
+    "messages": {
+        "messages": "messages",
+        "tools": "tools",
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "observation",
+        "function_tag": "",
+        "system_tag": "system",
+    },
+    "sharegpt": {
+        "messages": "conversations",
+        "system": "system",
+        "tools": "tools",
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+        "tools": "tools",
+    },
+}
 MAPPING_KEYS = tuple(sorted({k for d in _DEFAULTS.values() for k in d}))
 
 

@@ -206,8 +206,21 @@ def train_row(model, samples, args, micro_batch: int, n_params: int, peak: float
     # 6·N counts weight gradients that are never computed here; attention score FLOPs and the
     # recomputation under activation checkpointing are not counted (model FLOPs, not hardware FLOPs).
     flops = 4 * n_params * tokens
-    row = _row("train", micro_batch, args.grad_accum, model.pre_seq_len, samples_timed, tokens, seconds,
-               flops, peak, gib, kind, args.steps, step_seconds)  # fmt: skip
+    row = _row(
+        "train",
+        micro_batch,
+        args.grad_accum,
+        model.pre_seq_len,
+        samples_timed,
+        tokens,
+        seconds,
+        flops,
+        peak,
+        gib,
+        kind,
+        args.steps,
+        step_seconds,
+    )
     row.longest = max(collator.shapes)
     return row
 
@@ -258,8 +271,21 @@ def predict_row(model, args, batch_size: int, n_params: int, peak: float | None,
     gib, kind = peak_memory(device)
     # Model FLOPs of inference: 2·N per token through the model, prompt (prefill) and new tokens alike.
     flops = 2 * n_params * (prompt_tokens + new_tokens)
-    row = _row("predict", batch_size, 1, model.pre_seq_len, len(samples), new_tokens, seconds, flops,
-               peak, gib, kind, len(batches), seconds)  # fmt: skip
+    row = _row(
+        "predict",
+        batch_size,
+        1,
+        model.pre_seq_len,
+        len(samples),
+        new_tokens,
+        seconds,
+        flops,
+        peak,
+        gib,
+        kind,
+        len(batches),
+        seconds,
+    )
     row.longest = (max(b["prompt_ids"].shape[1] for b in batches), args.new_tokens)
     return row
 

@@ -260,9 +260,16 @@ def make_tiny_checkpoint(
         cfg["eos_token_id"], cfg["pad_token_id"] = eos, eos[0]
         _write_json(
             folder / "generation_config.json",
-            {"eos_token_id": eos, "pad_token_id": eos[0], "do_sample": True, "temperature": 0.8,
-             "max_length": 128000, "top_p": 0.8, "transformers_version": "4.44.0"},
-        )  # fmt: skip
+            {
+                "eos_token_id": eos,
+                "pad_token_id": eos[0],
+                "do_sample": True,
+                "temperature": 0.8,
+                "max_length": 128000,
+                "top_p": 0.8,
+                "transformers_version": "4.44.0",
+            },
+        )
     _write_json(folder / "config.json", cfg)
     dtype = torch.bfloat16 if family == "glm4" else torch.float16
     write_sharded(folder, random_chatglm_weights(cfg, seed), cfg["num_layers"], family == "glm4", dtype)
@@ -313,14 +320,20 @@ def _tiny_bpe_tokenizer(folder: Path):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1200, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=1200,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-    )  # fmt: skip
+    )
     bpe.train_from_iterator(corpus, trainer=trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         padding_side="left",
-    )  # fmt: skip
+    )
     tok.chat_template = LLAMA_CHAT_TEMPLATE
     tok.save_pretrained(folder)
     return tok

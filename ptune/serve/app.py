@@ -68,11 +68,28 @@ class Served:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def model_list(self) -> list[dict]:
-        entries = [{"id": self.base, "object": "model", "created": self.created, "owned_by": "ptune",
-                    "family": self.family, "pre_seq_len": 0}]  # fmt: skip
+        entries = [
+            {
+                "id": self.base,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "ptune",
+                "family": self.family,
+                "pre_seq_len": 0,
+            }
+        ]
         for name, length in self.prefixes.items():
-            entries.append({"id": name, "object": "model", "created": self.created, "owned_by": "ptune",
-                            "parent": self.base, "family": self.family, "pre_seq_len": length})  # fmt: skip
+            entries.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "ptune",
+                    "parent": self.base,
+                    "family": self.family,
+                    "pre_seq_len": length,
+                }
+            )
         return entries
 
     def prefix_of(self, model: str) -> str | None:
@@ -82,8 +99,12 @@ class Served:
         if model in self.prefixes:
             return model
         names = ", ".join([self.base, *self.prefixes])
-        raise ApiError(404, f"model {model!r} does not exist; this server has: {names}", code="model_not_found",
-                       param="model")  # fmt: skip
+        raise ApiError(
+            404,
+            f"model {model!r} does not exist; this server has: {names}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 def authorized(header: str | None, key: str) -> bool:
@@ -204,8 +225,9 @@ async def chat_completions(request: Request) -> Response:
     except RuntimeError:
         raise ApiError(503, "the server is shutting down", code="shutting_down") from None
     if not accepted:
-        raise ApiError(429, f"too many requests waiting ({scheduler.max_queue}); retry later",
-                       code="rate_limit_exceeded")  # fmt: skip
+        raise ApiError(
+            429, f"too many requests waiting ({scheduler.max_queue}); retry later", code="rate_limit_exceeded"
+        )
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         stream = _stream(job, events, chat.model, include_usage, plan)
@@ -219,8 +241,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) past `limit` bytes: by its Content-Length before a byte is read, and
     while it streams in (chunked, or a Content-Length that lies), so a huge body is never held whole."""
     length = request.headers.get("content-length", "")
-    too_big = ApiError(413, f"request body is larger than this server's limit of {limit} bytes "
-                       "(--max_request_bytes)", code="request_too_large")  # fmt: skip
+    too_big = ApiError(
+        413,
+        f"request body is larger than this server's limit of {limit} bytes (--max_request_bytes)",
+        code="request_too_large",
+    )
     if length.isdigit() and int(length) > limit:
         raise too_big
     chunks, size = [], 0
@@ -269,13 +294,21 @@ def answer_budget(prompt_tokens: int, wanted: int | None, served: Served) -> int
     ApiError 400 (context_length_exceeded) when the prompt plus it does not fit."""
     room = served.max_length - prompt_tokens
     if wanted is None and room <= 0:
-        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) leaves no room for an answer within this "
-                       f"server's limit of {served.max_length} tokens (--max_length)",
-                       code="context_length_exceeded", param="messages")  # fmt: skip
+        raise ApiError(
+            400,
+            f"the prompt ({prompt_tokens} tokens) leaves no room for an answer within this "
+            f"server's limit of {served.max_length} tokens (--max_length)",
+            code="context_length_exceeded",
+            param="messages",
+        )
     if wanted is not None and wanted > room:
-        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) is more than this "
-                       f"server's limit of {served.max_length} tokens (--max_length)",
-                       code="context_length_exceeded", param="max_tokens")  # fmt: skip
+        raise ApiError(
+            400,
+            f"the prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) is more than this "
+            f"server's limit of {served.max_length} tokens (--max_length)",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
     return wanted if wanted is not None else min(served.max_new_tokens, room)
 
 
@@ -303,8 +336,14 @@ async def _collect(
             elif event.kind == "cancelled":
                 return Response(status_code=499)  # nobody is listening any more
             else:
-                body = completion_body(new_id(), model, "".join(pieces), event.finish_reason,
-                                       event.prompt_tokens, event.completion_tokens)  # fmt: skip
+                body = completion_body(
+                    new_id(),
+                    model,
+                    "".join(pieces),
+                    event.finish_reason,
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                )
                 return JSONResponse(shape_completion(body, plan, "".join(pieces)) if plan else body)
     finally:
         watcher.cancel()

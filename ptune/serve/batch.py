@@ -59,10 +59,12 @@ def merge(a: BatchCache | None, b: BatchCache) -> BatchCache:
         return b
     length = max(a.length, b.length)
     layers = [
-        (torch.cat([left_pad(ka, length, 2), left_pad(kb, length, 2)]),
-         torch.cat([left_pad(va, length, 2), left_pad(vb, length, 2)]))
+        (
+            torch.cat([left_pad(ka, length, 2), left_pad(kb, length, 2)]),
+            torch.cat([left_pad(va, length, 2), left_pad(vb, length, 2)]),
+        )
         for (ka, va), (kb, vb) in zip(a.layers, b.layers, strict=True)
-    ]  # fmt: skip
+    ]
     return BatchCache(layers, torch.cat([left_pad(a.mask, length, 1), left_pad(b.mask, length, 1)]))
 
 

@@ -51,9 +51,11 @@ class Progress:
 
     def row(self, row: dict, seconds: float) -> None:
         self.done += 1
-        self.say(f"[{self.done}/{self.total}] {row['server']}, {row['prefixes']} prefix(es), {row['clients']} "
-                 f"clients: {row['tokens_per_s']:,.0f} tokens/s ({seconds:.1f} s; "
-                 f"{time.perf_counter() - self.started:.0f} s so far)")  # fmt: skip
+        self.say(
+            f"[{self.done}/{self.total}] {row['server']}, {row['prefixes']} prefix(es), {row['clients']} "
+            f"clients: {row['tokens_per_s']:,.0f} tokens/s ({seconds:.1f} s; "
+            f"{time.perf_counter() - self.started:.0f} s so far)"
+        )
 
 
 @dataclass
@@ -98,8 +100,16 @@ def summarize(timings: list[Timing], wall: float) -> dict[str, float]:
 
 def stream_once(host: str, port: int, model: str, prompt: str, max_tokens: int) -> Timing:
     """One streamed greedy chat completion; raises RuntimeError on a non-200 answer."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
-                       "max_tokens": max_tokens, "temperature": 0, "stream_options": {"include_usage": True}})  # fmt: skip
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream_options": {"include_usage": True},
+        }
+    )
     conn = http.client.HTTPConnection(host, port, timeout=600)
     try:
         sent = time.perf_counter()
@@ -133,8 +143,13 @@ def run_clients(
     def client(c: int) -> None:
         for k in range(requests):
             try:
-                t = stream_once(parts.hostname, parts.port, models[(c + k) % len(models)],
-                                PROMPTS[(c + k) % len(PROMPTS)], max_tokens)  # fmt: skip
+                t = stream_once(
+                    parts.hostname,
+                    parts.port,
+                    models[(c + k) % len(models)],
+                    PROMPTS[(c + k) % len(PROMPTS)],
+                    max_tokens,
+                )
             except (OSError, RuntimeError) as e:
                 with lock:
                     errors.append(str(e))
@@ -289,8 +304,9 @@ def measure_in_process(
                     engine, tok, tok.stop_token_ids, max_batch, max_queue=clients * args.requests
                 )
                 start = time.perf_counter()
-                summary = run_in_process(scheduler, tok, list(prefixes)[:count], clients, args.requests,
-                                         args.max_tokens)  # fmt: skip
+                summary = run_in_process(
+                    scheduler, tok, list(prefixes)[:count], clients, args.requests, args.max_tokens
+                )
                 rows.append({"server": label, "prefixes": count, "clients": clients, **summary})
                 progress.row(rows[-1], time.perf_counter() - start)
     return rows
@@ -342,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also run the scheduler in this process, without HTTP (batched and one at a time).",
     )
     p.add_argument("--json", help="Also write the rows to this JSON file.")
-    return p  # fmt: skip
+    return p
 
 
 def measure(
@@ -364,11 +380,33 @@ def measure(
 
 
 def table(rows: list[dict]) -> str:
-    head = ("server", "prefixes", "clients", "requests", "req/s", "tokens/s", "TTFT p50", "TTFT p95",
-            "token p50", "token p95")  # fmt: skip
-    lines = [[r["server"], r["prefixes"], r["clients"], r["requests"], f"{r['requests_per_s']:.1f}",
-              f"{r['tokens_per_s']:,.0f}", f"{r['ttft_p50_ms']:.0f} ms", f"{r['ttft_p95_ms']:.0f} ms",
-              f"{r['token_p50_ms']:.1f} ms", f"{r['token_p95_ms']:.1f} ms"] for r in rows]  # fmt: skip
+    head = (
+        "server",
+        "prefixes",
+        "clients",
+        "requests",
+        "req/s",
+        "tokens/s",
+        "TTFT p50",
+        "TTFT p95",
+        "token p50",
+        "token p95",
+    )
+    lines = [
+        [
+            r["server"],
+            r["prefixes"],
+            r["clients"],
+            r["requests"],
+            f"{r['requests_per_s']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['ttft_p50_ms']:.0f} ms",
+            f"{r['ttft_p95_ms']:.0f} ms",
+            f"{r['token_p50_ms']:.1f} ms",
+            f"{r['token_p95_ms']:.1f} ms",
+        ]
+        for r in rows
+    ]
     cells = [list(head), *[[str(c) for c in line] for line in lines]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
@@ -382,8 +420,11 @@ def gains(rows: list[dict]) -> list[str]:
     def kind(row: dict) -> str:
         return "in-process" if row["server"].startswith("in-process") else "over HTTP"
 
-    baseline = {(kind(r), r["prefixes"], r["clients"]): r["tokens_per_s"] for r in rows
-                if r["server"].endswith("one at a time")}  # fmt: skip
+    baseline = {
+        (kind(r), r["prefixes"], r["clients"]): r["tokens_per_s"]
+        for r in rows
+        if r["server"].endswith("one at a time")
+    }
     return [
         f"{kind(r)}, {r['prefixes']} prefix(es), {r['clients']} clients: batched "
         f"{r['tokens_per_s'] / baseline[key]:.1f}x the tokens/s of one at a time"

@@ -35,8 +35,11 @@ API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Be
 def build_parser() -> argparse.ArgumentParser:
     from ptune.chat import add_loading_flags
 
-    p = Parser(prog="ptune serve", description="Serve a base model and its P-Tuning v2 prefixes over an "
-               "OpenAI-compatible HTTP API (and a chat page at /).")  # fmt: skip
+    p = Parser(
+        prog="ptune serve",
+        description="Serve a base model and its P-Tuning v2 prefixes over an "
+        "OpenAI-compatible HTTP API (and a chat page at /).",
+    )
     p.add_argument(
         "--model_name_or_path", help="Base model folder (default: the base the first --prefix names)."
     )
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="Seconds SIGTERM waits for accepted requests before failing them (default %(default)s).",
     )
-    return p  # fmt: skip
+    return p
 
 
 def parse_prefixes(values: list[str]) -> dict[str, str]:
@@ -198,12 +201,27 @@ def build(args: argparse.Namespace):
         raise UserError(
             f"--prefix {base}: the base model is served under that name; pick another (or --name)"
         )
-    tok, model, encoders = load(args.model_name_or_path, prefixes, chat_format=args.chat_format, dtype=args.dtype,
-                                device=args.device, quantization_bit=args.quantization_bit)  # fmt: skip
-    scheduler = Scheduler(Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, args.max_batch,
-                          args.max_queue)  # fmt: skip
-    served = Served(base, family_of(tok).name, {n: e.config.pre_seq_len for n, e in encoders.items()}, tok,
-                    args.max_length, args.max_new_tokens, args.max_request_bytes, args.api_key)  # fmt: skip
+    tok, model, encoders = load(
+        args.model_name_or_path,
+        prefixes,
+        chat_format=args.chat_format,
+        dtype=args.dtype,
+        device=args.device,
+        quantization_bit=args.quantization_bit,
+    )
+    scheduler = Scheduler(
+        Engine(model, encoders, tok.pad_token_id), tok, tok.stop_token_ids, args.max_batch, args.max_queue
+    )
+    served = Served(
+        base,
+        family_of(tok).name,
+        {n: e.config.pre_seq_len for n, e in encoders.items()},
+        tok,
+        args.max_length,
+        args.max_new_tokens,
+        args.max_request_bytes,
+        args.api_key,
+    )
     return scheduler, served, f"{tok.family}, {model.device}"
 
 
@@ -242,22 +260,34 @@ def main(argv: list[str]) -> int:
         raise
     host, port = sock.getsockname()[:2]
     if args.api_key is None and not is_loopback(host):
-        print(f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"ptune serve: warning: listening on {host} without --api_key: anyone who reaches it can use it",
+            file=sys.stderr,
+        )
     served.allowed_hosts = allowed_hosts(host, args.allowed_host)
     # uvicorn cancels what is still running when its graceful timeout ends, which would cut open streams: the
     # scheduler fails them first (at --shutdown_timeout), and uvicorn waits a little longer for those answers.
-    config = uvicorn.Config(create_app(scheduler, served), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=args.shutdown_timeout + 5)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(scheduler, served),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=args.shutdown_timeout + 5,
+    )
     server = DrainingServer(config, scheduler, args.shutdown_timeout)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    print(f"ptune serve: {url} serving {', '.join([served.base, *served.prefixes])} ({what}); "
-          "SIGTERM or Ctrl-C stops", flush=True)  # fmt: skip
+    print(
+        f"ptune serve: {url} serving {', '.join([served.base, *served.prefixes])} ({what}); "
+        "SIGTERM or Ctrl-C stops",
+        flush=True,
+    )
     server.run(sockets=[sock])
     stats = scheduler.stats()
     if server.received:
-        print(f"ptune serve: stopped by {signal.Signals(server.received[0]).name}: {stats['finished']} requests "
-              f"answered, {stats['failed']} failed", flush=True)  # fmt: skip
+        print(
+            f"ptune serve: stopped by {signal.Signals(server.received[0]).name}: {stats['finished']} requests "
+            f"answered, {stats['failed']} failed",
+            flush=True,
+        )
     return 0
 
 

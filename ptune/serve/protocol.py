@@ -33,8 +33,15 @@ from ptune.generate import MIN_TEMPERATURE
 class ApiError(Exception):
     """An answer other than 200: HTTP status, one-line message, OpenAI's error `type`, `code` and `param`."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}  # fmt: skip
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "server_error",
+        500: "server_error",
+    }
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -202,8 +209,12 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if request.logprobs:
         raise ApiError(400, "logprobs are not supported by ptune serve", param="logprobs")
     if request.messages[-1].role not in ("user", "tool"):
-        raise ApiError(400, "the last message must be the user's or a tool result (ptune generates the "
-                       "assistant's answer to it)", param="messages")  # fmt: skip
+        raise ApiError(
+            400,
+            "the last message must be the user's or a tool result (ptune generates the "
+            "assistant's answer to it)",
+            param="messages",
+        )
     request._raw_tools = data.get("tools") or None
     return request
 

@@ -21,9 +21,28 @@ def pristine(tmp_path_factory):
 
 
 def _run(capsys, model, tmp_path, *extra):
-    argv = ["train", "--model_name_or_path", str(model), "--train_file", TRAIN, "--output_dir", str(tmp_path / "out"),
-            "--prompt_column", "content", "--response_column", "summary", "--pre_seq_len", "4",
-            "--max_steps", "1", "--disable_tqdm", "true", "--report_to", "none", *extra]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        TRAIN,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--pre_seq_len",
+        "4",
+        "--max_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *extra,
+    ]
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -93,8 +112,18 @@ def test_unknown_key_and_contradictory_flags(pristine, tmp_path, capsys):
 
 
 def test_debug_flag_shows_the_traceback(pristine, tmp_path):
-    argv = ["train", "--debug", "--model_name_or_path", str(tmp_path / "missing"), "--train_file", TRAIN,
-            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4"]  # fmt: skip
+    argv = [
+        "train",
+        "--debug",
+        "--model_name_or_path",
+        str(tmp_path / "missing"),
+        "--train_file",
+        TRAIN,
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--pre_seq_len",
+        "4",
+    ]
     from ptune.errors import UserError
 
     with pytest.raises(UserError, match="model folder not found"):
@@ -145,16 +174,28 @@ def test_learning_rate_nan_or_negative(pristine, tmp_path, capsys, value):
     "name,data,expected",
     [
         # datasets' pyarrow raised UnicodeDecodeError with a traceback.
-        ("t.json", b'{"content": "a", "summary": "b"}\n{"content": "\xff", "summary": "b"}\n', "t.json:2:14: not UTF-8 (byte 0xff); save the file as UTF-8"),
+        (
+            "t.json",
+            b'{"content": "a", "summary": "b"}\n{"content": "\xff", "summary": "b"}\n',
+            "t.json:2:14: not UTF-8 (byte 0xff); save the file as UTF-8",
+        ),
         # The rest said "cannot read as csv (An error occurred while generating the dataset)".
-        ("t.csv", "content,summary\n你好,世界\n".encode("gbk"), "t.csv:2:1: not UTF-8 (byte 0xc4); save the file as UTF-8"),
+        (
+            "t.csv",
+            "content,summary\n你好,世界\n".encode("gbk"),
+            "t.csv:2:1: not UTF-8 (byte 0xc4); save the file as UTF-8",
+        ),
         ("t.csv", b"content,summary\na,b\nc,d,e\n", "t.csv:3: expected 2 fields, got 3"),
         ("t.csv", b"", "t.csv: empty data file"),
         ("t.json", b"", "t.json: empty data file"),
         # datasets logged "row 5" for this file's line 6.
-        ("t.json", b'{"content": "a", "summary": "b"}\n' * 5 + b'{"content": "a", "summary": }\n', "t.json:6:29: invalid JSON (Expecting value)"),
+        (
+            "t.json",
+            b'{"content": "a", "summary": "b"}\n' * 5 + b'{"content": "a", "summary": }\n',
+            "t.json:6:29: invalid JSON (Expecting value)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_data_file_through_the_cli(pristine, tmp_path, capsys, hf_cache, name, data, expected):
     path = tmp_path / name
     path.write_bytes(data)

@@ -85,24 +85,57 @@ def test_tiny_shape_is_the_test_models_shape():
 def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = [
-        "--shape", "tiny", "--device", "cpu",
-        "--micro_batch", "1,2", "--grad_accum", "2", "--pre_seq_len", "4,8",
-        "--steps", "1", "--warmup_steps", "1",
-        "--predict_batch", "3", "--predict_steps", "2", "--new_tokens", "3",
-        "--json", str(out),
-    ]  # fmt: skip
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--micro_batch",
+        "1,2",
+        "--grad_accum",
+        "2",
+        "--pre_seq_len",
+        "4,8",
+        "--steps",
+        "1",
+        "--warmup_steps",
+        "1",
+        "--predict_batch",
+        "3",
+        "--predict_steps",
+        "2",
+        "--new_tokens",
+        "3",
+        "--json",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("mode"))
-    assert lines[header].split() == ["mode", "batch", "pre_seq_len", "samples/s", "tokens/s", "TFLOP/s",
-                                     "of", "peak", "peak", "GiB", "plan", "GiB"]  # fmt: skip
+    assert lines[header].split() == [
+        "mode",
+        "batch",
+        "pre_seq_len",
+        "samples/s",
+        "tokens/s",
+        "TFLOP/s",
+        "of",
+        "peak",
+        "peak",
+        "GiB",
+        "plan",
+        "GiB",
+    ]
     assert set(lines[header + 1]) == {"-", " "}
     table = [line.split() for line in lines[header + 2 :] if line.split()[0] in ("train", "predict")]
     # (mode, micro-batch x accum, pre_seq_len); "1 x 2" splits into three words.
     assert [(r[0], " ".join(r[1:4]), r[4]) if r[0] == "train" else (r[0], r[1], r[2]) for r in table] == [
-        ("train", "1 x 2", "4"), ("train", "2 x 2", "4"), ("predict", "3", "4"),
-        ("train", "1 x 2", "8"), ("train", "2 x 2", "8"), ("predict", "3", "8"),
-    ]  # fmt: skip
+        ("train", "1 x 2", "4"),
+        ("train", "2 x 2", "4"),
+        ("predict", "3", "4"),
+        ("train", "1 x 2", "8"),
+        ("train", "2 x 2", "8"),
+        ("predict", "3", "8"),
+    ]
     # CPU: "of peak" against this machine's timed matmul; the measured peak beside the plan's.
     assert all(r[-3].endswith("%") and r[-2] != "-" and r[-1] != "-" for r in table)
 
@@ -112,9 +145,13 @@ def test_tiny_run_prints_a_row_per_configuration(tmp_path, capsys):
     assert data["meta"]["shape"] == "tiny" and data["meta"]["device"] == "cpu"
     assert data["meta"]["peak_source"] == "measured matmul" and data["meta"]["peak_tflops"] > 0
     assert [(r["mode"], r["micro_batch"], r["grad_accum"], r["pre_seq_len"]) for r in rows] == [
-        ("train", 1, 2, 4), ("train", 2, 2, 4), ("predict", 3, 1, 4),
-        ("train", 1, 2, 8), ("train", 2, 2, 8), ("predict", 3, 1, 8),
-    ]  # fmt: skip
+        ("train", 1, 2, 4),
+        ("train", 2, 2, 4),
+        ("predict", 3, 1, 4),
+        ("train", 1, 2, 8),
+        ("train", 2, 2, 8),
+        ("predict", 3, 1, 8),
+    ]
     for r in rows:
         assert r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_gib"] > 0
         assert r["memory_kind"] == "memtracker" and r["peak_fraction"] > 0

@@ -75,8 +75,20 @@ def models(tmp_path_factory):
     return folders
 
 
-COMMON = ["--max_source_length", "256", "--max_target_length", "16", "--report_to", "none", "--use_cpu", "true",
-          "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8"]  # fmt: skip
+COMMON = [
+    "--max_source_length",
+    "256",
+    "--max_target_length",
+    "16",
+    "--report_to",
+    "none",
+    "--use_cpu",
+    "true",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+]
 
 
 @pytest.mark.parametrize("family", list(FORMATS))
@@ -91,9 +103,28 @@ def test_every_format_end_to_end(family, models, tmp_path, hf_cache, monkeypatch
     val = write(tmp_path / "val.json", [as_format(r, val_format) for r in rows])
     test = write(tmp_path / "test.json", [as_format(r, test_format) for r in rows])
     out = tmp_path / "run"
-    argv = ["train", "--model_name_or_path", model, "--train_file", str(train), "--validation_file", str(val),
-            "--output_dir", str(out), "--pre_seq_len", "4", "--max_steps", "2", "--eval_strategy", "steps",
-            "--eval_steps", "2", "--learning_rate", "0.01", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        str(train),
+        "--validation_file",
+        str(val),
+        "--output_dir",
+        str(out),
+        "--pre_seq_len",
+        "4",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--learning_rate",
+        "0.01",
+        *COMMON,
+    ]
     assert main(argv) == 0
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_samples"] == len(train_rows)  # one example per conversation
@@ -122,8 +153,19 @@ def test_every_format_end_to_end(family, models, tmp_path, hf_cache, monkeypatch
 
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO("4加4等于几？\nexit\n"))
-    argv = ["chat", "--model_name_or_path", model, "--ptuning_checkpoint", str(out), "--system",
-            "你是一个会算术的小助手。", "--max_new_tokens", "4", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "chat",
+        "--model_name_or_path",
+        model,
+        "--ptuning_checkpoint",
+        str(out),
+        "--system",
+        "你是一个会算术的小助手。",
+        "--max_new_tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert "4加4等于几？" in capsys.readouterr().out
 
@@ -135,26 +177,50 @@ A = {"role": "assistant", "content": "a"}
 @pytest.mark.parametrize(
     "second,message",
     [
-        ({"conversations": [U, {"role": "bot", "content": "a"}]},
-         "conversations[1].role: unknown role 'bot' (expected system, user, assistant, observation, tool)"),
+        (
+            {"conversations": [U, {"role": "bot", "content": "a"}]},
+            "conversations[1].role: unknown role 'bot' (expected system, user, assistant, observation, tool)",
+        ),
         ({"conversations": [U]}, "conversations: no assistant message (nothing to learn)"),
         ({"conversations": [U, A], "tools": "add"}, "tools: must be a list of tool definitions, got str"),
         ({"conversations": []}, "conversations: empty conversation"),
         ({"messages": [U, A]}, "a messages row in a conversations file (mixed formats; keys ['messages'])"),
     ],
-)  # fmt: skip
+)
 def test_bad_conversation_data_is_one_line(second, message, tiny, tmp_path, hf_cache, capsys):
     train = write(tmp_path / "train.json", [{"conversations": [U, A]}, second])
-    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(train), "--output_dir",
-            str(tmp_path / "out"), "--pre_seq_len", "4", "--max_steps", "1", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(train),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--pre_seq_len",
+        "4",
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err == f"ptune train: error: {train}:2: {message}\n"
 
 
 def test_an_unknown_format_is_one_line(tiny, tmp_path, hf_cache, capsys):
     train = write(tmp_path / "train.json", [{"text": "q"}])
-    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(train), "--output_dir",
-            str(tmp_path / "out"), "--pre_seq_len", "4", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(train),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--pre_seq_len",
+        "4",
+        *COMMON,
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err == (
         f"ptune train: error: {train}:1: cannot tell the data format from the keys ['text']: pass --data_format "
@@ -178,16 +244,43 @@ def test_thudm_finetune_demo_yaml_trains_on_its_own_data_layout(
     for name in ("train.json", "dev.json", "train.jsonl", "dev.jsonl"):  # ChatGLM3's names, GLM-4's
         write(data / name, [as_format(r, fmt) for r in demo_rows()])
     out = tmp_path / "out"
-    argv = ["train", str(thudm), "--data_dir", str(data), "--model_name_or_path", str(models[family]),
-            "--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
-            "--max_new_tokens", "4", "--preprocessing_num_workers", "1", "--dataloader_num_workers", "0",
-            "--per_device_eval_batch_size", "8", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        str(thudm),
+        "--data_dir",
+        str(data),
+        "--model_name_or_path",
+        str(models[family]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--eval_steps",
+        "2",
+        "--max_new_tokens",
+        "4",
+        "--preprocessing_num_workers",
+        "1",
+        "--dataloader_num_workers",
+        "0",
+        "--per_device_eval_batch_size",
+        "8",
+        *COMMON,
+    ]
     with caplog.at_level("WARNING", logger="ptune"):
         assert main(argv) == 0
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("eval_rouge-l" in h for h in history)  # predict_with_generate: true in THUDM's yaml
     warned = [r.getMessage() for r in caplog.records if "combine" in r.getMessage()]
-    assert warned == ([] if family == "chatglm3" else [f"{thudm}: combine: true made THUDM's GLM-4 script learn "
-                      "only the last assistant turn; ptune learns every assistant turn of a conversation "
-                      "(THUDM's combine: false)"])  # fmt: skip
+    assert warned == (
+        []
+        if family == "chatglm3"
+        else [
+            f"{thudm}: combine: true made THUDM's GLM-4 script learn "
+            "only the last assistant turn; ptune learns every assistant turn of a conversation "
+            "(THUDM's combine: false)"
+        ]
+    )

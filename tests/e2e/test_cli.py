@@ -15,29 +15,77 @@ from ptune.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
-COMMON = ["--prompt_column", "content", "--response_column", "summary", "--max_source_length", "48",
-          "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+COMMON = [
+    "--prompt_column",
+    "content",
+    "--response_column",
+    "summary",
+    "--max_source_length",
+    "48",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
-            "--output_dir", str(out), "--overwrite_output_dir", "--max_target_length", "32",
-            "--per_device_train_batch_size", "8", "--max_steps", "6", "--save_steps", "4",
-            "--learning_rate", "2e-2", "--pre_seq_len", "4", "--logging_steps", "2", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--output_dir",
+        str(out),
+        "--overwrite_output_dir",
+        "--max_target_length",
+        "32",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "4",
+        "--learning_rate",
+        "2e-2",
+        "--pre_seq_len",
+        "4",
+        "--logging_steps",
+        "2",
+        *COMMON,
+    ]
     assert main(argv) == 0
     return out
 
 
 def test_train_writes_prefix_only_checkpoints(trained, tiny):
     top = {p.name for p in trained.iterdir()}
-    assert {"checkpoint-4", "checkpoint-6", "model.safetensors", "prefix_config.json", "trainer_state.json",
-            "train_results.json", "all_results.json", "tokenizer.model", "tokenizer_config.json"} <= top  # fmt: skip
+    assert {
+        "checkpoint-4",
+        "checkpoint-6",
+        "model.safetensors",
+        "prefix_config.json",
+        "trainer_state.json",
+        "train_results.json",
+        "all_results.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    } <= top
     for ckpt in ("checkpoint-4", "checkpoint-6"):  # a final checkpoint even though 6 is not a save step
         files = {p.name for p in (trained / ckpt).iterdir()}
-        assert files == {"model.safetensors", "prefix_config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
-                         "trainer_state.json", "tokenizer.model", "tokenizer_config.json"}  # fmt: skip
+        assert files == {
+            "model.safetensors",
+            "prefix_config.json",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng_state.pth",
+            "trainer_state.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+        }
         weights = load_file(str(trained / ckpt / "model.safetensors"))
         assert set(weights) == {"transformer.prefix_encoder.embedding.weight"}
         assert weights["transformer.prefix_encoder.embedding.weight"].shape == (4, 2 * 2 * 2 * 16)
@@ -49,9 +97,24 @@ def test_train_writes_prefix_only_checkpoints(trained, tiny):
 
 
 def test_predict_writes_predictions_and_score_reproduces_metrics(trained, tiny, capsys):
-    argv = ["predict", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(trained),
-            "--test_file", str(DEMO / "dev.json"), "--output_dir", str(trained), "--max_target_length", "16",
-            "--per_device_eval_batch_size", "16", "--max_predict_samples", "20", *COMMON]  # fmt: skip
+    argv = [
+        "predict",
+        "--model_name_or_path",
+        str(tiny),
+        "--ptuning_checkpoint",
+        str(trained),
+        "--test_file",
+        str(DEMO / "dev.json"),
+        "--output_dir",
+        str(trained),
+        "--max_target_length",
+        "16",
+        "--per_device_eval_batch_size",
+        "16",
+        "--max_predict_samples",
+        "20",
+        *COMMON,
+    ]
     assert main(argv) == 0
     lines = (trained / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 20
@@ -89,10 +152,27 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     from ptune.tokenizer import load_tokenizer
 
     ckpt, out = trained / "checkpoint-6", tmp_path / "eval"
-    same = ["--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(ckpt), "--max_target_length", "16",
-            "--per_device_eval_batch_size", "40", *COMMON]  # fmt: skip
-    argv = ["eval", "--validation_file", str(DEMO / "dev.json"), "--output_dir", str(out),
-            "--predict_with_generate", "true", *same]  # fmt: skip
+    same = [
+        "--model_name_or_path",
+        str(tiny),
+        "--ptuning_checkpoint",
+        str(ckpt),
+        "--max_target_length",
+        "16",
+        "--per_device_eval_batch_size",
+        "40",
+        *COMMON,
+    ]
+    argv = [
+        "eval",
+        "--validation_file",
+        str(DEMO / "dev.json"),
+        "--output_dir",
+        str(out),
+        "--predict_with_generate",
+        "true",
+        *same,
+    ]
     assert main(argv) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results) >= {"eval_loss", "eval_rouge-1", "eval_rouge-2", "eval_rouge-l", "eval_bleu-4"}
@@ -100,9 +180,16 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
 
     tok = load_tokenizer(tiny)
     model = load_model(tiny, ptuning_checkpoint=ckpt, device="cpu", family=tok.family)
-    data_args = SimpleNamespace(max_source_length=48, source_prefix="", preprocessing_num_workers=None,
-                                overwrite_cache=False, prompt_column="content", response_column="summary",
-                                history_column=None, data_format=None)  # fmt: skip
+    data_args = SimpleNamespace(
+        max_source_length=48,
+        source_prefix="",
+        preprocessing_num_workers=None,
+        overwrite_cache=False,
+        prompt_column="content",
+        response_column="summary",
+        history_column=None,
+        data_format=None,
+    )
     rows = build_split(DEMO / "dev.json", tok, data_args, 16, None, "eval")
     batch = Collator(tok.pad_token_id)(list(rows))
     with torch.no_grad():
@@ -121,8 +208,20 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
 
 def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
-    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
-            "--output_dir", str(trained), "--pre_seq_len", "4", "--max_steps", "1", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--output_dir",
+        str(trained),
+        "--pre_seq_len",
+        "4",
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "already holds a run" in err and "\n" not in err
@@ -131,8 +230,18 @@ def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):
 
 def test_bad_model_folder_and_unknown_verb(tmp_path, capsys):
     assert main(["frobnicate"]) == 2
-    argv = ["train", "--model_name_or_path", str(tmp_path / "missing"), "--train_file", str(DEMO / "train.json"),
-            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tmp_path / "missing"),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--pre_seq_len",
+        "4",
+        *COMMON,
+    ]
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -166,15 +275,43 @@ def test_thudm_train_and_evaluate_scripts_run_unchanged(tiny, tmp_path):
         "--max_source_length 64 --max_target_length 64 --per_device_eval_batch_size 1 --predict_with_generate "
         "--pre_seq_len 128 --quantization_bit 4"
     ).split()
-    assert main(["predict", *evaluate_sh, "--max_predict_samples", "3", "--max_new_tokens", "8",
-                 "--disable_tqdm", "true"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                *evaluate_sh,
+                "--max_predict_samples",
+                "3",
+                "--max_new_tokens",
+                "8",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+        == 0
+    )
     assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 3
 
 
 def test_nan_loss_stops_with_one_line(tiny, tmp_path, capsys):
-    argv = ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
-            "--output_dir", str(tmp_path / "o"), "--pre_seq_len", "4", "--max_steps", "6", "--logging_steps", "2",
-            "--learning_rate", "1e38", *COMMON]  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--pre_seq_len",
+        "4",
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "2",
+        "--learning_rate",
+        "1e38",
+        *COMMON,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ptune train: error: training loss became nan by step 2")
@@ -194,8 +331,13 @@ def test_eval_and_predict_accept_the_training_config(tiny, tmp_path):
     """The demo flow: `ptune predict configs/demo.json` reuses a config whose evaluation schedule and
     load_best_model_at_end only concern training."""
     cfg = json.loads((REPO / "configs" / "demo.json").read_text(encoding="utf-8"))
-    cfg.update(model_name_or_path=str(tiny), output_dir=str(tmp_path), load_best_model_at_end=True,
-               metric_for_best_model="eval_loss", report_to="none")  # fmt: skip
+    cfg.update(
+        model_name_or_path=str(tiny),
+        output_dir=str(tmp_path),
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        report_to="none",
+    )
     cfg = {k: (str(REPO / v) if k.endswith("_file") else v) for k, v in cfg.items()}
     path = tmp_path / "demo.json"
     path.write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")

@@ -13,12 +13,36 @@ import torch
 from ptune.cli import main
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
-COMMON = ["--prompt_column", "content", "--response_column", "summary", "--max_source_length", "48",
-          "--max_target_length", "12", "--per_device_eval_batch_size", "4", "--disable_tqdm", "true",
-          "--report_to", "none"]  # fmt: skip
+COMMON = [
+    "--prompt_column",
+    "content",
+    "--response_column",
+    "summary",
+    "--max_source_length",
+    "48",
+    "--max_target_length",
+    "12",
+    "--per_device_eval_batch_size",
+    "4",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+]
 # What one generating pass reports (Trainer timing + ptune's scores); counted in the key sets below.
-PASS_KEYS = {"loss", "model_preparation_time", "runtime", "samples_per_second", "steps_per_second",
-             "rouge-1", "rouge-2", "rouge-l", "bleu-4", "empty_predictions", "num_examples"}  # fmt: skip
+PASS_KEYS = {
+    "loss",
+    "model_preparation_time",
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "rouge-1",
+    "rouge-2",
+    "rouge-l",
+    "bleu-4",
+    "empty_predictions",
+    "num_examples",
+}
 TIMING = {"model_preparation_time", "runtime", "samples_per_second", "steps_per_second"}
 QUALITY = sorted(PASS_KEYS - TIMING)
 

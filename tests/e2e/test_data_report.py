@@ -54,9 +54,17 @@ def test_data_report_without_weights(tiny, tmp_path, hf_cache, capsys):
     rows = [json.loads(line) for line in encoded_file.read_text().splitlines()]
     assert [r["split"] for r in rows] == ["train"] * 7 + ["eval"] * 7
     tok = load_tokenizer(tiny)
-    args = SimpleNamespace(max_source_length=40, source_prefix="", preprocessing_num_workers=None, overwrite_cache=False,
-                           prompt_column=None, response_column=None, history_column=None, data_format=None,
-                           data_columns=None)  # fmt: skip
+    args = SimpleNamespace(
+        max_source_length=40,
+        source_prefix="",
+        preprocessing_num_workers=None,
+        overwrite_cache=False,
+        prompt_column=None,
+        response_column=None,
+        history_column=None,
+        data_format=None,
+        data_columns=None,
+    )
     train = build_split(DEMO, tok, args, 8, None, "train")
     assert [(r["input_ids"], r["labels"]) for r in rows[:7]] == list(
         zip(train["input_ids"], train["labels"], strict=True)
@@ -98,13 +106,20 @@ def test_data_report_never_replaces_data_models_or_files(tiny, tmp_path, hf_cach
     kept.write_text("mine\n", encoding="utf-8")
     before = _snapshot(data, tiny, tmp_path)
     cases = [
-        (["--write_encoded", str(train)], f"--write_encoded {train} is the --train_file: it would replace your data"),
-        (["--write_encoded", str(tiny / "x.jsonl")],
-         f"--write_encoded {tiny / 'x.jsonl'} is inside the --model_name_or_path folder; write it elsewhere"),
-        (["--write_encoded", str(kept)],
-         f"--write_encoded {kept}: exists; pass --overwrite_output_dir true to replace it, or another name"),
+        (
+            ["--write_encoded", str(train)],
+            f"--write_encoded {train} is the --train_file: it would replace your data",
+        ),
+        (
+            ["--write_encoded", str(tiny / "x.jsonl")],
+            f"--write_encoded {tiny / 'x.jsonl'} is inside the --model_name_or_path folder; write it elsewhere",
+        ),
+        (
+            ["--write_encoded", str(kept)],
+            f"--write_encoded {kept}: exists; pass --overwrite_output_dir true to replace it, or another name",
+        ),
         (["--output_dir", str(tiny)], f"--output_dir {tiny} is the --model_name_or_path folder"),
-    ]  # fmt: skip
+    ]
     for flags, message in cases:
         capsys.readouterr()
         assert main(["data", str(config), *flags]) == 2, flags

@@ -35,8 +35,15 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 KEY = "transformer.prefix_encoder.embedding.weight"
 STEPS = 12
-CHECKPOINT_FILES = {"model.safetensors", "prefix_config.json", "optimizer.pt", "scheduler.pt",
-                    "trainer_state.json", "tokenizer.model", "tokenizer_config.json"}  # fmt: skip
+CHECKPOINT_FILES = {
+    "model.safetensors",
+    "prefix_config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "trainer_state.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+}
 # Tolerance: float32 rounding differs (two partial sums + an all-reduce instead of one sum), ~1 ulp of the
 # loss and gradient; Adam then moves each weight by at most ~lr = 3e-2 per step, and 12 such steps can carry
 # a rounding difference of a few ulps of the weights (|w| < 4, ulp 2.4e-7 → observed 2.4e-7). 1e-5 is 40
@@ -49,13 +56,49 @@ RTOL_LOGS = 1e-5
 
 
 def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:
-    return ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
-            "--prompt_column", "content", "--response_column", "summary", "--output_dir", str(out),
-            "--max_source_length", "32", "--max_target_length", "32",
-            "--per_device_train_batch_size", str(batch), "--max_steps", str(STEPS), "--save_steps", "6",
-            "--logging_steps", "2", "--learning_rate", "3e-2", "--pre_seq_len", "8", "--prefix_dropout", "0",
-            "--seed", "7", "--data_seed", "11", "--dataloader_num_workers", "0", "--use_cpu", "true",
-            "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+    return [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--output_dir",
+        str(out),
+        "--max_source_length",
+        "32",
+        "--max_target_length",
+        "32",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        "6",
+        "--logging_steps",
+        "2",
+        "--learning_rate",
+        "3e-2",
+        "--pre_seq_len",
+        "8",
+        "--prefix_dropout",
+        "0",
+        "--seed",
+        "7",
+        "--data_seed",
+        "11",
+        "--dataloader_num_workers",
+        "0",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+    ]
 
 
 def prefix(folder: Path) -> torch.Tensor:
@@ -86,8 +129,14 @@ def child_env(hf_cache: Path, **extra: str) -> dict[str, str]:
     path, and torchrun on PATH (the scripts call it by name)."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "HF_HOME": str(hf_cache), "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
-            "PYTHONPATH": python_path, "PATH": path, **extra}  # fmt: skip
+    return {
+        **os.environ,
+        "HF_HOME": str(hf_cache),
+        "HF_DATASETS_CACHE": str(hf_cache / "datasets"),
+        "PYTHONPATH": python_path,
+        "PATH": path,
+        **extra,
+    }
 
 
 def launch(
@@ -103,9 +152,13 @@ def launch(
     else:
         command = [sys.executable, "-m", *command, "-m", "ptune"]
     proc = subprocess.run(
-        [*command, *argv, *extra], cwd=cwd, env=child_env(hf_cache, **env), capture_output=True, text=True,
+        [*command, *argv, *extra],
+        cwd=cwd,
+        env=child_env(hf_cache, **env),
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert list(cwd.iterdir()) == []  # nothing written relative to the working directory by either rank
@@ -177,8 +230,18 @@ def test_fsdp_resume_continues_exactly_and_evaluates(fsdp_run, tiny, hf_cache, t
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-6", resumed / "checkpoint-6")
     evaluation = ("--validation_file", str(DEMO / "dev.json"), "--per_device_eval_batch_size", "4")
-    extra = (*FSDP, "--resume_from_checkpoint", "true", "--activation_checkpointing", "true", *evaluation,
-             "--eval_strategy", "steps", "--eval_steps", str(STEPS))  # fmt: skip
+    extra = (
+        *FSDP,
+        "--resume_from_checkpoint",
+        "true",
+        "--activation_checkpointing",
+        "true",
+        *evaluation,
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        str(STEPS),
+    )
     again, output = launch(TORCHRUN, tiny, hf_cache, tmp_path, extra)
     assert again == resumed and "resuming from" in output
     assert torch.equal(prefix(again), prefix(out))
@@ -186,9 +249,28 @@ def test_fsdp_resume_continues_exactly_and_evaluates(fsdp_run, tiny, hf_cache, t
     history = json.loads((again / "trainer_state.json").read_text())["log_history"]
     [fsdp_eval] = [h["eval_loss"] for h in history if "eval_loss" in h]
     one = tmp_path / "eval-one"
-    eval_argv = ["eval", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(again), "--output_dir",
-                 str(one), "--prompt_column", "content", "--response_column", "summary", "--max_source_length",
-                 "32", "--max_target_length", "32", "--use_cpu", "true", "--report_to", "none", *evaluation]  # fmt: skip
+    eval_argv = [
+        "eval",
+        "--model_name_or_path",
+        str(tiny),
+        "--ptuning_checkpoint",
+        str(again),
+        "--output_dir",
+        str(one),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--max_source_length",
+        "32",
+        "--max_target_length",
+        "32",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        *evaluation,
+    ]
     assert main(eval_argv) == 0
     one_eval = json.loads((one / "eval_results.json").read_text())["eval_loss"]
     assert fsdp_eval == pytest.approx(one_eval, rel=RTOL_LOGS)
@@ -197,8 +279,20 @@ def test_fsdp_resume_continues_exactly_and_evaluates(fsdp_run, tiny, hf_cache, t
 def test_accelerate_launch_multi_gpu_on_cpu_trains_like_one(tiny, hf_cache, single, tmp_path):
     """`accelerate launch --multi_gpu` starts 2 CPU processes (`--cpu --num_processes 2` would start one)."""
     pytest.importorskip("accelerate")
-    launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    launcher = [
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     check_like_single(*launch(launcher, tiny, hf_cache, tmp_path), single)
 
 
@@ -206,17 +300,42 @@ def test_torchrun_two_processes_predict_like_one(tiny, hf_cache, single, tmp_pat
     """Predictions are gathered across ranks in the file's order; rank 0 alone writes them."""
 
     def predict_argv(out: Path) -> list[str]:
-        return ["predict", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(single),
-                "--test_file", str(DEMO / "dev.json"), "--prompt_column", "content", "--response_column", "summary",
-                "--output_dir", str(out), "--max_source_length", "32", "--max_target_length", "8",
-                "--per_device_eval_batch_size", "8", "--use_cpu", "true", "--disable_tqdm", "true",
-                "--report_to", "none"]  # fmt: skip
+        return [
+            "predict",
+            "--model_name_or_path",
+            str(tiny),
+            "--ptuning_checkpoint",
+            str(single),
+            "--test_file",
+            str(DEMO / "dev.json"),
+            "--prompt_column",
+            "content",
+            "--response_column",
+            "summary",
+            "--output_dir",
+            str(out),
+            "--max_source_length",
+            "32",
+            "--max_target_length",
+            "8",
+            "--per_device_eval_batch_size",
+            "8",
+            "--use_cpu",
+            "true",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ]
 
     assert main(predict_argv(tmp_path / "one")) == 0
     proc = subprocess.run(
         [sys.executable, "-m", *TORCHRUN, "-m", "ptune", *predict_argv(tmp_path / "two")],
-        env=child_env(hf_cache), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=child_env(hf_cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     one = (tmp_path / "one" / "generated_predictions.txt").read_text(encoding="utf-8")
     two = (tmp_path / "two" / "generated_predictions.txt").read_text(encoding="utf-8")
@@ -232,8 +351,16 @@ def start_node(
     """One "machine" of 2 (1 process each): scripts/train.sh with NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT, its
     own loopback address (127.0.0.1 / 127.0.0.2) so that torchrun's c10d rendezvous numbers the nodes alike on
     every start, as it does real machines by host name."""
-    env = child_env(hf_cache, NNODES="2", NODE_RANK=str(rank), NODE_ADDR=f"127.0.0.{rank + 1}",
-                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NUM_GPUS="1", RDZV_ID=run)  # fmt: skip
+    env = child_env(
+        hf_cache,
+        NNODES="2",
+        NODE_RANK=str(rank),
+        NODE_ADDR=f"127.0.0.{rank + 1}",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        NUM_GPUS="1",
+        RDZV_ID=run,
+    )
     with log.open("w") as sink:
         return subprocess.Popen(
             ["bash", str(REPO / "scripts" / "train.sh"), *argv],

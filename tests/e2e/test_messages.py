@@ -24,16 +24,50 @@ def _ptune(tmp_path, *argv):
 
 
 def _train(tiny, tmp_path, train_file, *extra):
-    return _ptune(tmp_path, "train", "--model_name_or_path", str(tiny), "--train_file", str(train_file),
-                  "--output_dir", str(tmp_path / "out"), "--prompt_column", "content", "--response_column",
-                  "summary", "--pre_seq_len", "4", "--report_to", "none", "--use_cpu", "true", *extra)  # fmt: skip
+    return _ptune(
+        tmp_path,
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(train_file),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--pre_seq_len",
+        "4",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        *extra,
+    )
 
 
 def test_no_progress_bars_in_a_log_file(tiny, tmp_path):
     """The demo wrote 17.8 KB of bar updates into its log: Trainer's tqdm and three datasets bars per file."""
-    run = _train(tiny, tmp_path, DEMO / "train.json", "--validation_file", str(DEMO / "dev.json"),
-                 "--max_steps", "2", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2",
-                 "--max_source_length", "32", "--max_target_length", "16")  # fmt: skip
+    run = _train(
+        tiny,
+        tmp_path,
+        DEMO / "train.json",
+        "--validation_file",
+        str(DEMO / "dev.json"),
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--max_source_length",
+        "32",
+        "--max_target_length",
+        "16",
+    )
     assert run.returncode == 0, run.stderr
     for noise in ("\r", "it/s]", "examples/s", "Generating train split", "Tokenizing"):
         assert noise not in run.stderr and noise not in run.stdout, noise

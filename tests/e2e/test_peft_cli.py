@@ -71,8 +71,13 @@ def test_what_peft_cannot_load_is_refused_in_one_line(tiny, llama, tmp_path, cap
     glm = load_model(tiny, dtype="float32", device="cpu", pre_seq_len=2)
     (tmp_path / "glm").mkdir()
     write_prefix_files(glm, tmp_path / "glm", [])
-    refused(["export", str(tmp_path / "glm"), "--format", "peft"], capsys,
-            "cannot export for PEFT", "ChatGLM-format base", "--format thudm")  # fmt: skip
+    refused(
+        ["export", str(tmp_path / "glm"), "--format", "peft"],
+        capsys,
+        "cannot export for PEFT",
+        "ChatGLM-format base",
+        "--format thudm",
+    )
     assert not (tmp_path / "glm-peft").exists()
 
     lora = tmp_path / "lora"

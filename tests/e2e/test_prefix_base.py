@@ -23,9 +23,28 @@ DEV = REPO / "data" / "demo" / "dev.json"
 
 
 def predict_argv(out: Path, *extra: str) -> list[str]:
-    return ["predict", "--output_dir", str(out), "--test_file", str(DEV), "--max_predict_samples", "4",
-            "--prompt_column", "content", "--response_column", "summary", "--max_source_length", "32",
-            "--max_new_tokens", "4", "--use_cpu", "true", "--report_to", "none", *extra]  # fmt: skip
+    return [
+        "predict",
+        "--output_dir",
+        str(out),
+        "--test_file",
+        str(DEV),
+        "--max_predict_samples",
+        "4",
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--max_source_length",
+        "32",
+        "--max_new_tokens",
+        "4",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +76,15 @@ def test_a_chatglm3_prefix_on_a_chatglm2_base_is_refused(run, tmp_path, capsys):
 def test_prefix_projection_false_against_a_projection_checkpoint_is_refused(
     projection_run, tiny, tmp_path, capsys
 ):
-    argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(tiny), "--ptuning_checkpoint",
-                        str(projection_run), "--prefix_projection", "false")  # fmt: skip
+    argv = predict_argv(
+        tmp_path / "p",
+        "--model_name_or_path",
+        str(tiny),
+        "--ptuning_checkpoint",
+        str(projection_run),
+        "--prefix_projection",
+        "false",
+    )
     refused(argv, capsys, "the checkpoint has a prefix projection, but --prefix_projection false was given")
 
 
@@ -66,9 +92,25 @@ def test_ptuning_checkpoint_alone_is_enough(run, tiny, tmp_path, capsys):
     """eval / predict / chat / export read the base folder from prefix_config.json."""
     assert main(predict_argv(tmp_path / "p", "--ptuning_checkpoint", str(run))) == 0
     assert len((tmp_path / "p" / "generated_predictions.txt").read_text().splitlines()) == 4
-    eval_argv = ["eval", "--ptuning_checkpoint", str(run), "--output_dir", str(tmp_path / "e"),
-                 "--validation_file", str(DEV), "--max_eval_samples", "4", "--prompt_column", "content",
-                 "--response_column", "summary", "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+    eval_argv = [
+        "eval",
+        "--ptuning_checkpoint",
+        str(run),
+        "--output_dir",
+        str(tmp_path / "e"),
+        "--validation_file",
+        str(DEV),
+        "--max_eval_samples",
+        "4",
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
     assert main(eval_argv) == 0
     assert json.loads((tmp_path / "e" / "eval_results.json").read_text())["eval_samples"] == 4
     import io
@@ -87,8 +129,11 @@ def test_ptuning_checkpoint_naming_a_missing_base_says_so(run, tmp_path, capsys)
     config = json.loads((moved / "prefix_config.json").read_text())
     config["base_model_name_or_path"] = str(tmp_path / "gone")
     (moved / "prefix_config.json").write_text(json.dumps(config))
-    refused(predict_argv(tmp_path / "p", "--ptuning_checkpoint", str(moved)), capsys,
-            f"trained on {tmp_path / 'gone'}, which is not a folder here; pass --model_name_or_path")  # fmt: skip
+    refused(
+        predict_argv(tmp_path / "p", "--ptuning_checkpoint", str(moved)),
+        capsys,
+        f"trained on {tmp_path / 'gone'}, which is not a folder here; pass --model_name_or_path",
+    )
 
 
 def test_checkpoints_copy_the_tokenizer_of_tokenizer_name(tiny, hf_cache, tmp_path):
@@ -155,19 +200,30 @@ def test_pre_seq_len_without_a_checkpoint_is_refused_unless_random_prefix(tiny, 
     0 (a forgotten checkpoint looked like a result): refused, unless --random_prefix true asks for it."""
     argv = predict_argv(tmp_path / "p", "--model_name_or_path", str(tiny), "--pre_seq_len", "4")
     if verb == "eval":
-        argv = [a.replace("--test_file", "--validation_file").replace("--max_predict_samples",
-                "--max_eval_samples") for a in argv]  # fmt: skip
+        argv = [
+            a.replace("--test_file", "--validation_file").replace(
+                "--max_predict_samples", "--max_eval_samples"
+            )
+            for a in argv
+        ]
         argv[0] = "eval"
-    refused(argv, capsys, f"--pre_seq_len 4 without --ptuning_checkpoint would {verb} with an untrained, random "
-            "prefix: give the trained prefix as --ptuning_checkpoint (or ask for a random one with --random_prefix "
-            "true)")  # fmt: skip
+    refused(
+        argv,
+        capsys,
+        f"--pre_seq_len 4 without --ptuning_checkpoint would {verb} with an untrained, random "
+        "prefix: give the trained prefix as --ptuning_checkpoint (or ask for a random one with --random_prefix "
+        "true)",
+    )
     assert not (tmp_path / "p").exists()
     if verb == "predict":
         assert main([*argv, "--random_prefix", "true"]) == 0
         assert len((tmp_path / "p" / "generated_predictions.txt").read_text().splitlines()) == 4
-        refused([*argv, "--random_prefix", "true", "--ptuning_checkpoint", str(tmp_path)], capsys,
-                "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
-                "and no --ptuning_checkpoint")  # fmt: skip
+        refused(
+            [*argv, "--random_prefix", "true", "--ptuning_checkpoint", str(tmp_path)],
+            capsys,
+            "--random_prefix true runs an untrained prefix of --pre_seq_len tokens: it needs --pre_seq_len "
+            "and no --ptuning_checkpoint",
+        )
 
 
 def fingerprint_warnings(caplog, base: Path, checkpoint: Path, **loading) -> list[str]:
@@ -192,9 +248,11 @@ def test_a_prefix_on_another_base_of_the_same_shape_warns_naming_both(run, tiny,
     assert fingerprint_warnings(caplog, moved, run) == []
     assert fingerprint_warnings(caplog, tiny, run, dtype="bfloat16") == []
     other = make_tiny_checkpoint(tmp_path / "other", "chatglm3", seed=1)  # same family, shapes and tokenizer
-    warning = (f"{run / 'prefix_config.json'}: this prefix was trained on the base {Path(tiny).resolve()}, but "
-               f"{other.resolve()} is a different model (its config.json or weights differ); a prefix only works "
-               "with the base it was trained on")  # fmt: skip
+    warning = (
+        f"{run / 'prefix_config.json'}: this prefix was trained on the base {Path(tiny).resolve()}, but "
+        f"{other.resolve()} is a different model (its config.json or weights differ); a prefix only works "
+        "with the base it was trained on"
+    )
     assert fingerprint_warnings(caplog, other, run) == [warning, warning]
     older = Path(shutil.copytree(run / "checkpoint-2", tmp_path / "older"))
     config = json.loads((older / "prefix_config.json").read_text())

@@ -56,13 +56,48 @@ def train_argv(
     tiny: Path, out: Path, *extra: str, steps: int = STEPS, save_steps: int = SAVE_STEPS
 ) -> list[str]:
     """`ptune train` flags shared by every run here; `extra` flags come last and win."""
-    return ["train", "--model_name_or_path", str(tiny), "--train_file", str(DEMO / "train.json"),
-            "--prompt_column", "content", "--response_column", "summary", "--output_dir", str(out),
-            "--max_source_length", "32", "--max_target_length", "32", "--per_device_train_batch_size", "4",
-            "--max_steps", str(steps), "--save_steps", str(save_steps), "--logging_steps", "4",
-            "--learning_rate", "3e-2", "--pre_seq_len", str(PRE_SEQ_LEN), "--seed", "7", "--data_seed", "11",
-            "--dataloader_num_workers", "0", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--report_to", "none", *extra]  # fmt: skip
+    return [
+        "train",
+        "--model_name_or_path",
+        str(tiny),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--output_dir",
+        str(out),
+        "--max_source_length",
+        "32",
+        "--max_target_length",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        str(save_steps),
+        "--logging_steps",
+        "4",
+        "--learning_rate",
+        "3e-2",
+        "--pre_seq_len",
+        str(PRE_SEQ_LEN),
+        "--seed",
+        "7",
+        "--data_seed",
+        "11",
+        "--dataloader_num_workers",
+        "0",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *extra,
+    ]
 
 
 def prefix(folder: Path) -> torch.Tensor:
@@ -227,10 +262,31 @@ def best_run(tiny, hf_cache, tmp_path_factory) -> Path:
     improves on it, and early stopping with patience 2 ends the run after the evaluations at steps 4 and 6.
     """
     out = tmp_path_factory.mktemp("best")
-    run(train_argv(tiny, out, "--validation_file", str(DEMO / "dev.json"), "--eval_strategy", "steps",
-                   "--eval_steps", "2", "--per_device_eval_batch_size", "20", "--load_best_model_at_end", "true",
-                   "--metric_for_best_model", "eval_loss", "--greater_is_better", "true",
-                   "--early_stopping_patience", "2", "--save_total_limit", "2", steps=20))  # fmt: skip
+    run(
+        train_argv(
+            tiny,
+            out,
+            "--validation_file",
+            str(DEMO / "dev.json"),
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--per_device_eval_batch_size",
+            "20",
+            "--load_best_model_at_end",
+            "true",
+            "--metric_for_best_model",
+            "eval_loss",
+            "--greater_is_better",
+            "true",
+            "--early_stopping_patience",
+            "2",
+            "--save_total_limit",
+            "2",
+            steps=20,
+        )
+    )
     return out
 
 

@@ -166,10 +166,38 @@ def test_overwrite_moves_an_earlier_runs_results_aside(whole, tiny, hf_cache, tm
     and its own all_results.json holds its own figures only."""
     out = Path(shutil.copytree(whole, tmp_path / "run"))
     for verb, data in (("predict", "--test_file"), ("eval", "--validation_file")):
-        assert main([verb, "--ptuning_checkpoint", str(out), "--output_dir", str(out), data, str(DEMO / "dev.json"),
-                     "--max_predict_samples", "2", "--max_eval_samples", "2", "--prompt_column", "content",
-                     "--response_column", "summary", "--max_source_length", "32", "--max_new_tokens", "2",
-                     "--predict_with_generate", "true", "--use_cpu", "true", "--report_to", "none"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    verb,
+                    "--ptuning_checkpoint",
+                    str(out),
+                    "--output_dir",
+                    str(out),
+                    data,
+                    str(DEMO / "dev.json"),
+                    "--max_predict_samples",
+                    "2",
+                    "--max_eval_samples",
+                    "2",
+                    "--prompt_column",
+                    "content",
+                    "--response_column",
+                    "summary",
+                    "--max_source_length",
+                    "32",
+                    "--max_new_tokens",
+                    "2",
+                    "--predict_with_generate",
+                    "true",
+                    "--use_cpu",
+                    "true",
+                    "--report_to",
+                    "none",
+                ]
+            )
+            == 0
+        )
     for ckpt in out.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
     old = {name: (out / name).read_bytes() for name in files(out)}

@@ -41,10 +41,28 @@ def steps(out: Path) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ best model
-BEST = ("--validation_file", str(REPO / "data" / "demo" / "dev.json"), "--max_eval_samples", "8",
-        "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end", "true",
-        "--metric_for_best_model", "eval_loss", "--greater_is_better", "true",  # best = the worst loss: an early one
-        "--save_total_limit", "1", "--lr_scheduler_type", "constant", "--prefix_dropout", "0")  # fmt: skip
+BEST = (
+    "--validation_file",
+    str(REPO / "data" / "demo" / "dev.json"),
+    "--max_eval_samples",
+    "8",
+    "--eval_strategy",
+    "steps",
+    "--eval_steps",
+    "2",
+    "--load_best_model_at_end",
+    "true",
+    "--metric_for_best_model",
+    "eval_loss",
+    "--greater_is_better",
+    "true",  # best = the worst loss: an early one
+    "--save_total_limit",
+    "1",
+    "--lr_scheduler_type",
+    "constant",
+    "--prefix_dropout",
+    "0",
+)
 
 
 def test_best_checkpoint_survives_rotation_and_resume_and_is_the_final_prefix(tiny, hf_cache, tmp_path):
@@ -164,9 +182,25 @@ def test_truncated_prefix_checkpoint_is_one_line(run4, tiny, tmp_path, capsys):
     ckpt = Path(shutil.copytree(run4 / "checkpoint-2", tmp_path / "ckpt"))
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
-    argv = ["predict", "--model_name_or_path", str(tiny), "--ptuning_checkpoint", str(ckpt),
-            "--output_dir", str(tmp_path / "p"), "--test_file", str(REPO / "data" / "demo" / "dev.json"),
-            "--prompt_column", "content", "--response_column", "summary", "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+    argv = [
+        "predict",
+        "--model_name_or_path",
+        str(tiny),
+        "--ptuning_checkpoint",
+        str(ckpt),
+        "--output_dir",
+        str(tmp_path / "p"),
+        "--test_file",
+        str(REPO / "data" / "demo" / "dev.json"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
     refused(argv, capsys, str(ckpt / "model.safetensors"))
     assert not (tmp_path / "p").exists()
 

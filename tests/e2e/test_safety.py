@@ -22,12 +22,46 @@ DEMO = REPO / "data" / "demo"
 
 
 def train_argv(model: Path, out: Path, *extra: str, steps: int = 4) -> list[str]:
-    return ["train", "--model_name_or_path", str(model), "--train_file", str(DEMO / "train.json"),
-            "--prompt_column", "content", "--response_column", "summary", "--output_dir", str(out),
-            "--max_source_length", "32", "--max_target_length", "16", "--per_device_train_batch_size", "4",
-            "--max_steps", str(steps), "--save_steps", "2", "--logging_steps", "2", "--learning_rate", "2e-2",
-            "--pre_seq_len", "4", "--seed", "3", "--dataloader_num_workers", "0", "--use_cpu", "true",
-            "--disable_tqdm", "true", "--report_to", "none", *extra]  # fmt: skip
+    return [
+        "train",
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--prompt_column",
+        "content",
+        "--response_column",
+        "summary",
+        "--output_dir",
+        str(out),
+        "--max_source_length",
+        "32",
+        "--max_target_length",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "2",
+        "--learning_rate",
+        "2e-2",
+        "--pre_seq_len",
+        "4",
+        "--seed",
+        "3",
+        "--dataloader_num_workers",
+        "0",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *extra,
+    ]
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -77,10 +111,27 @@ def test_output_dir_equal_to_the_base_model_folder_is_refused(model_copy, tmp_pa
     before = snapshot(model_copy)
     argv = train_argv(model_copy, model_copy)
     if verb != "train":
-        argv = [verb, "--model_name_or_path", str(model_copy), "--output_dir", str(model_copy),
-                "--pre_seq_len", "4", "--prompt_column", "content", "--response_column", "summary",
-                "--validation_file", str(DEMO / "dev.json"), "--test_file", str(DEMO / "dev.json"),
-                "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+        argv = [
+            verb,
+            "--model_name_or_path",
+            str(model_copy),
+            "--output_dir",
+            str(model_copy),
+            "--pre_seq_len",
+            "4",
+            "--prompt_column",
+            "content",
+            "--response_column",
+            "summary",
+            "--validation_file",
+            str(DEMO / "dev.json"),
+            "--test_file",
+            str(DEMO / "dev.json"),
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+        ]
     refused(argv, capsys, f"--output_dir {model_copy} is the --model_name_or_path folder")
     assert snapshot(model_copy) == before
 
@@ -189,9 +240,25 @@ def test_a_second_process_writing_into_a_locked_output_dir_is_refused(model_copy
         refused(
             train_argv(model_copy, out, "--resume_from_checkpoint", "true"), capsys, "another ptune process"
         )
-        argv = ["predict", "--model_name_or_path", str(model_copy), "--pre_seq_len", "4", "--output_dir", str(out),
-                "--test_file", str(DEMO / "dev.json"), "--prompt_column", "content", "--response_column", "summary",
-                "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+        argv = [
+            "predict",
+            "--model_name_or_path",
+            str(model_copy),
+            "--pre_seq_len",
+            "4",
+            "--output_dir",
+            str(out),
+            "--test_file",
+            str(DEMO / "dev.json"),
+            "--prompt_column",
+            "content",
+            "--response_column",
+            "summary",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+        ]
         refused(argv, capsys, "another ptune process")
         assert snapshot(out) == before
 

@@ -35,9 +35,27 @@ def predicted(serve_models, tmp_path_factory, hf_cache):
     answers = {}
     for model in MODELS:
         out = folder / model
-        argv = ["predict", "--model_name_or_path", str(base), "--test_file", str(test_file), "--output_dir",
-                str(out), "--prompt_column", "q", "--response_column", "a", "--max_new_tokens", str(MAX_TOKENS),
-                "--per_device_eval_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+        argv = [
+            "predict",
+            "--model_name_or_path",
+            str(base),
+            "--test_file",
+            str(test_file),
+            "--output_dir",
+            str(out),
+            "--prompt_column",
+            "q",
+            "--response_column",
+            "a",
+            "--max_new_tokens",
+            str(MAX_TOKENS),
+            "--per_device_eval_batch_size",
+            "4",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
         if model in prefixes:
             argv += ["--ptuning_checkpoint", str(prefixes[model])]
         assert main(argv) == 0
@@ -48,8 +66,13 @@ def predicted(serve_models, tmp_path_factory, hf_cache):
 
 def ask(client, model, prompt, stream=False, **extra):
     """(content, finish_reason, usage) of one greedy chat completion."""
-    kwargs = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
-              "temperature": 0, **extra}  # fmt: skip
+    kwargs = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        **extra,
+    }
     if not stream:
         done = client.chat.completions.create(**kwargs)
         return done.choices[0].message.content, done.choices[0].finish_reason, done.usage
@@ -116,26 +139,61 @@ def test_system_message_and_stop_string(client, predicted):
 
 
 BAD = [  # (body, status, message)
-    (b'{"model": "p2", "messages": [', 400, "request body is not valid JSON (line 1 column 30: Expecting value)"),
-    (chat_body("nope", "hi"), 404, "model 'nope' does not exist; this server has: tiny-chatglm3, p2, p4, p8, p16"),
+    (
+        b'{"model": "p2", "messages": [',
+        400,
+        "request body is not valid JSON (line 1 column 30: Expecting value)",
+    ),
+    (
+        chat_body("nope", "hi"),
+        404,
+        "model 'nope' does not exist; this server has: tiny-chatglm3, p2, p4, p8, p16",
+    ),
     (chat_body("p2", "hi", max_tokens="5"), 400, "max_tokens: Input should be a valid integer"),
     ({"model": "p2", "messages": "hi"}, 400, "messages: Input should be a valid list"),
     (chat_body("p2", "hi", temperature="hot"), 400, "temperature: Input should be a valid number"),
-    (chat_body("p2", "hi", max_tokens=5000), 400, "the prompt (9 tokens) plus max_tokens (5000) is more than this "
-     "server's limit of 2048 tokens (--max_length)"),
-    ({"model": "p2", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     400, "messages.0.content: only text parts are supported, got a part of type 'image_url'"),
-    ({"model": "p2", "messages": [{"role": "user", "content": None}]}, 400,
-     "messages.0.content: must be a string or a list of text parts, got null"),
-    (chat_body("p2", "hi", temperature=1e-300), 400, "temperature: must be 0 (greedy) or at least 0.01, got 1e-300"),
-    (b'{"model": "p2", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
-     "temperature: Input should be a finite number"),
+    (
+        chat_body("p2", "hi", max_tokens=5000),
+        400,
+        "the prompt (9 tokens) plus max_tokens (5000) is more than this "
+        "server's limit of 2048 tokens (--max_length)",
+    ),
+    (
+        {
+            "model": "p2",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        },
+        400,
+        "messages.0.content: only text parts are supported, got a part of type 'image_url'",
+    ),
+    (
+        {"model": "p2", "messages": [{"role": "user", "content": None}]},
+        400,
+        "messages.0.content: must be a string or a list of text parts, got null",
+    ),
+    (
+        chat_body("p2", "hi", temperature=1e-300),
+        400,
+        "temperature: must be 0 (greedy) or at least 0.01, got 1e-300",
+    ),
+    (
+        b'{"model": "p2", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+        400,
+        "temperature: Input should be a finite number",
+    ),
     (chat_body("p2", "hi", top_p=float("inf")), 400, "top_p: Input should be a finite number"),
-    (chat_body("p2", "hi", seed=1180591620717411303424), 400,
-     "seed: Input should be less than or equal to 18446744073709551615"),
-    ({"model": "p2", "messages": [{"role": "user", "content": "hi " * 700}]}, 400, "the prompt (2107 tokens) "
-     "leaves no room for an answer within this server's limit of 2048 tokens (--max_length)"),
-]  # fmt: skip
+    (
+        chat_body("p2", "hi", seed=1180591620717411303424),
+        400,
+        "seed: Input should be less than or equal to 18446744073709551615",
+    ),
+    (
+        {"model": "p2", "messages": [{"role": "user", "content": "hi " * 700}]},
+        400,
+        "the prompt (2107 tokens) "
+        "leaves no room for an answer within this server's limit of 2048 tokens (--max_length)",
+    ),
+]
 
 
 @pytest.mark.parametrize("body, status, message", BAD)
@@ -158,8 +216,20 @@ def test_openai_client_errors(client):
 
 
 def test_bench_serve_against_the_running_server(server, capsys):
-    argv = ["bench", "--serve", "--url", server.url, "--concurrency", "1,3", "--prefixes", "1,4",
-            "--requests", "2", "--max_tokens", "4"]  # fmt: skip
+    argv = [
+        "bench",
+        "--serve",
+        "--url",
+        server.url,
+        "--concurrency",
+        "1,3",
+        "--prefixes",
+        "1,4",
+        "--requests",
+        "2",
+        "--max_tokens",
+        "4",
+    ]
     assert main(argv) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [row[:5] for row in rows] == [
@@ -174,8 +244,21 @@ def test_bench_serve_starts_its_own_servers_with_random_prefixes(serve_models, c
     """Without --url: a batched server and (--baseline) a one-at-a-time one on the given base, with random
     prefixes made for the run when no --prefix is given; with no base at all, one line and exit 2."""
     base, _ = serve_models
-    argv = ["bench", "--serve", "--model_name_or_path", str(base), "--concurrency", "2", "--prefixes", "2",
-            "--requests", "1", "--max_tokens", "2", "--baseline"]  # fmt: skip
+    argv = [
+        "bench",
+        "--serve",
+        "--model_name_or_path",
+        str(base),
+        "--concurrency",
+        "2",
+        "--prefixes",
+        "2",
+        "--requests",
+        "1",
+        "--max_tokens",
+        "2",
+        "--baseline",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     out = captured.out.splitlines()
@@ -222,17 +305,34 @@ def test_bad_serve_flags_are_one_line_and_exit_2(serve_models, capsys, tmp_path)
         (["--prefix", "a b=x"], "--prefix a b=x: the name must be letters, digits and ._:- (at most 64)"),
         (["--prefix", "a=/nonexistent/ckpt"], "--prefix a=/nonexistent/ckpt: /nonexistent/ckpt not found"),
         (["--prefix", f"a={prefixes['p2']}", "--prefix", f"a={prefixes['p4']}"], "--prefix a is given twice"),
-        (["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
-         "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)"),
+        (
+            ["--prefix", f"tiny-chatglm3={prefixes['p2']}"],
+            "--prefix tiny-chatglm3: the base model is served under that name; pick another (or --name)",
+        ),
         (["--max_batch", "0"], "--max_batch must be at least 1, got 0"),
         (["--max_request_bytes", "0"], "--max_request_bytes must be at least 1, got 0"),
-        (["--shutdown_timeout", "-1"], "--shutdown_timeout must be a number of seconds of at least 0, got -1.0"),
-        (["--prefix", f"d={diverged}"], f"{diverged}: the prefix tensor embedding.weight holds 1 non-finite values "
-         "(NaN or inf); the run that wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)"),
-        (["--api_key", "clé"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
-        (["--api_key", " sk-1"], "--api_key must be printable ASCII without spaces (an HTTP header carries no other)"),
-        (["--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
-    ]  # fmt: skip
+        (
+            ["--shutdown_timeout", "-1"],
+            "--shutdown_timeout must be a number of seconds of at least 0, got -1.0",
+        ),
+        (
+            ["--prefix", f"d={diverged}"],
+            f"{diverged}: the prefix tensor embedding.weight holds 1 non-finite values "
+            "(NaN or inf); the run that wrote it diverged, so it cannot be used (an earlier checkpoint may be sound)",
+        ),
+        (
+            ["--api_key", "clé"],
+            "--api_key must be printable ASCII without spaces (an HTTP header carries no other)",
+        ),
+        (
+            ["--api_key", " sk-1"],
+            "--api_key must be printable ASCII without spaces (an HTTP header carries no other)",
+        ),
+        (
+            ["--port", str(port)],
+            f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)",
+        ),
+    ]
     try:
         for flags, message in cases:
             assert main(["serve", *model, *flags]) == 2, flags
@@ -272,8 +372,10 @@ def test_sampling_values_that_would_break_a_step_never_cut_the_other_streams(cli
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(stream, i) for i in range(8)]
-        refused = [call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi", 40, **extra))[0]
-                   for extra in bad * 3]  # fmt: skip
+        refused = [
+            call(server.port, "POST", "/v1/chat/completions", chat_body("p2", "hi", 40, **extra))[0]
+            for extra in bad * 3
+        ]
         answers = [f.result() for f in futures]
     assert refused == [400] * 6
     assert all(reason in ("stop", "length") and usage.completion_tokens > 0 for _, reason, usage in answers)
@@ -290,8 +392,13 @@ def test_a_request_body_past_the_limit_is_refused_before_it_is_read(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
-        conn.request("POST", "/v1/chat/completions", body=chunks, encode_chunked=True,
-                     headers={"Content-Type": "application/json"})  # fmt: skip
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=chunks,
+            encode_chunked=True,
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         assert (response.status, json.loads(response.read())["error"]["message"]) == (413, message)
     finally:

@@ -24,8 +24,18 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def guarded(serve_models, tmp_path_factory):
     base, prefixes = serve_models
-    args = ["--model_name_or_path", str(base), "--prefix", f"p2={prefixes['p2']}", "--api_key", KEY,
-            "--max_batch", "2", "--max_queue", "2"]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        str(base),
+        "--prefix",
+        f"p2={prefixes['p2']}",
+        "--api_key",
+        KEY,
+        "--max_batch",
+        "2",
+        "--max_queue",
+        "2",
+    ]
     running = Server(args, tmp_path_factory.mktemp("guarded") / "serve.log")
     yield running
     running.stop()
@@ -68,8 +78,14 @@ def test_a_full_queue_answers_429(guarded):
     refused = [data for status, data, _ in answers if status == 429]
     assert 2 <= len(ok) <= 4 and len(ok) + len(refused) == 10  # 2 rows + 2 waiting at most were accepted
     assert all(d["choices"][0]["finish_reason"] == "length" for d in ok)
-    assert refused[0] == {"error": {"message": "too many requests waiting (2); retry later",
-                                    "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}}  # fmt: skip
+    assert refused[0] == {
+        "error": {
+            "message": "too many requests waiting (2); retry later",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
     assert call(guarded.port, "POST", "/v1/chat/completions", chat_body("p2", "hi"), AUTH)[0] == 200
 
 
@@ -78,8 +94,10 @@ def open_request(port: int, body: dict, missing: int = 0) -> socket.socket:
     last `missing` bytes are not sent."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
     sock.sendall(head.encode() + data[: len(data) - missing])
     return sock
 
@@ -133,8 +151,9 @@ def test_the_page_works_behind_the_api_key(guarded, browser):
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready")
     )
     assert [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#model option")] == [
-        "tiny-chatglm3", "p2"
-    ]  # fmt: skip
+        "tiny-chatglm3",
+        "p2",
+    ]
     browser.find_element(By.ID, "input").send_keys("hi")
     browser.find_element(By.ID, "send").click()
     answer = WebDriverWait(browser, 60).until(
@@ -145,7 +164,7 @@ def test_the_page_works_behind_the_api_key(guarded, browser):
                 if m.get_attribute("data-state") != "streaming"
             ),
             False,
-        )  # fmt: skip
+        )
     )
     assert answer.get_attribute("data-state") == "done" and answer.get_attribute("data-finish") in (
         "stop",
@@ -159,9 +178,14 @@ def test_sigterm_during_load_finishes_the_accepted_requests_and_exits_0(guarded)
     client = openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
     def stream(prompt: str):
-        chunks = client.chat.completions.create(model="p2", messages=[{"role": "user", "content": prompt}],
-                                                max_tokens=200, temperature=0, stream=True,
-                                                stream_options={"include_usage": True})  # fmt: skip
+        chunks = client.chat.completions.create(
+            model="p2",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         reason, tokens = None, 0
         for chunk in chunks:
             reason = next((c.finish_reason for c in chunk.choices if c.finish_reason), reason)
@@ -191,13 +215,29 @@ def test_streams_still_open_when_shutdown_timeout_runs_out_end_with_an_error_eve
     message), none is cut; the server exits 0 and counts them failed. Before: uvicorn cancelled the streams
     and the clients saw a connection closed mid-stream."""
     base, prefixes = serve_models
-    server = Server(["--model_name_or_path", str(base), "--prefix", f"p2={prefixes['p2']}", "--max_batch", "1",
-                     "--shutdown_timeout", "1"], tmp_path / "serve.log")  # fmt: skip
+    server = Server(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--prefix",
+            f"p2={prefixes['p2']}",
+            "--max_batch",
+            "1",
+            "--shutdown_timeout",
+            "1",
+        ],
+        tmp_path / "serve.log",
+    )
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
     def stream(prompt: str) -> str:
-        chunks = client.chat.completions.create(model="p2", messages=[{"role": "user", "content": prompt}],
-                                                max_tokens=2000, temperature=0, stream=True)  # fmt: skip
+        chunks = client.chat.completions.create(
+            model="p2",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=2000,
+            temperature=0,
+            stream=True,
+        )
         try:
             for chunk in chunks:
                 if any(c.finish_reason for c in chunk.choices):

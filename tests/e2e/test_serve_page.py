@@ -56,8 +56,12 @@ def test_chat_streams_the_answer(browser, server):
     want = expected(server, "p4", "你好")
     open_page(browser, server)
     assert [o.text for o in Select(browser.find_element(By.ID, "model")).options] == [
-        "tiny-chatglm3 (base)", "p2 (prefix of 2)", "p4 (prefix of 4)", "p8 (prefix of 8)", "p16 (prefix of 16)"
-    ]  # fmt: skip
+        "tiny-chatglm3 (base)",
+        "p2 (prefix of 2)",
+        "p4 (prefix of 4)",
+        "p8 (prefix of 8)",
+        "p16 (prefix of 16)",
+    ]
     Select(browser.find_element(By.ID, "model")).select_by_value("p4")
     browser.find_element(By.ID, "input").send_keys("你好")
     browser.find_element(By.ID, "send").click()
@@ -65,7 +69,10 @@ def test_chat_streams_the_answer(browser, server):
     assert answer.get_attribute("data-state") == "done"
     assert answer.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == want
     assert int(answer.get_attribute("data-chunks")) > 1  # it arrived in pieces, as a stream
-    assert [m.find_element(By.CLASS_NAME, "text").get_attribute("textContent") for m in browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")] == ["你好"]  # fmt: skip
+    assert [
+        m.find_element(By.CLASS_NAME, "text").get_attribute("textContent")
+        for m in browser.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+    ] == ["你好"]
 
 
 def test_compare_sends_one_message_to_two_prefixes(browser, server):

@@ -39,10 +39,19 @@ def test_compare_base_is_refused_for_train_and_without_a_prefix(tmp_path):
 
 def test_comparison_rows_pair_each_metric_with_its_base_twin():
     metrics = {
-        "predict_loss": 2.5, "predict_rouge-l": 30.0, "predict_runtime": 1.2, "predict_num_examples": 4,
-        "predict_samples": 4, "base_predict_loss": 3.0, "base_predict_rouge-l": 35.5, "base_predict_runtime": 1.0,
-        "base_predict_num_examples": 4, "predict_bleu-4": 9.0, "eval_loss": 1.0, "base_eval_loss": 2.0,
-    }  # fmt: skip
+        "predict_loss": 2.5,
+        "predict_rouge-l": 30.0,
+        "predict_runtime": 1.2,
+        "predict_num_examples": 4,
+        "predict_samples": 4,
+        "base_predict_loss": 3.0,
+        "base_predict_rouge-l": 35.5,
+        "base_predict_runtime": 1.0,
+        "base_predict_num_examples": 4,
+        "predict_bleu-4": 9.0,
+        "eval_loss": 1.0,
+        "base_eval_loss": 2.0,
+    }
     assert comparison_rows(metrics, "predict") == [("loss", 2.5, 3.0, -0.5), ("rouge-l", 30.0, 35.5, -5.5)]
     assert comparison_rows(metrics, "eval") == [("loss", 1.0, 2.0, -1.0)]
     assert format_comparison(comparison_rows(metrics, "predict"), "predict").splitlines() == [

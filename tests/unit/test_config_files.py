@@ -56,14 +56,23 @@ def test_yaml_1_1_traps_read_as_yaml_1_2(tmp_path):
         "output_dir: 2024-01-01\nmax_grad_norm: .5\nwarmup_steps: 1e1\nseed: 0x10\n",
     )
     assert load_config_file(path) == {
-        "learning_rate": 0.02, "eval_strategy": "no", "save_steps": 10, "overwrite_cache": "yes",
-        "output_dir": "2024-01-01", "max_grad_norm": 0.5, "warmup_steps": 10.0, "seed": 16,
-    }  # fmt: skip
+        "learning_rate": 0.02,
+        "eval_strategy": "no",
+        "save_steps": 10,
+        "overwrite_cache": "yes",
+        "output_dir": "2024-01-01",
+        "max_grad_norm": 0.5,
+        "warmup_steps": 10.0,
+        "seed": 16,
+    }
     _, data, training, _ = parse_args("train", [path, "--model_name_or_path", "m", "--train_file", "t.json"])
     assert (training.learning_rate, training.eval_strategy, training.save_steps) == (0.02, "no", 10)
     assert (data.overwrite_cache, training.output_dir, training.warmup_steps, training.seed) == (
-        True, "2024-01-01", 10, 16,
-    )  # fmt: skip
+        True,
+        "2024-01-01",
+        10,
+        16,
+    )
 
 
 def test_a_string_field_given_a_yaml_number_says_to_quote_it(tmp_path):
@@ -118,9 +127,13 @@ def test_duplicate_yaml_keys_are_refused_naming_both_lines(tmp_path):
 
 @pytest.mark.parametrize(
     "text,shown",
-    [("- pre_seq_len\n- 8\n", '["pre_seq_len", 8]'), ("just text\n", "'just text'"), ("", "null"),
-     ("# only a comment\n", "null")],
-)  # fmt: skip
+    [
+        ("- pre_seq_len\n- 8\n", '["pre_seq_len", 8]'),
+        ("just text\n", "'just text'"),
+        ("", "null"),
+        ("# only a comment\n", "null"),
+    ],
+)
 def test_the_top_level_must_be_a_mapping(tmp_path, text, shown):
     path = yaml_file(tmp_path, text)
     assert error_of("train", [path]) == (
@@ -167,11 +180,15 @@ def test_chatglm3_finetune_demo_ptuning_v2_yaml_maps_exactly():
     model, data, training, generation = parse_args("train", argv)
     assert (model.pre_seq_len, model.prefix_projection) == (128, None)  # peft_config.num_virtual_tokens
     assert (data.data_dir, data.train_file, data.validation_file, data.test_file) == (
-        "data/AdvertiseGen", "train.json", "dev.json", "dev.json",
-    )  # fmt: skip
+        "data/AdvertiseGen",
+        "train.json",
+        "dev.json",
+        "dev.json",
+    )
     assert [data.data_file(f) for f in (data.train_file, data.test_file)] == [
-        "data/AdvertiseGen/train.json", "data/AdvertiseGen/dev.json",
-    ]  # fmt: skip
+        "data/AdvertiseGen/train.json",
+        "data/AdvertiseGen/dev.json",
+    ]
     assert (data.preprocessing_num_workers, data.max_source_length, data.max_target_length) == (16, 256, 512)
     assert training.learning_rate == 5e-5  # `5e-5`: a float in YAML 1.2 (ruamel, THUDM), a string in PyYAML
     assert (training.output_dir, training.max_steps, training.per_device_train_batch_size) == (
@@ -182,8 +199,10 @@ def test_chatglm3_finetune_demo_ptuning_v2_yaml_maps_exactly():
     assert (training.dataloader_num_workers, training.remove_unused_columns) == (16, False)
     assert (training.save_strategy, training.save_steps, training.log_level) == ("steps", 500, "info")
     assert (training.logging_strategy, training.logging_steps, training.per_device_eval_batch_size) == (
-        "steps", 10, 16,
-    )  # fmt: skip
+        "steps",
+        10,
+        16,
+    )
     # evaluation_strategy, the transformers 4 name, maps onto eval_strategy (ptune.compat)
     assert (training.eval_strategy, training.evaluation_strategy, training.eval_steps) == ("steps", None, 500)
     assert (training.predict_with_generate, training.use_cpu) == (True, False)
@@ -198,8 +217,9 @@ def test_glm4_finetune_demo_ptuning_v2_yaml_maps_exactly():
     model, data, training, generation = parse_args("train", argv)
     assert model.pre_seq_len == 512
     assert (data.data_file(data.train_file), data.data_file(data.validation_file)) == (
-        "/data/train.jsonl", "/data/dev.jsonl",
-    )  # fmt: skip
+        "/data/train.jsonl",
+        "/data/dev.jsonl",
+    )
     assert (data.preprocessing_num_workers, data.max_source_length, data.max_target_length) == (1, 512, 512)
     assert (training.learning_rate, training.eval_strategy, training.eval_steps) == (5e-4, "steps", 500)
     assert generation.max_new_tokens == 512
@@ -231,30 +251,48 @@ def test_finetune_demo_lora_and_full_fine_tuning_are_refused():
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("peft_config:\n  peft_type: PREFIX_TUNING\n  task_type: SEQ_2_SEQ_LM\n  num_virtual_tokens: 8\n",
-         "3: 'peft_config.task_type' is 'SEQ_2_SEQ_LM': ptune tunes decoder-only models (task_type: CAUSAL_LM)"),
-        ("peft_config:\n  peft_type: PREFIX_TUNING\n",
-         "1: 'peft_config' needs num_virtual_tokens (the prefix length, ptune's pre_seq_len)"),
-        ("peft_config:\n  num_virtual_tokens: 8\n  encoder_hidden_size: 64\n",
-         "3: 'peft_config.encoder_hidden_size' is not a prefix-tuning setting ptune has (peft_type, task_type, "
-         "num_virtual_tokens, prefix_projection, num_attention_heads, token_dim, num_layers, "
-         "num_transformer_submodules)"),
-        ("peft_config:\n  num_virtual_tokens: abc\n",
-         "2: 'peft_config.num_virtual_tokens' must be an integer, got 'abc'"),
-        ("pre_seq_len: 64\npeft_config:\n  num_virtual_tokens: 8\n",
-         "3: 'peft_config.num_virtual_tokens' sets pre_seq_len, which 'pre_seq_len' (line 1) already sets; "
-         "keep one"),
-        ("peft_config: {num_virtual_tokens: 8}\ntraining_args:\n  learnig_rate: 0.1\n",
-         "3: 'training_args.learnig_rate' is not a training argument (did you mean 'learning_rate'?)"),
-        ("peft_config: {num_virtual_tokens: 8}\ntraining_args:\n  generation_config:\n    top_k: 5\n",
-         "4: 'training_args.generation_config.top_k' is not a generation setting ptune has (max_new_tokens, "
-         "do_sample, top_p, temperature, num_beams)"),
-        ("peft_config: {num_virtual_tokens: 8}\ndata_config:\n  eval_file: dev.json\n",
-         "3: 'data_config.eval_file' is not a data_config key (train_file, val_file, test_file, num_proc)"),
-        ("peft_config: {num_virtual_tokens: 8}\nmax_input_length: 0\n",
-         "2: 'max_input_length' must be at least 1, got 0"),
+        (
+            "peft_config:\n  peft_type: PREFIX_TUNING\n  task_type: SEQ_2_SEQ_LM\n  num_virtual_tokens: 8\n",
+            "3: 'peft_config.task_type' is 'SEQ_2_SEQ_LM': ptune tunes decoder-only models (task_type: CAUSAL_LM)",
+        ),
+        (
+            "peft_config:\n  peft_type: PREFIX_TUNING\n",
+            "1: 'peft_config' needs num_virtual_tokens (the prefix length, ptune's pre_seq_len)",
+        ),
+        (
+            "peft_config:\n  num_virtual_tokens: 8\n  encoder_hidden_size: 64\n",
+            "3: 'peft_config.encoder_hidden_size' is not a prefix-tuning setting ptune has (peft_type, task_type, "
+            "num_virtual_tokens, prefix_projection, num_attention_heads, token_dim, num_layers, "
+            "num_transformer_submodules)",
+        ),
+        (
+            "peft_config:\n  num_virtual_tokens: abc\n",
+            "2: 'peft_config.num_virtual_tokens' must be an integer, got 'abc'",
+        ),
+        (
+            "pre_seq_len: 64\npeft_config:\n  num_virtual_tokens: 8\n",
+            "3: 'peft_config.num_virtual_tokens' sets pre_seq_len, which 'pre_seq_len' (line 1) already sets; "
+            "keep one",
+        ),
+        (
+            "peft_config: {num_virtual_tokens: 8}\ntraining_args:\n  learnig_rate: 0.1\n",
+            "3: 'training_args.learnig_rate' is not a training argument (did you mean 'learning_rate'?)",
+        ),
+        (
+            "peft_config: {num_virtual_tokens: 8}\ntraining_args:\n  generation_config:\n    top_k: 5\n",
+            "4: 'training_args.generation_config.top_k' is not a generation setting ptune has (max_new_tokens, "
+            "do_sample, top_p, temperature, num_beams)",
+        ),
+        (
+            "peft_config: {num_virtual_tokens: 8}\ndata_config:\n  eval_file: dev.json\n",
+            "3: 'data_config.eval_file' is not a data_config key (train_file, val_file, test_file, num_proc)",
+        ),
+        (
+            "peft_config: {num_virtual_tokens: 8}\nmax_input_length: 0\n",
+            "2: 'max_input_length' must be at least 1, got 0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_finetune_demo_settings_ptune_lacks_are_refused_naming_the_line(tmp_path, text, message):
     path = yaml_file(tmp_path, text)
     assert error_of("train", [path, *BASE]) == f"{path}:{message}"
@@ -288,8 +326,10 @@ def test_finetune_demo_layout_beside_ptune_keys(tmp_path):
         64,
     )
     assert (data.data_file(data.train_file), data.prompt_column, training.learning_rate) == (
-        "/data/adgen/train.json", "content", 0.02,
-    )  # fmt: skip
+        "/data/adgen/train.json",
+        "content",
+        0.02,
+    )
 
 
 def test_finetune_demo_combine_false_is_what_ptune_does(tmp_path, caplog):

@@ -17,9 +17,16 @@ CONFIGS = sorted(p for p in (REPO / "configs").iterdir() if p.suffix in (".json"
 
 def test_there_are_the_recipes_the_docs_promise():
     names = {c.name for c in CONFIGS}
-    assert {"demo.json", "chatglm2-6b-adgen.json", "chatglm3-6b-adgen.json", "glm-4-9b-chat-adgen.json",
-            "chatglm3-6b-chat.json", "chatglm3-6b-adgen.yaml", "chatglm3-6b-conversations.json",
-            "glm-4-9b-chat-messages.json"} <= names  # fmt: skip
+    assert {
+        "demo.json",
+        "chatglm2-6b-adgen.json",
+        "chatglm3-6b-adgen.json",
+        "glm-4-9b-chat-adgen.json",
+        "chatglm3-6b-chat.json",
+        "chatglm3-6b-adgen.yaml",
+        "chatglm3-6b-conversations.json",
+        "glm-4-9b-chat-messages.json",
+    } <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -59,9 +66,12 @@ def test_config_points_at_shipped_data(name):
 
 @pytest.mark.parametrize(
     ("script", "verb", "added"),
-    [("train.sh", "train", []), ("evaluate.sh", "eval", ["--predict_with_generate", "true"]),  # as THUDM's
-     ("predict.sh", "predict", [])],
-)  # fmt: skip
+    [
+        ("train.sh", "train", []),
+        ("evaluate.sh", "eval", ["--predict_with_generate", "true"]),  # as THUDM's
+        ("predict.sh", "predict", []),
+    ],
+)
 def test_launch_scripts_run_torchrun_with_num_gpus_and_pass_every_flag_through(script, verb, added, tmp_path):
     """Run the script with a stand-in `torchrun` first on PATH that records its arguments: the script must
     launch NUM_GPUS processes of `ptune VERB` with the user's config and flags, adding no hyperparameter."""
@@ -71,8 +81,12 @@ def test_launch_scripts_run_torchrun_with_num_gpus_and_pass_every_flag_through(s
     fake = tmp_path / "torchrun"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TORCHRUN_ARGS"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "NUM_GPUS": "3",
-           "TORCHRUN_ARGS": str(tmp_path / "args")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "NUM_GPUS": "3",
+        "TORCHRUN_ARGS": str(tmp_path / "args"),
+    }
     user = ["configs/chatglm2-6b-adgen.json", "--model_name_or_path", "/models/x y"]
     subprocess.run(["bash", str(REPO / "scripts" / script), *user], env=env, check=True, cwd=REPO)
     args = (tmp_path / "args").read_text(encoding="utf-8").splitlines()

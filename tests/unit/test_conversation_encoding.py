@@ -59,9 +59,13 @@ class FakeTok:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         text, _ = render_jinja_template(
-            [list(messages)], tools=tools, chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt, bos_token="<s>", eos_token="</s>",
-        )  # fmt: skip
+            [list(messages)],
+            tools=tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            bos_token="<s>",
+            eos_token="</s>",
+        )
         return text[0]
 
 
@@ -72,10 +76,18 @@ CHATGLM3 = FakeTok(
 )
 GLM4 = FakeTok(
     "glm4",
-    {"<|endoftext|>": EOS4, "[gMASK]": G4, "<sop>": SOP4, "<|system|>": SYS4, "<|user|>": U4,
-     "<|assistant|>": A4, "<|observation|>": O4},
-    EOS4, chat_template=GLM4_TEMPLATE,
-)  # fmt: skip
+    {
+        "<|endoftext|>": EOS4,
+        "[gMASK]": G4,
+        "<sop>": SOP4,
+        "<|system|>": SYS4,
+        "<|user|>": U4,
+        "<|assistant|>": A4,
+        "<|observation|>": O4,
+    },
+    EOS4,
+    chat_template=GLM4_TEMPLATE,
+)
 CHATGLM2 = FakeTok("chatglm2", {"[gMASK]": G, "sop": SOP}, EOS)
 # A template in the style of Qwen's: tools in the system turn, tool calls as JSON, <|im_end|> ends a turn.
 NATIVE_TEMPLATE = (
@@ -209,8 +221,13 @@ def test_glm4_tool_call_from_chatglm3_style_entry_is_json():
 
 
 def test_glm4_template_without_tools_is_refused():
-    tok = FakeTok("glm4", GLM4.special_ids, EOS4, chat_template="[gMASK]<sop>{% for m in messages %}"
-                  "<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}")  # fmt: skip
+    tok = FakeTok(
+        "glm4",
+        GLM4.special_ids,
+        EOS4,
+        chat_template="[gMASK]<sop>{% for m in messages %}"
+        "<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}",
+    )
     conversation = parse_row(glm4_row(), "messages", "t.json:1", None, True)
     with pytest.raises(UserError, match="does not write tool definitions"):
         encode_conversation(tok, conversation, 1000)
@@ -249,19 +266,28 @@ def test_native_template_that_ignores_tools_is_refused():
 
 
 def test_chatglm2_rounds_and_refusals():
-    row = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a"}, {"role": "user", "content": "r"},
-                        {"role": "assistant", "content": "b"}, {"role": "user", "content": "s"},
-                        {"role": "assistant", "content": "c"}]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "r"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "s"},
+            {"role": "assistant", "content": "c"},
+        ]
+    }
     encoded = encode_conversation(CHATGLM2, parse_row(row, "messages", "t:1", None, True), 1000)
-    assert (encoded.input_ids, encoded.labels) == assemble([
-        ([G, SOP] + chars("S[Round 1]\n\n问：q\n\n答："), F),
-        (chars("a"), T),
-        (chars("\n\n[Round 2]\n\n问：r\n\n答："), F),
-        (chars("b"), T),
-        (chars("\n\n[Round 3]\n\n问：s\n\n答："), F),
-        (chars("c") + [EOS], T),
-    ])  # fmt: skip
+    assert (encoded.input_ids, encoded.labels) == assemble(
+        [
+            ([G, SOP] + chars("S[Round 1]\n\n问：q\n\n答："), F),
+            (chars("a"), T),
+            (chars("\n\n[Round 2]\n\n问：r\n\n答："), F),
+            (chars("b"), T),
+            (chars("\n\n[Round 3]\n\n问：s\n\n答："), F),
+            (chars("c") + [EOS], T),
+        ]
+    )
     with pytest.raises(UserError, match="ChatGLM2 has no tool format"):
         encode_conversation(CHATGLM2, CONVERSATION, 1000)
 
@@ -280,8 +306,16 @@ def test_truncation_drops_oldest_turns_keeps_system_and_counts():
 
 def test_a_too_long_last_turn_is_cut_after_an_answer():
     one_turn = parse_row({"conversations": ROW["conversations"][:4]}, "conversations", "t:1", None, True)
-    expected = assemble([([G, SOP], F), ([SYS] + chars("\nS"), F), ([U] + chars("\nq"), F), ([A], F),
-                         (chars("f\n```python\ntool_call(x=1)\n```"), T), ([OBS], T)])  # fmt: skip
+    expected = assemble(
+        [
+            ([G, SOP], F),
+            ([SYS] + chars("\nS"), F),
+            ([U] + chars("\nq"), F),
+            ([A], F),
+            (chars("f\n```python\ntool_call(x=1)\n```"), T),
+            ([OBS], T),
+        ]
+    )
     encoded = encode_conversation(CHATGLM3, one_turn, len(expected[0]))
     assert (encoded.input_ids, encoded.labels) == expected
     assert (encoded.lost_turns, encoded.cut) == (0, 2)  # observation and answer cut
@@ -407,8 +441,16 @@ def test_glm4_tools_lose_their_null_keys_as_thudm_finetune():
     clean = [
         {"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": {"type": "int"}}}}}
     ]
-    nulls = [{"type": "function", "function": {"name": "f", "description": None, "parameters": {
-        "properties": {"x": {"type": "int", "enum": None}, "unit": None}}}}]  # fmt: skip
+    nulls = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": None,
+                "parameters": {"properties": {"x": {"type": "int", "enum": None}, "unit": None}},
+            },
+        }
+    ]
     row = glm4_row()
     row["messages"][0]["tools"] = nulls
     encoded = encode_conversation(GLM4, parse_row(row, "messages", "t:1", None, True), 10**6)

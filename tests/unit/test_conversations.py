@@ -62,9 +62,16 @@ def test_messages_with_mapped_names():
 
 
 def test_turns_start_at_user_messages():
-    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a", "metadata": "f"}, {"role": "observation", "content": "o"},
-                        {"role": "assistant", "content": "b"}, {"role": "user", "content": "r"}]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "metadata": "f"},
+            {"role": "observation", "content": "o"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "r"},
+        ]
+    }
     conversation = parse_row(row, "messages", "f:1", None, True)
     assert [[m["content"] for m in t] for t in conversation.turns()] == [["q", "a", "o", "b"], ["r"]]
     assert not conversation.ends_with_answer()
@@ -77,49 +84,127 @@ A = {"role": "assistant", "content": "a"}
 @pytest.mark.parametrize(
     "row,fmt,message",
     [
-        ({"conversations": [U, {"role": "bot", "content": "a"}]}, "conversations",
-         "f.json:3: conversations[1].role: unknown role 'bot' (expected system, user, assistant, observation, tool)"),
+        (
+            {"conversations": [U, {"role": "bot", "content": "a"}]},
+            "conversations",
+            "f.json:3: conversations[1].role: unknown role 'bot' (expected system, user, assistant, observation, tool)",
+        ),
         ({"messages": [U]}, "messages", "f.json:3: messages: no assistant message (nothing to learn)"),
         ({"messages": [], "tools": []}, "messages", "f.json:3: messages: empty conversation"),
-        ({"conversations": [U, A], "tools": {"name": "f"}}, "conversations",
-         "f.json:3: tools: must be a list of tool definitions, got dict"),
-        ({"messages": [{"role": "system", "content": "s", "tools": "f"}, U, A]}, "messages",
-         "f.json:3: messages[0].tools: must be a list of tool definitions, got str"),
-        ({"messages": [U, {"role": "assistant", "content": 5}]}, "messages",
-         "f.json:3: messages[1].content: must be a string, got int"),
-        ({"messages": [A, U]}, "messages",
-         "f.json:3: messages: the first message after the system prompt must be a user message"),
-        ({"messages": [U, A, {"role": "system", "content": "s"}]}, "messages",
-         "f.json:3: messages[2].role: a system message must come first"),
-        ({"messages": [{"role": "system", "content": "s"}, U, {"role": "system", "content": "t"}, A]}, "messages",
-         "f.json:3: messages[2].role: a second system message (one, first, is allowed)"),
-        ({"system": "s", "conversations": [{"from": "system", "value": "t"}, {"from": "human", "value": "q"}]},
-         "sharegpt", "f.json:3: conversations[0].role: a second system message (one, first, is allowed)"),
-        ({"conversations": [U, {"role": "tool", "name": "f", "observation": "7"}, A, {"role": "system", "content": "s"}]},
-         "conversations", "f.json:3: conversations[3].role: a system message must come first"),
-        ({"conversations": "q"}, "conversations", "f.json:3: conversations: must be a list of messages, got str"),
+        (
+            {"conversations": [U, A], "tools": {"name": "f"}},
+            "conversations",
+            "f.json:3: tools: must be a list of tool definitions, got dict",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "s", "tools": "f"}, U, A]},
+            "messages",
+            "f.json:3: messages[0].tools: must be a list of tool definitions, got str",
+        ),
+        (
+            {"messages": [U, {"role": "assistant", "content": 5}]},
+            "messages",
+            "f.json:3: messages[1].content: must be a string, got int",
+        ),
+        (
+            {"messages": [A, U]},
+            "messages",
+            "f.json:3: messages: the first message after the system prompt must be a user message",
+        ),
+        (
+            {"messages": [U, A, {"role": "system", "content": "s"}]},
+            "messages",
+            "f.json:3: messages[2].role: a system message must come first",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "s"}, U, {"role": "system", "content": "t"}, A]},
+            "messages",
+            "f.json:3: messages[2].role: a second system message (one, first, is allowed)",
+        ),
+        (
+            {
+                "system": "s",
+                "conversations": [{"from": "system", "value": "t"}, {"from": "human", "value": "q"}],
+            },
+            "sharegpt",
+            "f.json:3: conversations[0].role: a second system message (one, first, is allowed)",
+        ),
+        (
+            {
+                "conversations": [
+                    U,
+                    {"role": "tool", "name": "f", "observation": "7"},
+                    A,
+                    {"role": "system", "content": "s"},
+                ]
+            },
+            "conversations",
+            "f.json:3: conversations[3].role: a system message must come first",
+        ),
+        (
+            {"conversations": "q"},
+            "conversations",
+            "f.json:3: conversations: must be a list of messages, got str",
+        ),
         ({"prompt": "q"}, "messages", "f.json:3: no 'messages' field (a messages file; keys ['prompt'])"),
         ({"instruction": "i"}, "alpaca", "f.json:3: output: must be a string, got nothing"),
-        ({"conversations": [{"role": "user"}, A]}, "conversations",
-         "f.json:3: conversations[0].content: must be a string, got nothing"),
-        ({"messages": [U, {"role": "assistant", "content": None}]}, "messages",
-         "f.json:3: messages[1].content: must be a string, got nothing"),
+        (
+            {"conversations": [{"role": "user"}, A]},
+            "conversations",
+            "f.json:3: conversations[0].content: must be a string, got nothing",
+        ),
+        (
+            {"messages": [U, {"role": "assistant", "content": None}]},
+            "messages",
+            "f.json:3: messages[1].content: must be a string, got nothing",
+        ),
         # sequences that would train a wrong habit (issue 16)
-        ({"messages": [U, {"role": "assistant", "metadata": "f", "content": "{}"}, A]}, "messages",
-         "f.json:3: messages[2]: an assistant message after the tool call 'f': a call must be followed by its observation"),
-        ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '{"name": "g"}'},
-                            {"from": "human", "value": "r"}, {"from": "gpt", "value": "a"}]}, "sharegpt",
-         "f.json:3: conversations[2]: a user message after the tool call 'g': a call must be followed by its observation"),
-        ({"messages": [U, A, {"role": "observation", "content": "7"}, A]}, "messages",
-         "f.json:3: messages[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)"),
-        ({"conversations": [U, {"role": "tool", "name": "f", "observation": "7"}, {"role": "observation", "content": "8"}, A]},
-         "conversations",
-         "f.json:3: conversations[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)"),
-        ({"messages": [U, U, A]}, "messages", "f.json:3: messages[1]: two user messages in a row (a user message must be answered first)"),
-        ({"messages": [U, A, A]}, "messages",
-         "f.json:3: messages[2]: two assistant messages in a row (only a tool call may follow an assistant message)"),
+        (
+            {"messages": [U, {"role": "assistant", "metadata": "f", "content": "{}"}, A]},
+            "messages",
+            "f.json:3: messages[2]: an assistant message after the tool call 'f': a call must be followed by its observation",
+        ),
+        (
+            {
+                "conversations": [
+                    {"from": "human", "value": "q"},
+                    {"from": "function_call", "value": '{"name": "g"}'},
+                    {"from": "human", "value": "r"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            },
+            "sharegpt",
+            "f.json:3: conversations[2]: a user message after the tool call 'g': a call must be followed by its observation",
+        ),
+        (
+            {"messages": [U, A, {"role": "observation", "content": "7"}, A]},
+            "messages",
+            "f.json:3: messages[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)",
+        ),
+        (
+            {
+                "conversations": [
+                    U,
+                    {"role": "tool", "name": "f", "observation": "7"},
+                    {"role": "observation", "content": "8"},
+                    A,
+                ]
+            },
+            "conversations",
+            "f.json:3: conversations[2]: an observation without a tool call before it (an assistant message with metadata, a tool entry)",
+        ),
+        (
+            {"messages": [U, U, A]},
+            "messages",
+            "f.json:3: messages[1]: two user messages in a row (a user message must be answered first)",
+        ),
+        (
+            {"messages": [U, A, A]},
+            "messages",
+            "f.json:3: messages[2]: two assistant messages in a row (only a tool call may follow an assistant message)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_line_and_field(row, fmt, message):
     with pytest.raises(UserError) as error:
         parse_row(row, fmt, "f.json:3", None, True)

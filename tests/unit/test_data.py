@@ -119,16 +119,44 @@ GOOD = '{"content": "a", "summary": "b"}'
 @pytest.mark.parametrize(
     "name,content,message",
     [
-        ("bad.json", f'{GOOD}\n{{"content": "a" "summary": "b"}}\n', "bad.json:2:17: invalid JSON (Expecting ',' delimiter)"),
+        (
+            "bad.json",
+            f'{GOOD}\n{{"content": "a" "summary": "b"}}\n',
+            "bad.json:2:17: invalid JSON (Expecting ',' delimiter)",
+        ),
         # File line numbers, blank lines counted (datasets said "row 1" for this one).
-        ("bad.json", f'{GOOD}\n\n{{"content": 5, "summary": "b"}}\n', "bad.json:3: column 'content' must be a string, got int"),
-        ("bad.json", '{"content": "a", "summry": "b"}\n', "bad.json: no column 'summary' (--response_column); the file has ['content', 'summry']"),
-        ("bad.json", '\n{"prompt": "a", "response": "b", "history": ["x"]}\n', "bad.json:2: history must be a list of [question, answer] string pairs"),
+        (
+            "bad.json",
+            f'{GOOD}\n\n{{"content": 5, "summary": "b"}}\n',
+            "bad.json:3: column 'content' must be a string, got int",
+        ),
+        (
+            "bad.json",
+            '{"content": "a", "summry": "b"}\n',
+            "bad.json: no column 'summary' (--response_column); the file has ['content', 'summry']",
+        ),
+        (
+            "bad.json",
+            '\n{"prompt": "a", "response": "b", "history": ["x"]}\n',
+            "bad.json:2: history must be a list of [question, answer] string pairs",
+        ),
         ("bad.json", f"{GOOD}\n[1, 2]\n", "bad.json:2: expected a JSON object per line, got list"),
-        ("bad.json", f'{GOOD}\n{{"content": "a",\t"summary": "b",  }}\n', "bad.json:2:32: trailing comma before '}' (JSON allows none)"),
+        (
+            "bad.json",
+            f'{GOOD}\n{{"content": "a",\t"summary": "b",  }}\n',
+            "bad.json:2:32: trailing comma before '}' (JSON allows none)",
+        ),
         # One JSON array: errors at the element's line too.
-        ("bad.json", f'[\n  {GOOD},\n  {{"content": 5, "summary": "b"}}\n]\n', "bad.json:3: column 'content' must be a string, got int"),
-        ("bad.json", f"[\n  {GOOD},\n  {GOOD},\n]\n", "bad.json:3:35: trailing comma before ']' (JSON allows none)"),
+        (
+            "bad.json",
+            f'[\n  {GOOD},\n  {{"content": 5, "summary": "b"}}\n]\n',
+            "bad.json:3: column 'content' must be a string, got int",
+        ),
+        (
+            "bad.json",
+            f"[\n  {GOOD},\n  {GOOD},\n]\n",
+            "bad.json:3:35: trailing comma before ']' (JSON allows none)",
+        ),
         ("bad.json", f"[\n  {GOOD}\n  {GOOD}\n]\n", "bad.json:3:3: invalid JSON (Expecting ',' delimiter)"),
         ("bad.json", f"[{GOOD}] x", "bad.json:1:36: invalid JSON (Extra data)"),
         ("bad.json", f"[{GOOD}, 7]", "bad.json:1: expected an object in the array, got int"),
@@ -136,7 +164,11 @@ GOOD = '{"content": "a", "summary": "b"}'
         ("bad.csv", 'content,summary\na,b\n"c\nc",d\ne,f,g\n', "bad.csv:5: expected 2 fields, got 3"),
         ("bad.csv", "content,summary\na\n", "bad.csv:2: expected 2 fields, got 1"),
         ("bad.csv", "content,content\na,b\n", "bad.csv:1: column 'content' appears twice in the header"),
-        ("bad.csv", "prompt,summary\na,b\n", "bad.csv: no column 'content' (--prompt_column); the file has ['prompt', 'summary']"),
+        (
+            "bad.csv",
+            "prompt,summary\na,b\n",
+            "bad.csv: no column 'content' (--prompt_column); the file has ['prompt', 'summary']",
+        ),
         # Nothing to read.
         ("bad.json", "", "bad.json: empty data file"),
         ("bad.jsonl", "\n  \n", "bad.jsonl: empty data file"),
@@ -144,7 +176,7 @@ GOOD = '{"content": "a", "summary": "b"}'
         ("bad.csv", "", "bad.csv: empty data file"),
         ("bad.csv", "content,summary\n", "bad.csv: empty data file (no rows)"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_and_line(tmp_path, tok, hf_cache, name, content, message):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -158,11 +190,15 @@ def test_bad_rows_name_file_and_line(tmp_path, tok, hf_cache, name, content, mes
     "name,data,message",
     [
         # A byte inside a JSON string (pyarrow raised UnicodeDecodeError from deep inside datasets).
-        ("d.json", GOOD.encode() + b'\n{"content": "ab\xff", "summary": "b"}\n', "d.json:2:16: not UTF-8 (byte 0xff)"),
+        (
+            "d.json",
+            GOOD.encode() + b'\n{"content": "ab\xff", "summary": "b"}\n',
+            "d.json:2:16: not UTF-8 (byte 0xff)",
+        ),
         ("d.csv", "content,summary\n你好,世界\n".encode("gbk"), "d.csv:2:1: not UTF-8 (byte 0xc4)"),
         ("d.csv", "content,summary\ncafé,thé\n".encode("latin-1"), "d.csv:2:4: not UTF-8 (byte 0xe9)"),
     ],
-)  # fmt: skip
+)
 def test_non_utf8_bytes_are_located(tmp_path, tok, hf_cache, name, data, message):
     path = tmp_path / name
     path.write_bytes(data)

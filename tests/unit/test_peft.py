@@ -266,9 +266,17 @@ def test_a_qwen2_prefix_round_trips_through_peft(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.2, tie_word_embeddings=False)  # fmt: skip
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+    )
     base = tmp_path / "qwen2"
     Qwen2ForCausalLM(config).save_pretrained(base)
     folder, model = _ptune_prefix(base, tmp_path / "ckpt", pre_seq_len=5)

@@ -131,23 +131,45 @@ USER = [{"role": "user", "content": "hi"}]
 @pytest.mark.parametrize(
     "body, message",
     [
-        (b'{"model": "a",', "request body is not valid JSON (line 1 column 15: Expecting property name enclosed "
-         "in double quotes)"),
+        (
+            b'{"model": "a",',
+            "request body is not valid JSON (line 1 column 15: Expecting property name enclosed "
+            "in double quotes)",
+        ),
         (b"[1]", "request body must be a JSON object, got list"),
         ({"messages": USER}, "model: Field required"),
-        ({"model": "a", "messages": []}, "messages: List should have at least 1 item after validation, not 0"),
+        (
+            {"model": "a", "messages": []},
+            "messages: List should have at least 1 item after validation, not 0",
+        ),
         ({"model": "a", "messages": USER, "max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
-        ({"model": "a", "messages": USER, "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
-        ({"model": "a", "messages": USER, "temperature": 3}, "temperature: Input should be less than or equal to 2"),
-        ({"model": "a", "messages": [{"role": "robot", "content": "x"}]},
-         "messages.0.role: Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"),
+        (
+            {"model": "a", "messages": USER, "max_tokens": 0},
+            "max_tokens: Input should be greater than or equal to 1",
+        ),
+        (
+            {"model": "a", "messages": USER, "temperature": 3},
+            "temperature: Input should be less than or equal to 2",
+        ),
+        (
+            {"model": "a", "messages": [{"role": "robot", "content": "x"}]},
+            "messages.0.role: Input should be 'system', 'developer', 'user', 'assistant' or 'tool'",
+        ),
         ({"model": "a", "messages": USER, "n": 2}, "n: Input should be less than or equal to 1"),
-        ({"model": "a", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop: Value error, at most 4 stop strings"),
-        ({"model": "a", "messages": USER + [{"role": "assistant", "content": "x"}]},
-         "the last message must be the user's or a tool result (ptune generates the assistant's answer to it)"),
-        ({"model": "a", "messages": USER, "tools": [{"type": "function"}]}, "tools.0.function: Field required"),
+        (
+            {"model": "a", "messages": USER, "stop": ["a", "b", "c", "d", "e"]},
+            "stop: Value error, at most 4 stop strings",
+        ),
+        (
+            {"model": "a", "messages": USER + [{"role": "assistant", "content": "x"}]},
+            "the last message must be the user's or a tool result (ptune generates the assistant's answer to it)",
+        ),
+        (
+            {"model": "a", "messages": USER, "tools": [{"type": "function"}]},
+            "tools.0.function: Field required",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_400_with_one_line(body, message):
     assert error_of(body) == (400, message)
 

@@ -26,14 +26,63 @@ def test_summarize():
 
 def test_gains_and_table():
     rows = [
-        {"server": "batched (32)", "prefixes": 8, "clients": 32, "requests": 128, "requests_per_s": 40.0,
-         "tokens_per_s": 1200.0, "ttft_p50_ms": 30, "ttft_p95_ms": 50, "token_p50_ms": 8, "token_p95_ms": 15},
-        {"server": "one at a time", "prefixes": 8, "clients": 32, "requests": 128, "requests_per_s": 8.0,
-         "tokens_per_s": 240.0, "ttft_p50_ms": 900, "ttft_p95_ms": 1500, "token_p50_ms": 4, "token_p95_ms": 6},
-    ]  # fmt: skip
+        {
+            "server": "batched (32)",
+            "prefixes": 8,
+            "clients": 32,
+            "requests": 128,
+            "requests_per_s": 40.0,
+            "tokens_per_s": 1200.0,
+            "ttft_p50_ms": 30,
+            "ttft_p95_ms": 50,
+            "token_p50_ms": 8,
+            "token_p95_ms": 15,
+        },
+        {
+            "server": "one at a time",
+            "prefixes": 8,
+            "clients": 32,
+            "requests": 128,
+            "requests_per_s": 8.0,
+            "tokens_per_s": 240.0,
+            "ttft_p50_ms": 900,
+            "ttft_p95_ms": 1500,
+            "token_p50_ms": 4,
+            "token_p95_ms": 6,
+        },
+    ]
     assert gains(rows) == ["over HTTP, 8 prefix(es), 32 clients: batched 5.0x the tokens/s of one at a time"]
     lines = table(rows).splitlines()
-    assert lines[0].split() == ["server", "prefixes", "clients", "requests", "req/s", "tokens/s", "TTFT", "p50",
-                                "TTFT", "p95", "token", "p50", "token", "p95"]  # fmt: skip
-    assert lines[2].split() == ["batched", "(32)", "8", "32", "128", "40.0", "1,200", "30", "ms", "50", "ms",
-                                "8.0", "ms", "15.0", "ms"]  # fmt: skip
+    assert lines[0].split() == [
+        "server",
+        "prefixes",
+        "clients",
+        "requests",
+        "req/s",
+        "tokens/s",
+        "TTFT",
+        "p50",
+        "TTFT",
+        "p95",
+        "token",
+        "p50",
+        "token",
+        "p95",
+    ]
+    assert lines[2].split() == [
+        "batched",
+        "(32)",
+        "8",
+        "32",
+        "128",
+        "40.0",
+        "1,200",
+        "30",
+        "ms",
+        "50",
+        "ms",
+        "8.0",
+        "ms",
+        "15.0",
+        "ms",
+    ]

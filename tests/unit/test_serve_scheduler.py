@@ -141,11 +141,18 @@ def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path)
     while scheduler.rows or scheduler.waiting:
         scheduler.step()
     for (name, prompt), record in zip(plan, records, strict=True):
-        alone = load_model(tiny, ptuning_checkpoint=prefix if name else None, quantization_bit=bits,
-                           family=tok.family)  # fmt: skip
+        alone = load_model(
+            tiny, ptuning_checkpoint=prefix if name else None, quantization_bit=bits, family=tok.family
+        )
         ids = job(tok, name, prompt, 6, None).prompt
-        want = generate(alone, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
-                        tok.stop_token_ids, tok.pad_token_id, GenerationSettings(max_new_tokens=6))[0].tolist()  # fmt: skip
+        want = generate(
+            alone,
+            torch.tensor([ids]),
+            torch.ones(1, len(ids), dtype=torch.long),
+            tok.stop_token_ids,
+            tok.pad_token_id,
+            GenerationSettings(max_new_tokens=6),
+        )[0].tolist()
         assert list(record.done.ids) == want, (bits, name, prompt)
 
 

@@ -372,11 +372,49 @@ def test_glm4_real_layout(glm4_real):
 def test_glm4_real_chat_format(glm4_real):
     history = [("你好", "你好！有什么可以帮你？")]
     ids = prompt_ids(glm4_real, "讲个笑话", history)
-    assert ids == [151331, 151333, 151336, 198, 109377, 151337, 198, 109377, 6313, 101665, 98516, 108885, 11314,
-                   151336, 198, 99059, 98328, 109971, 151337]  # fmt: skip
+    assert ids == [
+        151331,
+        151333,
+        151336,
+        198,
+        109377,
+        151337,
+        198,
+        109377,
+        6313,
+        101665,
+        98516,
+        108885,
+        11314,
+        151336,
+        198,
+        99059,
+        98328,
+        109971,
+        151337,
+    ]
     pieces = [glm4_real.decode([i], skip_special_tokens=False) for i in ids]
-    assert pieces == ["[gMASK]", "<sop>", "<|user|>", "\n", "你好", "<|assistant|>", "\n", "你好", "！", "有什么",
-                      "可以", "帮你", "？", "<|user|>", "\n", "讲", "个", "笑话", "<|assistant|>"]  # fmt: skip
+    assert pieces == [
+        "[gMASK]",
+        "<sop>",
+        "<|user|>",
+        "\n",
+        "你好",
+        "<|assistant|>",
+        "\n",
+        "你好",
+        "！",
+        "有什么",
+        "可以",
+        "帮你",
+        "？",
+        "<|user|>",
+        "\n",
+        "讲",
+        "个",
+        "笑话",
+        "<|assistant|>",
+    ]
     # ... and it is what the checkpoint's own chat template renders and tokenizes.
     rendered = glm4_real.hf.apply_chat_template(
         chat_messages("讲个笑话", history), tokenize=False, add_generation_prompt=True
