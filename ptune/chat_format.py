@@ -18,7 +18,7 @@ is written down); this module is what is the same for all of them:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,10 +206,10 @@ def encode_conversation(tok: Any, conversation: Any, max_length: int) -> Encoded
     by message (ChatGLM3, GLM-4) encode each message once and choose the cut on lengths (`_Turns`).
     """
     turns = _Turns(tok, conversation)
-    for lost in range(len(turns.turns)):
-        if turns.length(lost) <= max_length:
-            ids, learned = turns.ids(lost)
-            return Encoded(ids, masked_labels(ids, learned), lost_turns=lost)
+    lost = first_fit(len(turns.turns), lambda k: turns.length(k) <= max_length)
+    if lost < len(turns.turns):
+        ids, learned = turns.ids(lost)
+        return Encoded(ids, masked_labels(ids, learned), lost_turns=lost)
     last, lost = turns.turns[-1], len(turns.turns) - 1
     full = turns.ids(lost)
     for keep in range(len(last) - 1, 0, -1):
@@ -252,10 +252,23 @@ def encode_last_answer(tok: Any, conversation: Any, max_source: int, max_target:
         fits = lost < n and len(last.example(lost)[0]) <= max_source
         if (fits or lost == n) and (lost == 0 or len(last.example(lost - 1)[0]) > max_source):
             return last.encoded(lost, max_target) if fits else _too_long(max_source)
-    for lost in range(n):
-        if len(last.example(lost)[0]) <= max_source:
-            return last.encoded(lost, max_target)
-    return _too_long(max_source)
+    lost = first_fit(n, lambda k: len(last.example(k)[0]) <= max_source)
+    return last.encoded(lost, max_target) if lost < n else _too_long(max_source)
+
+
+def first_fit(n: int, fits: Callable[[int], bool]) -> int:
+    """The fewest oldest turns to drop (0..n-1) for `fits`, or n when none does, by bisection: dropping a
+    turn never lengthens a conversation (ChatGLM2's rounds are renumbered down; a template renders what is
+    left), so `fits` is monotone, and a family whose ids of a message depend on the others (ChatGLM2, native
+    templates: each candidate encoded whole) is truncated with O(log n) encodings, not O(n)."""
+    low, high = 0, n  # the answer is in [low, high]; fits(high) is taken as true for high == n
+    while low < high:
+        mid = (low + high) // 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 def _too_long(max_source: int) -> Encoded:

@@ -413,6 +413,28 @@ def test_truncating_a_long_conversation_encodes_each_message_once(family):
     assert tok.calls == per_message * len(conversation.messages)
 
 
+@pytest.mark.parametrize("family", ["chatglm2", "native"])
+def test_truncating_a_long_conversation_encodes_it_a_logarithmic_number_of_times(family):
+    # ChatGLM2 (its [Round N] renumbering) and native templates give a message ids that depend on the rest,
+    # so each candidate is encoded whole; the fewest turns to drop are found by bisection (dropping a turn
+    # never lengthens a conversation): O(log n) candidates, mostly short ones, where the old scan encoded one
+    # per dropped turn.
+    base = CHATGLM2 if family == "chatglm2" else NATIVE
+    tok = CountingTok(base.family, base.special_ids, base.eos_token_id, chat_template=base.chat_template)
+    conversation, last_two = long_conversation(300), long_conversation(2)
+    max_length = len(encode_conversation(base, last_two, 10**6).input_ids)
+    encode_conversation(tok, conversation, 10**6)  # one whole encoding, to count its calls
+    whole, tok.calls = tok.calls, 0
+    encoded = encode_conversation(tok, conversation, max_length)
+    assert (encoded.lost_turns, len(encoded.input_ids)) == (298, max_length)
+    # Bisection probes keep about half the turns, then a quarter, ...: all of them together about one whole
+    # encoding, plus the ids kept (the old scan: about 150 whole encodings).
+    assert tok.calls <= 2 * whole
+    tok.calls = 0
+    assert encode_last_answer(tok, conversation, max_source=max_length, max_target=10).lost_turns == 298
+    assert tok.calls <= 2 * whole
+
+
 def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     # It would learn </s> (ChatGLM3) or <|user|> (GLM-4) as the end of a call; eval/predict keep it (the call
     # is the reference answer).
