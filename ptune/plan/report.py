@@ -91,6 +91,12 @@ def split(inputs: PlanInputs, fp: Footprint, logits: int, kv_cache: int, tokens:
         old, new, widest = _quantized(inputs, tokens)
         weights += (new - old) * inputs.layers
         activations += widest
+    if inputs.bits == 8:
+        # Kept past the backward's start by bitsandbytes 0.50 (autograd/_functions.py): MatMul8bitFp (CPU/XPU
+        # training) stores its input on the autograd context (`ctx.A = A`), MatMul8bitLt (CUDA) as
+        # `ctx.tensors = (CAt, subA, A)`; a ctx attribute is not a saved tensor, so neither the frozen
+        # nn.Linear of the trace (which saves no input) nor activation checkpointing frees it.
+        activations += fp.linear_inputs
     logits = min(logits, activations)
     kv_cache = min(kv_cache, activations - logits)
     parts = {

@@ -15,6 +15,7 @@ prefix rows and cache); tests/unit/test_plan.py checks that rule against a 3-lay
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -90,6 +91,7 @@ class Footprint:
     activations: int  # saved activations, temporaries and anything else alive at the peak
     trainable: int  # bytes of the trained parameters (the prefix)
     matmul_params: int  # N: parameters costing 2 FLOP per token (all but the input embedding)
+    linear_inputs: int = 0  # train: bytes of the distinct inputs of the decoder layers' linears (one step)
 
     @property
     def total(self) -> int:
@@ -179,14 +181,15 @@ def trace_train(model, batch: int, seq: int, answer: int, checkpointing: bool) -
         model.activation_checkpointing_enable()
     tracker = FrozenAwareMemTracker()
     tracker.track_external(model, optimizer)
-    with mode, _selection(model, batch * answer), tracker:
+    seen: dict = {}
+    with mode, _selection(model, batch * answer), tracker, _linear_inputs(model, seen):
         for _ in range(2):
             model(**inputs).loss.backward()
             optimizer.step()
             tracker.reset_mod_stats()  # per-module stats are per iteration; the overall peak is kept
         optimizer.zero_grad(set_to_none=True)
     model.activation_checkpointing_disable()
-    return _footprint(tracker, model)
+    return replace(_footprint(tracker, model), linear_inputs=sum(n for n, _ in seen.values()))
 
 
 def trace_eval(model, batch: int, seq: int, answer: int) -> Footprint:
@@ -223,6 +226,30 @@ def trace_generate(model, batch: int, prompt: int, new_tokens: int = 2) -> Footp
             tracker.reset_mod_stats()  # one decoder call per step; the overall peak is kept
         torch.stack(tokens, dim=1)
     return _footprint(tracker, model)
+
+
+@contextlib.contextmanager
+def _linear_inputs(model, seen: dict):
+    """Records into `seen` (module -> (bytes, weak storage)) the first input of every linear of the decoder layers:
+    the report adds what bitsandbytes' int8 layers keep of them (report._quantized). First call only, so
+    a checkpointed layer's recomputation and the second step are not counted again; linears fed the same
+    tensor (q, k, v) share one storage, counted once."""
+
+    def hook(module, args):
+        if module in seen:
+            return
+        st = args[0].untyped_storage()
+        shared = [n for n, ref in seen.values() if ref() is st]  # weak: recording must not keep it alive
+        seen[module] = (0 if shared else st.nbytes(), weakref.ref(st))
+
+    layers = model.base.get_decoder().layers
+    linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+    handles = [m.register_forward_pre_hook(hook) for m in linears]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
