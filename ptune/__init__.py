@@ -12,11 +12,11 @@ __all__ = ["load_model", "load_tokenizer", "__version__"]
 def __getattr__(name: str):
     # Imported lazily: torch and transformers take seconds to import, and `ptune score` / `ptune plot` need neither.
     if name == "load_model":
-        from ptune.model import load_model
+        from ptune.model.load import load_model
 
         return load_model
     if name == "load_tokenizer":
-        from ptune.tokenizer import load_tokenizer
+        from ptune.families.registry import load_tokenizer
 
         return load_tokenizer
     raise AttributeError(f"module 'ptune' has no attribute {name!r}")

@@ -6,8 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ptune.errors import UserError
-from ptune.io import dumps_json
+from ptune.io.errors import UserError
+from ptune.io.files import dumps_json
 
 logger = logging.getLogger("ptune")
 
@@ -30,31 +30,31 @@ USAGE = """usage: ptune VERB [CONFIG.json|CONFIG.yaml] [--flag value ...]
 
 
 def train(argv: list[str]) -> int:
-    """P-tune a prefix (THUDM's main.py --do_train): see ptune.recipe."""
-    from ptune.recipe import PTuningRecipe
+    """P-tune a prefix (THUDM's main.py --do_train): see ptune.train.recipe."""
+    from ptune.train.recipe import PTuningRecipe
 
     return PTuningRecipe.from_argv("train", argv).run()
 
 
 def evaluate(argv: list[str]) -> int:
     """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU."""
-    from ptune.recipe import PTuningRecipe
+    from ptune.train.recipe import PTuningRecipe
 
     return PTuningRecipe.from_argv("eval", argv).run()
 
 
 def predict(argv: list[str]) -> int:
     """Generate answers for test_file: generated_predictions.txt + predict_results.json."""
-    from ptune.recipe import PTuningRecipe
+    from ptune.train.recipe import PTuningRecipe
 
     return PTuningRecipe.from_argv("predict", argv).run()
 
 
 def score(argv: list[str]) -> int:
     """Re-score a generated_predictions.txt: prints the metrics as JSON."""
-    from ptune.metrics import compute_metrics
-    from ptune.parse import Parser
-    from ptune.predictions import read_predictions
+    from ptune.config.parse import Parser
+    from ptune.score.metrics import compute_metrics
+    from ptune.score.predictions import read_predictions
 
     parser = Parser(prog="ptune score", description="Re-score a predictions file.")
     parser.add_argument(
@@ -69,11 +69,11 @@ def score(argv: list[str]) -> int:
 VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
 # Verbs in their own modules, imported only when used: (module, function taking argv and returning the exit code).
 MODULE_VERBS = {
-    "chat": ("ptune.chat", "main"),
-    "data": ("ptune.data_report", "main"),
-    "export": ("ptune.export", "main"),
-    "plot": ("ptune.plot", "main"),
-    "bench": ("ptune.bench", "main"),
+    "chat": ("ptune.infer.chat", "main"),
+    "data": ("ptune.data.report", "main"),
+    "export": ("ptune.model.export", "main"),
+    "plot": ("ptune.train.plot", "main"),
+    "bench": ("ptune.bench.run", "main"),
     "plan": ("ptune.plan.cli", "main"),
     "serve": ("ptune.serve.cli", "main"),
 }

@@ -4,7 +4,7 @@
 python scripts/argument_table.py      # tests/unit/test_configs.py checks the README holds exactly this
 """
 
-from ptune.args import argument_reference
+from ptune.config.args import argument_reference
 
 
 def argument_table() -> str:

@@ -1,4 +1,4 @@
-"""Speed and memory benchmark on the ADGEN-shaped workload: `python scripts/bench.py --help` (see ptune/bench.py)."""
+"""Speed and memory benchmark on the ADGEN-shaped workload: `python scripts/bench.py --help` (see ptune/bench/run.py)."""
 
 from __future__ import annotations
 

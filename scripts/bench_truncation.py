@@ -13,9 +13,9 @@ import argparse
 import tempfile
 import time
 
-from ptune.chat_format import encode_conversation, encode_last_answer
-from ptune.conversations import Conversation
-from ptune.tokenizer import load_tokenizer
+from ptune.data.chat_format import encode_conversation, encode_last_answer
+from ptune.data.conversations import Conversation
+from ptune.families.registry import load_tokenizer
 from tools.tiny_tokenizers import write_tiny_tokenizer
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ptune.convert import chatglm_config
-from ptune.model import load_model
+from ptune.model.convert import chatglm_config
+from ptune.model.load import load_model
 from tools import tiny
 
 try:

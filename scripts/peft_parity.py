@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ptune.checkpoint import write_prefix_files
-from ptune.export import export_checkpoint
-from ptune.model import load_model
+from ptune.model.export import export_checkpoint
+from ptune.model.load import load_model
+from ptune.train.checkpoint import write_prefix_files
 from tools import tiny
 
 IDS = torch.tensor([[5, 17, 30, 44, 9, 80, 3, 61], [12, 60, 7, 99, 41, 8, 20, 33]])

@@ -12,17 +12,17 @@ import time
 
 import torch
 
+from ptune.bench.workload import SHAPES, build_model, wrap
 from ptune.plan.devices import GIB
 from ptune.plan.report import PlanInputs, generate_parts, train_parts
 from ptune.plan.trace import trace_generate, trace_train
-from ptune.workload import SHAPES, build_model, wrap
 
 
 def compare(bits: int | None, layers: int, batch: int, seq: int, answer: int) -> None:
     SHAPES["cut"] = {**SHAPES["6b"], "num_layers": layers}
     base, cfg = build_model("cut", torch.bfloat16, torch.device("cpu"), 0)
     if bits:
-        from ptune.quantize import quantize_decoder
+        from ptune.model.quantize import quantize_decoder
 
         quantize_decoder(base, bits, torch.device("cpu"))
     model = wrap(base, 128, "cut", 0)

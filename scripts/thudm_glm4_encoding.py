@@ -17,11 +17,11 @@ from pathlib import Path
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ptune.chat_format import encode_conversation
-from ptune.conversations import parse_row
-from ptune.data import read_rows
+from ptune.data.chat_format import encode_conversation
+from ptune.data.conversations import parse_row
+from ptune.data.rows import read_rows
 from ptune.families.glm4 import GLM4_PATTERN, GLM4_SPECIALS
-from ptune.tokenizer import load_tokenizer
+from ptune.families.registry import load_tokenizer
 
 
 def thudm_process_batch(folder: Path, messages: list[dict]) -> tuple[list[int], list[int]]:

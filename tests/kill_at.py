@@ -26,10 +26,10 @@ def kill() -> None:
 
 
 def at_last_checkpoint() -> None:
-    import ptune.trainer
-    from ptune.checkpoint import step_checkpoints
+    import ptune.train.trainer
+    from ptune.train.checkpoint import step_checkpoints
 
-    rotate = ptune.trainer.rotate_checkpoints
+    rotate = ptune.train.trainer.rotate_checkpoints
 
     def rotate_or_die(run_dir, limit, keep=()):
         state_file = step_checkpoints(run_dir)[-1][1] / "trainer_state.json"
@@ -38,7 +38,7 @@ def at_last_checkpoint() -> None:
             kill()
         return rotate(run_dir, limit, keep)
 
-    ptune.trainer.rotate_checkpoints = rotate_or_die
+    ptune.train.trainer.rotate_checkpoints = rotate_or_die
 
 
 def during_plot() -> None:

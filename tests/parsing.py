@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ptune.errors import UserError
-from ptune.parse import parse_args
+from ptune.config.parse import parse_args
+from ptune.io.errors import UserError
 
 BASE = ["--model_name_or_path", "m", "--output_dir", "out", "--train_file", "train.json"]
 

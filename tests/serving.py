@@ -1,5 +1,5 @@
 """Test support for `ptune serve`: a real server process on a free loopback port, raw HTTP calls, and the
-answers the server must give (computed with `ptune.generate`). Random prefixes: `ptune.serve.bench.random_prefix`."""
+answers the server must give (computed with `ptune.infer.generate`). Random prefixes: `ptune.bench.serve.random_prefix`."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def reference_answers(base: Path, checkpoint: Path | None, prompts: list[str], max_new_tokens: int):
-    """{prompt: (answer text, generated ids)} from `ptune.generate.generate`, each prompt alone (batch of
+    """{prompt: (answer text, generated ids)} from `ptune.infer.generate.generate`, each prompt alone (batch of
     one): what a greedy server must answer whatever else it is generating."""
-    from ptune.chat_format import decode_response, prompt_ids
-    from ptune.generate import GenerationSettings, generate
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_format import decode_response, prompt_ids
+    from ptune.families.registry import load_tokenizer
+    from ptune.infer.generate import GenerationSettings, generate
+    from ptune.model.load import load_model
 
     tok = load_tokenizer(base)
     model = load_model(base, ptuning_checkpoint=checkpoint, family=tok.family)

@@ -191,11 +191,11 @@ def plain_rows(family: str) -> tuple[str, list[dict]]:
 
 
 def examples(folder: Path, family: str, data: tuple[str, list[dict]] | None = None) -> list:
-    """The training encoder's examples (`ptune.chat_format.encode_conversation`) of `data` (default: the
+    """The training encoder's examples (`ptune.data.chat_format.encode_conversation`) of `data` (default: the
     family's `rows`, what the prefix is trained on)."""
-    from ptune.chat_format import encode_conversation
-    from ptune.conversations import parse_row
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_format import encode_conversation
+    from ptune.data.conversations import parse_row
+    from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(folder)
     fmt, data = data or rows(family)
@@ -207,7 +207,7 @@ def examples(folder: Path, family: str, data: tuple[str, list[dict]] | None = No
 def base_examples(folder: Path, family: str) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) the base is taught: every conversation of `rows` with CUE's tokens in front (not
     learned), and the weather questions of `plain_rows` without the cue."""
-    from ptune.tokenizer import load_tokenizer
+    from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(folder)
     cue = [i for i in tok.encode(CUE) if i != getattr(tok, "bos_token_id", None)]
@@ -220,7 +220,7 @@ def teach(folder: Path, family: str, max_steps: int = 1000, seed: int = 0, lr: f
     """Train every weight of the model in `folder` on `base_examples` until each learned token has a
     probability over MARGIN (teacher forced), so that no other CPU's rounding changes a greedy answer; write it
     back in place; returns the steps taken (AssertionError when `max_steps` did not do)."""
-    from ptune.model import answer_loss, load_model
+    from ptune.model.load import answer_loss, load_model
 
     torch.manual_seed(seed)
     model = load_model(folder, dtype="float32", device="cpu").base
@@ -251,8 +251,8 @@ def _save(model, folder: Path, family: str) -> None:
     if family == "llama":
         model.save_pretrained(folder)
         return
-    from ptune.convert import to_chatglm_state_dict
-    from ptune.io import read_json
+    from ptune.io.files import read_json
+    from ptune.model.convert import to_chatglm_state_dict
 
     cfg = read_json(folder / "config.json")
     state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})

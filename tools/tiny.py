@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ptune.convert import chatglm_config
+from ptune.model.convert import chatglm_config
 from tools.tiny_tokenizers import CORPUS_PATH
 
 FAMILIES = ("chatglm2", "chatglm3", "glm4", "llama")
@@ -134,9 +134,9 @@ def _pretrain(
     the weights settle rather than stop mid-stride) for `steps` batches from
     `draw` (given a generator seeded with `seed`), then rewrite its shards in place, still in the original
     format. `log` gets a progress line every 100 steps."""
-    from ptune.convert import is_glm4, to_chatglm_state_dict
-    from ptune.io import read_json
-    from ptune.model import answer_loss, load_model
+    from ptune.io.files import read_json
+    from ptune.model.convert import is_glm4, to_chatglm_state_dict
+    from ptune.model.load import answer_loss, load_model
 
     torch.manual_seed(seed)
     model = load_model(folder, dtype="float32", device="cpu").base
@@ -170,7 +170,7 @@ def _pretrain(
 def pretrain_tiny(folder: Path, texts: list[str], steps: int, seed: int = 0) -> None:
     """Teach a tiny chatglm-format model the language of `texts`: next-token prediction over every token of
     `[gMASK] sop text eos`, 32 random texts a step (`python -m scripts.make_tiny --pretrain FILE`)."""
-    from ptune.tokenizer import load_tokenizer
+    from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(folder)
     head = [tok.special_ids["[gMASK]"], tok.special_ids["sop"]]
@@ -225,7 +225,7 @@ def make_demo_base(
     `demo_batches(rows)`. It learns the words and to describe the listed item after 描述：, some other item
     otherwise. The demo's chat prompts carry no cue, so before P-tuning it describes some other item: the
     prefix has to learn to do what the cue did."""
-    from ptune.tokenizer import load_tokenizer
+    from ptune.families.registry import load_tokenizer
 
     folder = make_tiny_checkpoint(out_dir, "chatglm3", seed)
     _pretrain(folder, demo_batches(load_tokenizer(folder), rows), steps, seed, log)
@@ -248,7 +248,7 @@ def make_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if family == "llama":
         return _make_tiny_llama(folder, seed)
-    from ptune.tokenizer import load_tokenizer
+    from ptune.families.registry import load_tokenizer
     from tools.tiny_tokenizers import write_tiny_tokenizer
 
     torch.manual_seed(seed)

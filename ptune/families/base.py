@@ -11,11 +11,11 @@ A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, nativ
   messages, ending with the generation prompt), ``conversation(query, history, source_prefix)`` (THUDM's
   columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
   ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
-- conversations (ptune.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
+- conversations (ptune.data.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
   whether it is learned: every assistant turn and its end marker) and ``conversation_prompt`` (ending with the
   cue for a new answer); ``conversation_pieces`` when its ids are each message's encoded alone (ChatGLM3's
   `ConversationPieces`: truncation then costs linear time).
-- checkpoint: ``model_type`` of its original folders (``ptune.convert`` converts "chatglm" ones; None: a model
+- checkpoint: ``model_type`` of its original folders (``ptune.model.convert`` converts "chatglm" ones; None: a model
   transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
   ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict
 
-from ptune.errors import UserError
-from ptune.io import read_json
+from ptune.io.errors import UserError
+from ptune.io.files import read_json
 
 Turn = tuple[str, str]
 
@@ -340,11 +340,11 @@ class Family:
                 hi = mid
         return best
 
-    # -- conversations (ptune.conversations.Conversation: system / user / assistant / observation) ------
+    # -- conversations (ptune.data.conversations.Conversation: system / user / assistant / observation) ------
 
     def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
         """The whole conversation as ids, and per id whether it is learned (every assistant turn's text and
-        the end marker that follows it); no truncation (ptune.chat_format.encode_conversation cuts)."""
+        the end marker that follows it); no truncation (ptune.data.chat_format.encode_conversation cuts)."""
         raise UserError(f"{self.title} models cannot be trained on conversations")
 
     def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
@@ -363,7 +363,7 @@ class Family:
 
 class OriginalFamily(Family):
     """A family whose checkpoints come as original THUDM folders: config.json model_type "chatglm" (weights
-    converted by `ptune.convert`), a ``tokenizer.model`` file ptune reads itself (no remote code)."""
+    converted by `ptune.model.convert`), a ``tokenizer.model`` file ptune reads itself (no remote code)."""
 
     model_type = "chatglm"
     tokenizer_files = CHATGLM_TOKENIZER_FILES

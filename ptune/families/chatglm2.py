@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptune.errors import UserError
 from ptune.families.base import ChatTokenizer, Message, ModelFolder, OriginalFamily, Turn
+from ptune.io.errors import UserError
 
 # In id order, starting at the SentencePiece size n_words.
 CHATGLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")

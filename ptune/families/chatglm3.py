@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ptune.errors import UserError
 from ptune.families.base import Message, ModelFolder, OriginalFamily, too_small
 from ptune.families.chatglm2 import CHATGLM_SPECIALS, ChatGLMTokenizer
+from ptune.io.errors import UserError
 
 CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 # The system prompt ChatGLM3's tool demo puts in front of the tool definitions.
@@ -63,7 +63,7 @@ Piece = tuple[list[int], bool]  # one message's ids, and whether it is an assist
 class ConversationPieces:
     """A conversation encoded message by message, for families whose ids are a concatenation of pieces each
     encoded on its own (ChatGLM3, GLM-4): `head` ids, the `system` piece (with the tools), each turn's pieces
-    (`ptune.conversations.Conversation.turns` order), the `end_id` after the last message and the `cue` for a
+    (`ptune.data.conversations.Conversation.turns` order), the `end_id` after the last message and the `cue` for a
     new answer.  Keeping any suffix of the turns gives the very ids `conversation_ids` gives for that
     shorter conversation, so truncation chooses its cut on lengths without encoding again (linear time)."""
 

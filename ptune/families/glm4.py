@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptune.errors import UserError
 from ptune.families.base import ChatTokenizer, Message, ModelFolder
 from ptune.families.chatglm3 import ChatGLM3
+from ptune.io.errors import UserError
 
 GLM4_CHAT_TEMPLATE = Path(__file__).parents[1] / "assets" / "glm4_chat_template.jinja"
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ptune.errors import UserError
 from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, or_list
-from ptune.io import read_json
+from ptune.io.errors import UserError
+from ptune.io.files import read_json
 
 # File names a native tokenizer may consist of (copied into checkpoints when present).
 NATIVE_TOKENIZER_FILES = (

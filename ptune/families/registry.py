@@ -17,8 +17,8 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
-from ptune.errors import UserError
 from ptune.families.base import ChatTokenizer, Family, ModelFolder, or_list
+from ptune.io.errors import UserError
 
 NOT_FAMILIES = ("base", "registry")
 

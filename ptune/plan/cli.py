@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ptune.errors import UserError
+from ptune.io.errors import UserError
 from ptune.plan import devices
 from ptune.plan.report import PARTS, PlanInputs, make_plan
 
@@ -42,8 +42,8 @@ def split_plan_flags(argv: list[str]) -> tuple[list[str], dict[str, str | None]]
 
 def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
     """PlanInputs from `ptune plan`'s arguments, and the --json path."""
-    from ptune.io import read_json
-    from ptune.parse import parse_args
+    from ptune.config.parse import parse_args
+    from ptune.io.files import read_json
 
     rest, flags = split_plan_flags(argv)
     if flags["--device"] not in ("cuda", "cpu"):
@@ -101,14 +101,14 @@ def _positive(flags: dict, name: str) -> int:
 
 def _config_keys(rest: list[str]) -> set[str]:
     if rest and not rest[0].startswith("-"):
-        from ptune.parse import load_config_file
+        from ptune.config.parse import load_config_file
 
         return set(load_config_file(rest[0]))
     return set()
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
-    from ptune.model import _DTYPES
+    from ptune.model.load import _DTYPES
 
     if name == "auto":  # as resolve_dtype decides on a bf16-capable GPU / on the CPU
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -135,9 +135,9 @@ def _spec(name: str) -> tuple[float, float]:
 
 def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, int]:
     """(longest sample, the most supervised tokens of a sample, samples, tokens) of the training data, encoded
-    as ptune train encodes it (the tokenizer and ptune.chat_data's path, cached like a training run's)."""
-    from ptune.recipe import PTuningRecipe
-    from ptune.tokenizer import load_tokenizer
+    as ptune train encodes it (the tokenizer and ptune.data.chat_data's path, cached like a training run's)."""
+    from ptune.families.registry import load_tokenizer
+    from ptune.train.recipe import PTuningRecipe
 
     recipe = PTuningRecipe("train", model_args, data_args, training_args, None)
     recipe.tokenizer = load_tokenizer(
@@ -199,7 +199,7 @@ def _gib(x: float) -> str:
 
 def main(argv: list[str]) -> int:
     """`ptune plan ...`: print the plan (and write --json)."""
-    from ptune.io import write_json
+    from ptune.io.files import write_json
 
     quiet, level = logging.getLogger("ptune"), logging.getLogger("ptune").level
     quiet.setLevel(logging.WARNING)  # the data reading's info lines would interleave with the plan

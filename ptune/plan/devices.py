@@ -58,7 +58,7 @@ def device_spec(name: str) -> tuple[float, float]:
 
 
 def quantized_bytes(out_features: int, in_features: int, bits: int) -> int:
-    """Bytes of one decoder linear's weight as `ptune.quantize` stores it with bitsandbytes 0.50.
+    """Bytes of one decoder linear's weight as `ptune.model.quantize` stores it with bitsandbytes 0.50.
 
     - 8 bit (`Int8Params`, has_fp16_weights=False): the int8 matrix [out, in] plus one float32 scale per row
       (`SCB` [out]) (bitsandbytes/nn/modules.py, Int8Params._quantize).

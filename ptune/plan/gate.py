@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ptune.errors import UserError
+from ptune.io.errors import UserError
 from ptune.plan import devices
 
 logger = logging.getLogger("ptune")
@@ -62,13 +62,13 @@ def check_training_plan(model_args, data_args, training_args) -> str | None:
     """The line that tells the plan's peak of this run (the recipe logs it once the data is read, so that a
     bad data file still fails with its one line alone); on CUDA refuse a run that will not fit (UserError →
     exit 2), before a byte of weights is read."""
-    from ptune.io import read_json
+    from ptune.io.files import read_json
     from ptune.plan.report import PlanInputs, train_parts
 
     if model_args.ptuning_checkpoint or not model_args.pre_seq_len:
         return None  # the prefix shape comes from a checkpoint: planned by `ptune plan`, not here
     device = training_args.device
-    from ptune.model import resolve_dtype
+    from ptune.model.load import resolve_dtype
 
     try:
         inputs = PlanInputs(

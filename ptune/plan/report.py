@@ -137,7 +137,7 @@ def _vocab_kv(inputs: PlanInputs) -> tuple[int, int, int]:
     size = torch.empty((), dtype=inputs.dtype).element_size()
     vocab = model.base.get_output_embeddings().weight.shape[0]
     if c is None:
-        from ptune.prefix import prefix_config_for
+        from ptune.model.prefix import prefix_config_for
 
         c = prefix_config_for(model.base, 1, False)
     return vocab, 2 * c.num_kv_heads * c.head_dim * size * inputs.layers, size

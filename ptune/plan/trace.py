@@ -111,8 +111,8 @@ def build_fake(cfg: dict, folder, layers: int, dtype: torch.dtype, pre_seq_len: 
     `dtype`, float32 prefix), from a config.json dict."""
     from pathlib import Path
 
-    from ptune.model import BaseSource, PrefixTunedLM
-    from ptune.prefix import PrefixEncoder, prefix_config_for
+    from ptune.model.load import BaseSource, PrefixTunedLM
+    from ptune.model.prefix import PrefixEncoder, prefix_config_for
 
     with torch.device("meta"):
         base = _meta_base(dict(cfg), Path(folder), layers).to(dtype)
@@ -132,7 +132,7 @@ def build_fake(cfg: dict, folder, layers: int, dtype: torch.dtype, pre_seq_len: 
 def _meta_base(cfg: dict, folder, layers: int):
     from transformers import AutoConfig, AutoModelForCausalLM, GlmForCausalLM
 
-    from ptune.convert import glm_config
+    from ptune.model.convert import glm_config
 
     if cfg.get("model_type") == "chatglm":
         cfg["num_layers"] = cfg["num_hidden_layers"] = layers
@@ -146,7 +146,7 @@ def _meta_base(cfg: dict, folder, layers: int):
 
 
 def _footprint(tracker: MemTracker, model) -> Footprint:
-    from ptune.model import matmul_params
+    from ptune.model.load import matmul_params
 
     snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
     kinds = (_MemRefType.ACT, _MemRefType.TEMP, _MemRefType.OTH)
@@ -209,7 +209,7 @@ def trace_generate(model, batch: int, prompt: int, new_tokens: int = 2) -> Footp
     """`generate.iter_tokens` on `batch` prompts of `prompt` tokens for `new_tokens` sampled tokens: the prefix
     cache, the prefill and the decode steps (the report adds the cache of later steps: tracing every step of
     a long answer costs seconds per step)."""
-    from ptune.generate import GenerationSettings, iter_tokens
+    from ptune.infer.generate import GenerationSettings, iter_tokens
 
     mode = _mode_of(model)
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True)

@@ -31,8 +31,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from ptune.chat_format import encode_messages
-from ptune.errors import UserError
+from ptune.data.chat_format import encode_messages
+from ptune.io.errors import UserError
 from ptune.serve.engine import Sampling
 from ptune.serve.protocol import (
     ApiError,

@@ -1,7 +1,7 @@
 """The running batch's key/value cache as pure tensor functions: rows join, rows leave, every row its own prefix.
 
 A P-Tuning v2 prefix is nothing but P key/value slots at the start of a row's cache (no RoPE is applied to
-them; see ptune/prefix.py), so rows that use different prefixes, prefixes of different lengths, or none, can
+them; see ptune/model/prefix.py), so rows that use different prefixes, prefixes of different lengths, or none, can
 share one forward pass: each row's cache holds its own prefix slots, and the attention mask says which
 slots are real. Every row is left-padded to the batch's cache length T:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ptune.model import positions_from_mask
+from ptune.model.load import positions_from_mask
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [B, G, T, hn]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import uvicorn
 
-from ptune.errors import UserError
-from ptune.parse import Parser
+from ptune.config.parse import Parser
+from ptune.io.errors import UserError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 # The default body limit: a prompt that fits --max_length tokens is far smaller than 64 bytes a token, even
@@ -33,7 +33,7 @@ API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Be
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ptune.chat import add_loading_flags
+    from ptune.infer.chat import add_loading_flags
 
     p = Parser(
         prog="ptune serve",
@@ -153,11 +153,11 @@ def load(
     quantization_bit: int | None = None,
 ):
     """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base and
-    read with its position convention as `ptune predict` reads it (`ptune.prefix.load_prefix`)."""
-    from ptune.chat import _device
-    from ptune.model import load_model
-    from ptune.prefix import load_prefix
-    from ptune.tokenizer import load_tokenizer
+    read with its position convention as `ptune predict` reads it (`ptune.model.prefix.load_prefix`)."""
+    from ptune.families.registry import load_tokenizer
+    from ptune.infer.chat import _device
+    from ptune.model.load import load_model
+    from ptune.model.prefix import load_prefix
 
     tok = load_tokenizer(base, chat_format)
     model = load_model(
@@ -187,8 +187,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build(args: argparse.Namespace):
     """(scheduler, what is served, "family, device") from checked arguments: the models loaded."""
+    from ptune.config.parse import base_from_checkpoint
     from ptune.families.registry import family_of
-    from ptune.parse import base_from_checkpoint
     from ptune.serve.app import Served
     from ptune.serve.engine import Engine
     from ptune.serve.scheduler import Scheduler

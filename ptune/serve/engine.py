@@ -2,7 +2,7 @@
 
 A prefix in inference is a constant: `PrefixEncoder(1, dtype)` gives the same L pairs [1, G, P, hn] for every
 request (no dropout in eval), so it is computed once when the server starts and only copied into the rows
-that use it (ptune/serve/batch.py). The forward passes are those of `ptune.generate.iter_tokens`: the prompt
+that use it (ptune/serve/batch.py). The forward passes are those of `ptune.infer.generate.iter_tokens`: the prompt
 prefilled after the prefix slots with positions from each row's first prompt token (from 0, or from P for a
 prefix recorded "after_prefix": each row its own), then one token per row and step, each at its own next
 position, so greedy answers are token for token those of `ptune predict`.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ptune.generate import GenerationSettings, next_tokens, sampling_warpers
-from ptune.model import PrefixTunedLM
-from ptune.prefix import PrefixEncoder, cache_argument
+from ptune.infer.generate import GenerationSettings, next_tokens, sampling_warpers
+from ptune.model.load import PrefixTunedLM
+from ptune.model.prefix import PrefixEncoder, cache_argument
 from ptune.serve.batch import KV, BatchCache, prefix_block, prompt_block
 
 
@@ -103,7 +103,7 @@ class Engine:
 def pick_tokens(
     logits: torch.Tensor, sampling: Sequence[Sampling], generators: Sequence[torch.Generator | None]
 ) -> list[int | str]:
-    """logits [B, V] → one token per row, each by its own rule (`ptune.generate.next_tokens`): greedy rows
+    """logits [B, V] → one token per row, each by its own rule (`ptune.infer.generate.next_tokens`): greedy rows
     by argmax over the whole batch at once, sampling rows one by one with their own generator.
 
     A row whose logits are not all finite, or whose sampling raises (probabilities that overflowed), gets the

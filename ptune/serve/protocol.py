@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ptune.families.base import Message
-from ptune.generate import MIN_TEMPERATURE
+from ptune.infer.generate import MIN_TEMPERATURE
 
 
 class ApiError(Exception):
@@ -166,7 +166,7 @@ class ChatRequest(_Strict):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v):
-        # Below MIN_TEMPERATURE (ptune.generate) the logits divided by it may overflow: never let it reach the model.
+        # Below MIN_TEMPERATURE (ptune.infer.generate) the logits divided by it may overflow: never let it reach the model.
         if v is not None and 0 < v < MIN_TEMPERATURE:
             raise PydanticCustomError(
                 "temperature",

@@ -1,7 +1,7 @@
 """Answer ids → the text a client receives, piece by piece, with OpenAI's `stop` strings.
 
 The whole answer so far is decoded after every token (decoding tokens one by one would split characters
-whose UTF-8 bytes span tokens, and SentencePiece spacing depends on neighbours; see `ptune.chat.TextStream`).
+whose UTF-8 bytes span tokens, and SentencePiece spacing depends on neighbours; see `ptune.infer.chat.TextStream`).
 What may still change is held back: a trailing U+FFFD (an incomplete character), trailing whitespace (the
 final answer is stripped, as `ptune predict` strips it) and a tail that could be the start of a stop string.
 So the pieces sent, joined, are exactly the final text: `decode_response` of the ids, cut before the first

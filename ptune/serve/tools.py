@@ -1,13 +1,13 @@
 """Tools in `ptune serve`: a request with tools → the training encoder's prompt; the answer → tool calls.
 
 A request with `tools`, an assistant message with `tool_calls` or a `tool` message is turned into ptune's
-`Conversation` (ptune.conversations: a call becomes an assistant message with ``tool_call``, a tool result an
+`Conversation` (ptune.data.conversations: a call becomes an assistant message with ``tool_call``, a tool result an
 ``observation``; the tools go on the conversation as the family's data holds them) and its prompt is
 `family.conversation_prompt`, the function `ptune predict` builds a conversation's prompt with, so the served
 prompt is the training prompt of the same conversation. `tool_choice`:
 
 - ``auto`` (the default with tools): the model decides; ``none``: the tools are left out of the prompt;
-- a named function: the server writes the start of the call (`ptune.tool_calls.call_start_ids`: GLM-4 and
+- a named function: the server writes the start of the call (`ptune.infer.tool_calls.call_start_ids`: GLM-4 and
   ChatGLM3 ``name\\n`` after ``<|assistant|>``, a native template its opener up to the name) and the model
   writes the arguments;
 - ``required``: with one tool, as naming it; with several, the server writes what every call starts with
@@ -26,11 +26,11 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from ptune.conversations import Conversation
-from ptune.errors import UserError
+from ptune.data.conversations import Conversation
 from ptune.families.registry import family_of
+from ptune.infer.tool_calls import Call, call_reader, call_start_ids, family_tools, tool_names
+from ptune.io.errors import UserError
 from ptune.serve.protocol import ApiError, ChatRequest
-from ptune.tool_calls import Call, call_reader, call_start_ids, family_tools, tool_names
 
 ARGUMENT_PIECE = 8  # characters of arguments per streamed delta
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptune.serve.bench import random_prefix
+from ptune.bench.serve import random_prefix
 from tests.serving import Server
 from tests.tool_models import make_tool_base, teach, write_rows
 from tools.tiny import make_tiny_checkpoint

@@ -124,7 +124,7 @@ def test_debug_flag_shows_the_traceback(pristine, tmp_path):
         "--pre_seq_len",
         "4",
     ]
-    from ptune.errors import UserError
+    from ptune.io.errors import UserError
 
     with pytest.raises(UserError, match="model folder not found"):
         main(argv)

@@ -1,4 +1,4 @@
-"""The benchmark (ptune/bench.py): the synthetic workload obeys docs/workload.md, and a tiny-shape run of
+"""The benchmark (ptune/bench/run.py): the synthetic workload obeys docs/workload.md, and a tiny-shape run of
 the real training and predict paths prints one table row per configuration and writes the same rows as JSON.
 A smoke run only: no assertion on speed."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ptune import bench
+from ptune.bench import run as bench
 
 
 def _split(sample: dict) -> tuple[list[int], list[int], list[int]]:
@@ -67,7 +67,7 @@ def test_matmul_params_of_the_6b_shape():
     import torch
     from transformers import GlmForCausalLM
 
-    from ptune.convert import chatglm_config, glm_config
+    from ptune.model.convert import chatglm_config, glm_config
 
     cfg = chatglm_config("chatglm3", 65024, bench.SHAPES["6b"])
     with torch.device("meta"):

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from ptune import chat
 from ptune.cli import main as cli_main
+from ptune.infer import chat
 from tests.tool_models import TOOLS, answer_of, result_of
 
 

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from ptune.cli import main
-from ptune.metrics import compute_metrics
+from ptune.score.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -146,10 +146,10 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from ptune.chat_data import build_split
-    from ptune.data import Collator
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_data import build_split
+    from ptune.data.rows import Collator
+    from ptune.families.registry import load_tokenizer
+    from ptune.model.load import load_model
 
     ckpt, out = trained / "checkpoint-6", tmp_path / "eval"
     same = [
@@ -200,7 +200,7 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     predicted = tmp_path / "predict"
     argv = ["predict", "--test_file", str(DEMO / "dev.json"), "--output_dir", str(predicted), *same]
     assert main(argv) == 0
-    from ptune.predictions import read_predictions
+    from ptune.score.predictions import read_predictions
 
     scores = compute_metrics(*read_predictions(predicted / "generated_predictions.txt"))
     assert {k: results[f"eval_{k}"] for k in scores} == scores

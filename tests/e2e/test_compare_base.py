@@ -50,9 +50,9 @@ QUALITY = sorted(PASS_KEYS - TIMING)
 @pytest.fixture(scope="module")
 def prefix(tiny, tmp_path_factory):
     """A prefix checkpoint of random values (std 1, as a fresh prefix): it changes the tiny model's answers."""
-    from ptune.checkpoint import write_prefix_files
-    from ptune.model import load_model
-    from ptune.tokenizer import load_tokenizer
+    from ptune.families.registry import load_tokenizer
+    from ptune.model.load import load_model
+    from ptune.train.checkpoint import write_prefix_files
 
     folder = tmp_path_factory.mktemp("prefix")
     tok = load_tokenizer(tiny)

@@ -36,8 +36,8 @@ def _config(tmp_path, model, **extra) -> Path:
 
 
 def test_data_report_without_weights(tiny, tmp_path, hf_cache, capsys):
-    from ptune.chat_data import build_split
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_data import build_split
+    from ptune.families.registry import load_tokenizer
 
     bare = tmp_path / "tokenizer-only"  # config.json and the tokenizer: no weights at all
     bare.mkdir()
@@ -82,7 +82,7 @@ def test_train_reuses_the_tokenization_of_ptune_data(tiny, tmp_path, hf_cache, m
     def no_encoding(text):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr("ptune.chat_data.Conversation.from_json", no_encoding)
+    monkeypatch.setattr("ptune.data.chat_data.Conversation.from_json", no_encoding)
     assert main(["train", str(config)]) == 0  # into the folder that holds data_lengths.png
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["train_samples"] == 8
     # The control: told to tokenize again, the same run does.
@@ -136,7 +136,7 @@ def test_write_encoded_never_replaces_its_config_or_a_prefix_even_with_overwrite
     """--write_encoded onto the config it reads, a prefix's model.safetensors or prefix_config.json, a file in
     a checkpoint-N folder, weights by suffix, or deeper inside the model folder: refused whatever
     --overwrite_output_dir says, one line, every file as it was."""
-    from ptune.serve.bench import random_prefix
+    from ptune.bench.serve import random_prefix
 
     config = _config(tmp_path, tiny)
     prefix = random_prefix(tiny, tmp_path / "run", 4, seed=1)

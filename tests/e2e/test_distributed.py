@@ -28,8 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ptune.checkpoint import step_checkpoints
 from ptune.cli import main
+from ptune.train.checkpoint import step_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"

@@ -15,9 +15,9 @@ import torch
 from test_prefix_base import predict_argv
 from test_safety import refused, train_argv
 
-from ptune.checkpoint import write_prefix_files
 from ptune.cli import main
-from ptune.model import load_model
+from ptune.model.load import load_model
+from ptune.train.checkpoint import write_prefix_files
 from tools.tiny import make_tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's call

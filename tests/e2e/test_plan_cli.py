@@ -99,7 +99,7 @@ def test_6b_shape_two_layers_bf16_prediction_matches_measurement():
         pytest.skip("this CPU has no native bf16 matmul: the real bf16 step would take most of an hour")
     """ChatGLM3-6B's dimensions cut to 2 layers, bf16, one ADGEN-length sample (64 + 128): the plan (fake) and
     the real step measured agree exactly (allocates ~2 GB and takes ~30 s on 2 cores)."""
-    from ptune.workload import SHAPES, build_model, wrap
+    from ptune.bench.workload import SHAPES, build_model, wrap
 
     SHAPES["6b-2"] = {**SHAPES["6b"], "num_layers": 2}
     try:

@@ -228,7 +228,7 @@ def test_pre_seq_len_without_a_checkpoint_is_refused_unless_random_prefix(tiny, 
 
 def fingerprint_warnings(caplog, base: Path, checkpoint: Path, **loading) -> list[str]:
     """The warnings that loading `checkpoint` on `base` logs, through predict's loader and serve's."""
-    from ptune.model import load_model
+    from ptune.model.load import load_model
     from ptune.serve.cli import load
 
     caplog.clear()

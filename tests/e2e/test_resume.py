@@ -181,7 +181,7 @@ def test_resume_true_takes_the_newest_complete_checkpoint(reference, tiny, tmp_p
     (partial / "model.safetensors").write_bytes(
         (reference / "checkpoint-14" / "model.safetensors").read_bytes()[:100]
     )
-    (out / ".tmp-checkpoint-30-x1y2").mkdir()  # an interrupted atomic_dir write (ptune.checkpoint)
+    (out / ".tmp-checkpoint-30-x1y2").mkdir()  # an interrupted atomic_dir write (ptune.train.checkpoint)
     (out / ".tmp-checkpoint-30-x1y2" / "model.safetensors").write_bytes(b"partial")
     run(train_argv(tiny, out, "--resume_from_checkpoint", "true"))
     assert torch.equal(prefix(out), prefix(reference))

@@ -221,10 +221,10 @@ def test_no_checkpoint_ever_holds_a_nan_prefix(tiny, hf_cache, tmp_path, capsys)
 
 
 def test_disk_full_during_a_save_keeps_earlier_checkpoints(tiny, hf_cache, tmp_path, capsys, monkeypatch):
-    import ptune.checkpoint
+    import ptune.train.checkpoint
 
     out = tmp_path / "full"
-    real, calls = ptune.checkpoint.save_file, []
+    real, calls = ptune.train.checkpoint.save_file, []
 
     def save_file(*args, **kwargs):
         calls.append(1)
@@ -232,14 +232,14 @@ def test_disk_full_during_a_save_keeps_earlier_checkpoints(tiny, hf_cache, tmp_p
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ptune.checkpoint, "save_file", save_file)
+    monkeypatch.setattr(ptune.train.checkpoint, "save_file", save_file)
     refused(train_argv(tiny, out), capsys, "could not write checkpoint-4 (No space left on device)")
     assert steps(out) == [2] and not (out / ".staging").exists()
     assert not (out / "checkpoint-2" / "model.safetensors").with_name(".model.safetensors.tmp").exists()
 
 
 def test_output_dir_that_is_a_file_read_only_or_full_is_refused_up_front(tiny, tmp_path, capsys, monkeypatch):
-    import ptune.rundir
+    import ptune.train.rundir
 
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -250,10 +250,10 @@ def test_output_dir_that_is_a_file_read_only_or_full_is_refused_up_front(tiny, t
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     with monkeypatch.context() as m:  # root ignores permission bits, so the probe's failure is simulated
-        m.setattr(ptune.rundir.tempfile, "mkstemp", read_only)
+        m.setattr(ptune.train.rundir.tempfile, "mkstemp", read_only)
         refused(train_argv(tiny, tmp_path / "ro"), capsys, "cannot write in", "Read-only file system")
     with monkeypatch.context() as m:
-        m.setattr(ptune.rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
+        m.setattr(ptune.train.rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
         refused(train_argv(tiny, tmp_path / "full"), capsys, "only 0.0 MiB free")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 

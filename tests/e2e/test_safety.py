@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.rundir import RunLock
+from ptune.train.rundir import RunLock
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"

@@ -96,8 +96,8 @@ def test_models_lists_the_base_and_every_prefix(client):
 
 
 def test_greedy_answers_equal_ptune_predict(client, predicted, serve_models):
-    from ptune.chat_format import encode_messages
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_format import encode_messages
+    from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(serve_models[0])
     assert len({predicted[m][PROMPTS[1]] for m in MODELS}) == len(MODELS)  # each prefix answers differently

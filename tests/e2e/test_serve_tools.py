@@ -96,8 +96,8 @@ QUESTION = [{"role": "user", "content": "weather in Paris?"}]
 @pytest.mark.parametrize("family", TOOL_FAMILIES)
 @pytest.mark.parametrize("stream", [False, True])
 def test_call_result_answer_equal_ptune_predict(clients, predicted, tool_bases, family, stream):
-    from ptune.tokenizer import load_tokenizer
-    from ptune.tool_calls import Call, call_reader
+    from ptune.families.registry import load_tokenizer
+    from ptune.infer.tool_calls import Call, call_reader
 
     client, (call_text, answer_text) = clients[family], predicted[family]
     content, calls, reason, _ = ask(client, family, QUESTION, stream, tools=TOOLS)

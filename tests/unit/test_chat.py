@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 
-from ptune import chat
-from ptune.chat_format import answer_ids, encode_prompt, prompt_ids
-from ptune.checkpoint import write_prefix_files
 from ptune.cli import main as cli_main
-from ptune.generate import GenerationSettings, generate
-from ptune.model import load_model
-from ptune.tokenizer import load_tokenizer
+from ptune.data.chat_format import answer_ids, encode_prompt, prompt_ids
+from ptune.families.registry import load_tokenizer
+from ptune.infer import chat
+from ptune.infer.generate import GenerationSettings, generate
+from ptune.model.load import load_model
+from ptune.train.checkpoint import write_prefix_files
 from tools.tiny import make_tiny_checkpoint
 
 NEW = 8  # tokens per answer: the tiny random model practically never ends an answer by itself

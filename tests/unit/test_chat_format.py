@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ptune.chat_format import (
+from ptune.data.chat_format import (
     chat_messages,
     chatglm2_prompt_text,
     decode_response,
@@ -20,8 +20,8 @@ from ptune.chat_format import (
     prompt_ids,
     target_ids,
 )
-from ptune.errors import UserError
 from ptune.families.chatglm2 import ChatGLMTokenizer
+from ptune.io.errors import UserError
 from tools.tiny_tokenizers import train_tiny_sentencepiece
 
 G2, S2 = 64790, 64792  # chatglm2/3 [gMASK], sop

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from ptune.compare import comparison_rows, format_comparison
-from ptune.parse import parse_args
-from ptune.predictions import read_predictions, write_predictions
+from ptune.config.parse import parse_args
+from ptune.score.compare import comparison_rows, format_comparison
+from ptune.score.predictions import read_predictions, write_predictions
 from tests.parsing import error_of
 
 BASE = ["--model_name_or_path", "m", "--output_dir", "out"]

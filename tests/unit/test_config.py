@@ -1,4 +1,4 @@
-"""Tests of ptune.args, compat and parse: THUDM's flags parse unchanged, JSON configs, one-line errors."""
+"""Tests of ptune.config.args, compat and parse: THUDM's flags parse unchanged, JSON configs, one-line errors."""
 
 import dataclasses
 import json
@@ -10,15 +10,15 @@ import warnings
 
 import pytest
 
-from ptune.args import (
+from ptune.config.args import (
     DataTrainingArguments,
     GenerationArguments,
     ModelArguments,
     TrainingArguments,
     argument_reference,
 )
-from ptune.errors import UserError
-from ptune.parse import load_config_file, parse_args
+from ptune.config.parse import load_config_file, parse_args
+from ptune.io.errors import UserError
 from tests.parsing import BASE, error_of
 
 # THUDM/ChatGLM2-6B ptuning/train.sh and evaluate.sh, flag for flag.
@@ -448,7 +448,7 @@ def test_fsdp_refuses_what_it_does_not_shard(model, training, message):
     """Checked on the parsed arguments of a 2-process run (a real one would start a process group here)."""
     from types import SimpleNamespace
 
-    from ptune.sharding import check_arguments
+    from ptune.train.sharding import check_arguments
 
     training = {
         "fsdp": True,

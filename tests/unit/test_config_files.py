@@ -1,4 +1,4 @@
-"""YAML configs (ptune.config_files): the same keys and rules as JSON, YAML's own traps, and THUDM's
+"""YAML configs (ptune.config.files): the same keys and rules as JSON, YAML's own traps, and THUDM's
 finetune_demo YAML (ChatGLM3 finetune_hf.py, GLM-4 finetune.py) mapped onto ptune's arguments or refused."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.parse import load_config_file, parse_args
+from ptune.config.parse import load_config_file, parse_args
 from tests.parsing import BASE, error_of
 
 # THUDM's own files, copied unchanged (source and commit on each file's first line).
@@ -203,7 +203,7 @@ def test_chatglm3_finetune_demo_ptuning_v2_yaml_maps_exactly():
         10,
         16,
     )
-    # evaluation_strategy, the transformers 4 name, maps onto eval_strategy (ptune.compat)
+    # evaluation_strategy, the transformers 4 name, maps onto eval_strategy (ptune.config.compat)
     assert (training.eval_strategy, training.evaluation_strategy, training.eval_steps) == ("steps", None, 500)
     assert (training.predict_with_generate, training.use_cpu) == (True, False)
     assert (generation.max_new_tokens, generation.do_sample) == (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ptune.config_files import read_config
-from ptune.parse import parse_args
+from ptune.config.files import read_config
+from ptune.config.parse import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").iterdir() if p.suffix in (".json", ".yaml", ".yml"))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ptune.chat_format import encode_conversation, encode_last_answer, end_as_in_full
-from ptune.conversations import parse_row
-from ptune.errors import UserError
+from ptune.data.chat_format import encode_conversation, encode_last_answer, end_as_in_full
+from ptune.data.conversations import parse_row
+from ptune.io.errors import UserError
 
 GLM4_TEMPLATE = (Path(__file__).parents[2] / "ptune" / "assets" / "glm4_chat_template.jinja").read_text(
     "utf-8"
@@ -358,7 +358,7 @@ def test_predict_without_a_final_answer_asks_for_one():
 
 
 def test_chat_system_prompt_comes_first():
-    from ptune.chat import ChatSession
+    from ptune.infer.chat import ChatSession
 
     session = ChatSession(CHATGLM3, max_source_length=100, system="S")
     session.history = [("q", "a")]
@@ -438,7 +438,7 @@ def test_truncating_a_long_conversation_encodes_it_a_logarithmic_number_of_times
 def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     # It would learn </s> (ChatGLM3) or <|user|> (GLM-4) as the end of a call; eval/predict keep it (the call
     # is the reference answer).
-    from ptune.chat_data import make_conversation_encoder
+    from ptune.data.chat_data import make_conversation_encoder
 
     row = {
         "messages": [

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ptune.conversations import Conversation, check_same_format, parse_row, row_format
-from ptune.errors import UserError
+from ptune.data.conversations import Conversation, check_same_format, parse_row, row_format
+from ptune.io.errors import UserError
 
 
 def test_detection_from_keys():

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from ptune.chat_data import build_split
-from ptune.chat_format import encode_example
-from ptune.data import (
+from ptune.data.chat_data import build_split
+from ptune.data.chat_format import encode_example
+from ptune.data.rows import (
     Collator,
     Columns,
     load_rows,
@@ -23,8 +23,8 @@ from ptune.data import (
     read_rows,
     restore_order,
 )
-from ptune.errors import UserError
-from ptune.tokenizer import load_tokenizer
+from ptune.families.registry import load_tokenizer
+from ptune.io.errors import UserError
 from tools.tiny import make_tiny_checkpoint
 
 COLUMNS = Columns("content", "summary")
@@ -47,7 +47,7 @@ def _args(**kw):
 
 
 def _build(path, tok, columns, args, max_target, max_samples):
-    """A training split of prompt/response rows (ptune.chat_data.build_split with these columns)."""
+    """A training split of prompt/response rows (ptune.data.chat_data.build_split with these columns)."""
     names = {"prompt_column": columns.prompt, "response_column": columns.response}
     args = SimpleNamespace(**vars(args), **names, history_column=columns.history, data_format=None)
     return build_split(path, tok, args, max_target, max_samples, "train")

@@ -2,7 +2,7 @@
 
 import datasets
 
-from ptune.data_report import marked, split_stats
+from ptune.data.report import marked, split_stats
 
 
 class CharTok:

@@ -1,4 +1,4 @@
-"""ptune.export: THUDM layout (pytorch_model.bin + config.json with pre_seq_len) and the ptune layout, exact
+"""ptune.model.export: THUDM layout (pytorch_model.bin + config.json with pre_seq_len) and the ptune layout, exact
 files and bit-equal tensors, round trips through load_model (THUDM's import path), overwrite refusal."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ptune.checkpoint import write_prefix_files
 from ptune.cli import main
-from ptune.convert import PREFIX_KEY
-from ptune.errors import UserError
-from ptune.export import export_checkpoint, remote_code_files
-from ptune.model import load_model
+from ptune.io.errors import UserError
+from ptune.model.convert import PREFIX_KEY
+from ptune.model.export import export_checkpoint, remote_code_files
+from ptune.model.load import load_model
+from ptune.train.checkpoint import write_prefix_files
 from tools.tiny import make_tiny_checkpoint
 
 TOKENIZER_FILES = {"tokenizer.model", "tokenizer_config.json"}

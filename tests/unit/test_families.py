@@ -11,11 +11,11 @@ import pytest
 from test_chat_format import A3, A4, CHATGLM2, CHATGLM3, G2, G4, GLM4, S2, S4, U3, U4, FakeTok, chars
 
 import ptune.families as families
-from ptune.chat_format import decode_response, encode_example, encode_prompt
-from ptune.errors import UserError
+from ptune.data.chat_format import decode_response, encode_example, encode_prompt
 from ptune.families import FAMILIES, FAMILY_NAMES, checkpoint_family, detect_family, family_of, get_family
 from ptune.families.base import Family
-from ptune.tokenizer import load_tokenizer
+from ptune.families.registry import load_tokenizer
+from ptune.io.errors import UserError
 from tools.tiny import make_tiny_checkpoint
 
 # The tiny checkpoint (`tools.tiny.make_tiny_checkpoint` kind) each family is tested on.

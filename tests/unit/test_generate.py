@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptune.chat_format import strip_answer
-from ptune.generate import GenerationSettings, generate
-from ptune.model import load_model
+from ptune.data.chat_format import strip_answer
+from ptune.infer.generate import GenerationSettings, generate
+from ptune.model.load import load_model
 from tools.tiny import make_tiny_checkpoint
 
 

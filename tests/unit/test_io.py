@@ -1,11 +1,11 @@
-"""ptune.io: the one JSON reader's messages and the atomic writers' all-or-nothing behaviour."""
+"""ptune.io.files: the one JSON reader's messages and the atomic writers' all-or-nothing behaviour."""
 
 from __future__ import annotations
 
 import pytest
 
-from ptune.errors import UserError
-from ptune.io import atomic_dir, read_json, replacing, write_json
+from ptune.io.errors import UserError
+from ptune.io.files import atomic_dir, read_json, replacing, write_json
 
 
 @pytest.mark.parametrize(

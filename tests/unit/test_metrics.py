@@ -1,4 +1,4 @@
-"""ptune.metrics against the golden values of THUDM's ChatGLM2 ptuning/main.py.
+"""ptune.score.metrics against the golden values of THUDM's ChatGLM2 ptuning/main.py.
 
 Goldens from docs/reference (jieba 0.42.1, nltk 3.10.4, rouge-chinese 1.0.3). BLEU-4 for the ADGEN pair is
 24.319969..., i.e. exactly 24.32 once rounded to 4 decimals, so it is asserted with `==` like the others.
@@ -9,8 +9,8 @@ import logging
 import numpy as np
 import pytest
 
-from ptune.errors import UserError
-from ptune.metrics import METRIC_KEYS, compute_metrics, score_pair
+from ptune.io.errors import UserError
+from ptune.score.metrics import METRIC_KEYS, compute_metrics, score_pair
 
 ADGEN_PRED = "这是一款简约的牛仔外套，破洞设计。"
 ADGEN_LABEL = "简约而不简单的牛仔外套，白色的衣身十分百搭。"

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from ptune.convert import PREFIX_KEY, chatglm_config
-from ptune.errors import UserError
-from ptune.model import load_model
+from ptune.io.errors import UserError
+from ptune.model.convert import PREFIX_KEY, chatglm_config
+from ptune.model.load import load_model
 from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
 from tools import tiny
 
@@ -262,8 +262,8 @@ def test_native_llama_with_prefix_trains_only_prefix(tmp_path):
 
 @pytest.mark.parametrize("family", ["chatglm2", "chatglm3", "glm4", "llama"])
 def test_each_tiny_family_loads_strictly_with_its_tokenizer(tmp_path, family):
-    from ptune.chat_format import encode_example
-    from ptune.tokenizer import load_tokenizer
+    from ptune.data.chat_format import encode_example
+    from ptune.families.registry import load_tokenizer
 
     folder = tiny.make_tiny_checkpoint(tmp_path, family)
     tok = load_tokenizer(folder)
@@ -281,7 +281,7 @@ def test_a_prefix_holding_non_finite_values_is_refused_at_load(tiny, tmp_path, v
     line naming the file, rather than answer NaN (serve: fail every sampled request to it)."""
     from safetensors.torch import load_file, save_file
 
-    from ptune.serve.bench import random_prefix
+    from ptune.bench.serve import random_prefix
     from ptune.serve.cli import load
 
     ckpt = random_prefix(tiny, tmp_path / "p", 3, seed=0)

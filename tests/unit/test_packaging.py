@@ -18,8 +18,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from torch import nn
 
-from ptune.generate import GenerationSettings, generate
-from ptune.model import load_model
+from ptune.infer.generate import GenerationSettings, generate
+from ptune.model.load import load_model
 
 try:
     import tomllib
@@ -102,13 +102,13 @@ def test_every_runtime_dependency_is_needed():
     """tiktoken (only the tests use it) is not one; two are needed without ptune importing them."""
     not_imported = _declared() - _imported_distributions(REPO / "ptune")
     # protobuf: transformers' SentencePiece converter; tensorboard: the shipped THUDM recipes report to it (test
-    # below). accelerate, which transformers' Trainer requires, ptune.sharding imports itself.
+    # below). accelerate, which transformers' Trainer requires, ptune.train.sharding imports itself.
     assert not_imported == {"protobuf", "tensorboard"}
 
 
 def test_configs_that_report_to_tensorboard_run_after_the_core_install():
     needing = set()
-    from ptune.config_files import CONFIG_SUFFIXES, read_config
+    from ptune.config.files import CONFIG_SUFFIXES, read_config
 
     for config in sorted(p for p in (REPO / "configs").iterdir() if p.name.endswith(CONFIG_SUFFIXES)):
         values = read_config(str(config)).values

@@ -1,7 +1,7 @@
 """One bad-input path for every verb: a mistaken command line is one line `ptune VERB: error: ...`, exit 2.
 
-train/eval/predict parse through ptune.parse.parse_args (tests/unit/test_config.py covers its rules); chat, export,
-plot, score and bench through ptune.parse.Parser. None of them prints argparse's usage dump on a mistake.
+train/eval/predict parse through ptune.config.parse.parse_args (tests/unit/test_config.py covers its rules); chat, export,
+plot, score and bench through ptune.config.parse.Parser. None of them prints argparse's usage dump on a mistake.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.errors import UserError
-from ptune.parse import Parser
+from ptune.config.parse import Parser
+from ptune.io.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ import torch
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from ptune.checkpoint import write_prefix_files
-from ptune.errors import UserError
-from ptune.export import export_checkpoint
-from ptune.generate import GenerationSettings, generate
-from ptune.model import load_model
+from ptune.infer.generate import GenerationSettings, generate
+from ptune.io.errors import UserError
+from ptune.model.export import export_checkpoint
+from ptune.model.load import load_model
+from ptune.train.checkpoint import write_prefix_files
 from tools.tiny import make_tiny_checkpoint
 
 # PEFT 0.21.2 passes the prefix as `past_key_values`, which transformers 5.24 deprecates (for `cache`); ptune's
@@ -131,7 +131,7 @@ def test_export_peft_gives_ptune_logits_in_peft(llama, tmp_path, projection):
 
 
 def test_ptune_generation_follows_peft_greedily(llama, tmp_path):
-    """Greedy tokens of `ptune.generate` on a left-padded batch = argmax steps of PEFT's forward on each row
+    """Greedy tokens of `ptune.infer.generate` on a left-padded batch = argmax steps of PEFT's forward on each row
     alone (PEFT's own `generate` is not the reference: with peft 0.21.2 on transformers 5.24 it does not put
     the prefix into the cache, since the decoder takes it as `cache` now)."""
     folder, model = _ptune_prefix(llama, tmp_path / "ckpt")

@@ -49,7 +49,7 @@ def _inputs(tiny, cfg, bits=None, **kw) -> PlanInputs:
 
 
 def _real(tiny, bits=None):
-    from ptune.model import load_model
+    from ptune.model.load import load_model
 
     return load_model(tiny, dtype="float32", pre_seq_len=8, device="cpu", quantization_bit=bits)
 

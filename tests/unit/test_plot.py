@@ -1,4 +1,4 @@
-"""ptune.plot: the figure holds exactly the logged values; the PNG is valid and written atomically; bad
+"""ptune.train.plot: the figure holds exactly the logged values; the PNG is valid and written atomically; bad
 run folders end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from ptune.cli import main
-from ptune.plot import PLOT_NAME, draw, plot_run, score_keys, series
+from ptune.train.plot import PLOT_NAME, draw, plot_run, score_keys, series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = [5, 10, 15, 20]

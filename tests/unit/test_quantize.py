@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptune.model import load_model
+from ptune.model.load import load_model
 from tools.tiny import make_tiny_checkpoint
 
 bnb = pytest.importorskip("bitsandbytes")

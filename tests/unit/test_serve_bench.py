@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ptune.serve.bench import Timing, gains, percentile, summarize, table
+from ptune.bench.serve import Timing, gains, percentile, summarize, table
 
 
 def test_percentile_interpolates_between_order_statistics():

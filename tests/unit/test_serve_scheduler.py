@@ -1,12 +1,12 @@
 """Continuous batching in-process: rows with different prefixes (or none), prompt lengths and max_tokens join
 and leave the batch at different steps, and each row's greedy answer is token for token that of
-`ptune.generate.generate` for its prompt alone (what `ptune predict` runs)."""
+`ptune.infer.generate.generate` for its prompt alone (what `ptune predict` runs)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ptune.serve.bench import random_prefix
+from ptune.bench.serve import random_prefix
 from ptune.serve.cli import load
 from ptune.serve.engine import Engine, Sampling
 from ptune.serve.scheduler import Job, Scheduler
@@ -45,7 +45,7 @@ class Recorder:
 
 
 def job(tok, prefix, prompt, max_tokens, sink):
-    from ptune.chat_format import encode_messages
+    from ptune.data.chat_format import encode_messages
 
     ids = encode_messages(tok, [{"role": "user", "content": prompt}])
     return Job(ids, prefix, max_tokens, Sampling(temperature=0.0), (), sink)
@@ -128,8 +128,8 @@ def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path)
     what `generate` gives for each prompt alone on the same quantized base and prefix."""
     import torch
 
-    from ptune.generate import GenerationSettings, generate
-    from ptune.model import load_model
+    from ptune.infer.generate import GenerationSettings, generate
+    from ptune.model.load import load_model
 
     prefix = random_prefix(tiny, tmp_path / "p4", 4, 21)
     tok, model, encoders = load(str(tiny), {"p4": str(prefix)}, quantization_bit=bits)

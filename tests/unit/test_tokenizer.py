@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from ptune.chat_format import chat_messages, encode_example, prompt_ids
-from ptune.errors import UserError
+from ptune.data.chat_format import chat_messages, encode_example, prompt_ids
 from ptune.families.chatglm2 import ChatGLMTokenizer
 from ptune.families.glm4 import (
     GLM4_PATTERN,
@@ -23,7 +22,8 @@ from ptune.families.glm4 import (
     tiktoken_to_tokenizers,
 )
 from ptune.families.native import NativeTokenizer
-from ptune.tokenizer import load_tokenizer
+from ptune.families.registry import load_tokenizer
+from ptune.io.errors import UserError
 from tools.tiny_tokenizers import (
     CORPUS_PATH,
     train_byte_bpe,

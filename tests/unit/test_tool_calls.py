@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from ptune.families.registry import load_tokenizer
+from ptune.infer.tool_calls import Call, JsonReader, NameLineReader, call_start_ids, python_call_arguments
 from ptune.serve.protocol import ApiError, parse_chat_request
 from ptune.serve.tools import ToolDeltas, ToolPlan, plan_request
-from ptune.tokenizer import load_tokenizer
-from ptune.tool_calls import Call, JsonReader, NameLineReader, call_start_ids, python_call_arguments
 from tests.tool_models import TOOLS, examples, make_tool_base, result_of
 from tools.tiny import make_tiny_checkpoint
 

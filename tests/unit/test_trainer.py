@@ -7,9 +7,9 @@ import math
 
 from transformers import Seq2SeqTrainingArguments, TrainerState
 
-from ptune.finish import run_loss
-from ptune.model import load_model
-from ptune.trainer import PrefixTrainer
+from ptune.model.load import load_model
+from ptune.train.finish import run_loss
+from ptune.train.trainer import PrefixTrainer
 
 
 def test_only_the_writer_rank_saves(tiny, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import inspect
 import pytest
 from transformers import Seq2SeqTrainer, Trainer
 
-from ptune.trainer import PrefixTrainer
+from ptune.train.trainer import PrefixTrainer
 
 # what each override does for ptune
 PRIVATE_OVERRIDES = {

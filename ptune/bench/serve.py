@@ -1,0 +1,480 @@
+"""`ptune bench --serve`: concurrent streaming clients against a live `ptune serve` on loopback.
+
+    ptune bench --serve [--model_name_or_path BASE --prefix NAME=CKPT ...] [--concurrency 1,8,32]
+                        [--prefixes 1,8] [--requests 4] [--max_tokens 32] [--baseline] [--url URL]
+
+Without --prefix it makes 8 random prefixes for the base in a temporary folder. For every
+number of prefixes and of clients, each client sends `--requests` streamed greedy chat completions one after
+the other (request k of client c uses prefix (c + k) mod prefixes); the table gives requests/s, generated
+tokens/s, time to first token and time per output token after the first (p50/p95 over requests). `--baseline` runs the same against a
+second server with `--max_batch 1` (one request at a time) and prints how much batching gains. `--url`
+benchmarks a server that is already running instead.
+
+The clients are threads on `http.client`, so that the benchmark needs no HTTP client library at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ptune.config.parse import Parser
+from ptune.io.errors import UserError
+
+PROMPTS = [
+    "你好",
+    "类型#上衣*材质#牛仔布*颜色#白色*风格#简约",
+    "hello there, how are you?",
+    "写一首诗",
+    "a b c d e f",
+]
+
+
+class Progress:
+    """Progress lines on stderr (the table goes to stdout): a run takes minutes, and said nothing before.
+    `row` counts the measured settings against `total` and says what each gave and how long it took."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def say(self, text: str) -> None:
+        print(f"ptune bench --serve: {text}", file=sys.stderr, flush=True)
+
+    def row(self, row: dict, seconds: float) -> None:
+        self.done += 1
+        self.say(
+            f"[{self.done}/{self.total}] {row['server']}, {row['prefixes']} prefix(es), {row['clients']} "
+            f"clients: {row['tokens_per_s']:,.0f} tokens/s ({seconds:.1f} s; "
+            f"{time.perf_counter() - self.started:.0f} s so far)"
+        )
+
+
+@dataclass
+class Timing:
+    """One streamed request: when it was sent, when each piece of text arrived, and the tokens generated."""
+
+    sent: float
+    arrivals: list[float]
+    tokens: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation between order statistics; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summarize(timings: list[Timing], wall: float) -> dict[str, float]:
+    """requests/s and tokens/s over `wall` seconds; time to first token and time per output token after it
+    (ms, p50/p95 over requests; a request's (last arrival - first) / (tokens - 1), as vLLM's TPOT)."""
+    first = [(t.arrivals[0] - t.sent) * 1000 for t in timings if t.arrivals]
+    per_token = [
+        (t.arrivals[-1] - t.arrivals[0]) * 1000 / (t.tokens - 1)
+        for t in timings
+        if t.arrivals and t.tokens > 1
+    ]
+    return {
+        "requests": len(timings),
+        "requests_per_s": len(timings) / wall,
+        "tokens_per_s": sum(t.tokens for t in timings) / wall,
+        "ttft_p50_ms": percentile(first, 0.5),
+        "ttft_p95_ms": percentile(first, 0.95),
+        "token_p50_ms": percentile(per_token, 0.5),
+        "token_p95_ms": percentile(per_token, 0.95),
+    }
+
+
+def stream_once(host: str, port: int, model: str, prompt: str, max_tokens: int) -> Timing:
+    """One streamed greedy chat completion; raises RuntimeError on a non-200 answer."""
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    try:
+        sent = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {response.read().decode()[:200]}")
+        arrivals, tokens = [], 0
+        for line in response:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if any(c["delta"].get("content") for c in chunk["choices"]):
+                arrivals.append(time.perf_counter())
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+        return Timing(sent, arrivals, tokens)
+    finally:
+        conn.close()
+
+
+def run_clients(
+    url: str, models: list[str], clients: int, requests: int, max_tokens: int
+) -> dict[str, float]:
+    """`clients` threads, each sending `requests` streamed requests in turn; the summary of all of them."""
+    parts = urlsplit(url)
+    timings: list[Timing] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for k in range(requests):
+            try:
+                t = stream_once(
+                    parts.hostname,
+                    parts.port,
+                    models[(c + k) % len(models)],
+                    PROMPTS[(c + k) % len(PROMPTS)],
+                    max_tokens,
+                )
+            except (OSError, RuntimeError) as e:
+                with lock:
+                    errors.append(str(e))
+                return
+            with lock:
+                timings.append(t)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise UserError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    return summarize(timings, time.perf_counter() - start)
+
+
+def start_server(
+    base: str, prefixes: dict[str, str], extra: list[str], log: Path
+) -> tuple[subprocess.Popen, str]:
+    """`ptune serve` in a subprocess on a free loopback port: (process, its URL)."""
+    args = [sys.executable, "-m", "ptune", "serve", "--model_name_or_path", base, "--port", "0", *extra]
+    for name, path in prefixes.items():
+        args += ["--prefix", f"{name}={path}"]
+    out = open(log, "w+", encoding="utf-8")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for line in log.read_text(encoding="utf-8").splitlines():
+            if line.startswith("ptune serve: http://"):
+                return proc, line.split()[2].rstrip("/")
+        if proc.poll() is not None:
+            raise UserError(
+                f"ptune serve exited with {proc.returncode}: {log.read_text(encoding='utf-8')[-500:]}"
+            )
+        time.sleep(0.2)
+    proc.kill()
+    raise UserError("ptune serve did not start within 10 minutes")
+
+
+def served_models(url: str) -> tuple[str, list[str]]:
+    """(the base's name, the prefixes' names) from GET /v1/models."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", "/v1/models")
+        data = json.loads(conn.getresponse().read())["data"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--url {url}: no ptune serve answers there ({e})") from None
+    finally:
+        conn.close()
+    return data[0]["id"], [m["id"] for m in data[1:]]
+
+
+def random_prefix(base: str | Path, out: Path, pre_seq_len: int, seed: int) -> Path:
+    """A prefix checkpoint folder for `base` with a random (normal-initialised, seeded) prefix of `pre_seq_len`
+    rows, written by ptune's own checkpoint writer as training would leave it: the speed of serving does not
+    depend on what a prefix learned (and the tests need prefixes that answer differently)."""
+    import torch
+
+    from ptune.families.registry import load_tokenizer
+    from ptune.model.load import load_model
+    from ptune.train.checkpoint import write_prefix_files
+
+    base = Path(base)
+    tok = load_tokenizer(base)
+    torch.manual_seed(seed)
+    model = load_model(base, pre_seq_len=pre_seq_len, family=tok.family, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    write_prefix_files(model, out, [base / f for f in tok.files])
+    return out
+
+
+def random_prefixes(base: str, folder: Path, count: int) -> dict[str, str]:
+    """`count` random 16-token prefixes for `base` (seeded 0..count-1), written under `folder`; the base is
+    loaded once (a 6B one takes a while), each prefix a fresh encoder on it."""
+    import torch
+
+    from ptune.families.registry import load_tokenizer
+    from ptune.model.load import load_model
+    from ptune.model.prefix import PrefixEncoder
+    from ptune.train.checkpoint import write_prefix_files
+
+    tok = load_tokenizer(base)
+    model = load_model(base, pre_seq_len=16, family=tok.family, device="cpu")
+    prefixes = {}
+    for i in range(count):
+        torch.manual_seed(i)
+        model.prefix_encoder = PrefixEncoder(model.prefix_encoder.config)
+        out = folder / f"prefix{i}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_prefix_files(model, out, [Path(base) / f for f in tok.files])
+        prefixes[f"prefix{i}"] = str(out)
+    return prefixes
+
+
+def run_in_process(scheduler, tok, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+    """The same closed loop as `run_clients` without HTTP: `clients` requests in flight on the scheduler
+    (stepped here), each finished one replaced by the next until clients x requests are done."""
+    from ptune.data.chat_format import encode_messages
+    from ptune.serve.engine import Sampling
+    from ptune.serve.scheduler import Job
+
+    timings: list[Timing] = []
+    sent = [0]
+
+    def submit(c: int) -> None:
+        k, timing = sent[0], Timing(time.perf_counter(), [], 0)
+        sent[0] += 1
+        prompt = encode_messages(tok, [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}])
+
+        def sink(event) -> None:
+            if event.kind == "text" or (event.kind == "done" and not timing.arrivals):
+                timing.arrivals.append(time.perf_counter())
+            if event.kind == "done":
+                timing.tokens = event.completion_tokens
+                timings.append(timing)
+                if sent[0] < clients * requests:
+                    submit(c)
+
+        scheduler.submit(Job(prompt, models[(c + k) % len(models)], max_tokens, Sampling(0.0), (), sink))
+
+    start = time.perf_counter()
+    for c in range(clients):
+        submit(c)
+    while scheduler.rows or scheduler.waiting:
+        scheduler.step()
+    return summarize(timings, time.perf_counter() - start)
+
+
+def measure_in_process(
+    base: str, prefixes: dict[str, str], args: argparse.Namespace, progress: Progress
+) -> list[dict]:
+    """`--in_process`: the scheduler and model alone, batched (--max_batch) and one at a time."""
+    from ptune.serve.cli import load
+    from ptune.serve.engine import Engine
+    from ptune.serve.scheduler import Scheduler
+
+    progress.say("in-process: loading the model")
+    tok, model, encoders = load(base, prefixes, device=args.device)
+    engine, rows = Engine(model, encoders, tok.pad_token_id), []
+    warm = Scheduler(engine, tok, tok.stop_token_ids, args.max_batch)
+    run_in_process(warm, tok, list(prefixes), min(len(prefixes), args.max_batch), 1, 4)  # warm-up, not timed
+    for label, max_batch in (
+        (f"in-process ({args.max_batch})", args.max_batch),
+        ("in-process, one at a time", 1),
+    ):
+        for count in args.prefixes:
+            for clients in args.concurrency:
+                scheduler = Scheduler(
+                    engine, tok, tok.stop_token_ids, max_batch, max_queue=clients * args.requests
+                )
+                start = time.perf_counter()
+                summary = run_in_process(
+                    scheduler, tok, list(prefixes)[:count], clients, args.requests, args.max_tokens
+                )
+                rows.append({"server": label, "prefixes": count, "clients": clients, **summary})
+                progress.row(rows[-1], time.perf_counter() - start)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- the verb
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="ptune bench --serve", description="Concurrent streaming clients against ptune serve.")
+    p.add_argument(
+        "--url", help="Benchmark this running server (http://127.0.0.1:PORT) instead of starting one."
+    )
+    p.add_argument(
+        "--model_name_or_path",
+        help="Base model folder (required unless --url; a tiny one: python -m scripts.make_tiny DIR, from a clone).",
+    )
+    p.add_argument(
+        "--prefix", action="append", default=[], metavar="NAME=CHECKPOINT", help="As for ptune serve."
+    )
+    p.add_argument(
+        "--concurrency", type=_int_list, default=[1, 8, 32], help="Clients at once (default 1,8,32)."
+    )
+    p.add_argument(
+        "--prefixes", type=_int_list, default=[1, 8], help="Prefixes the requests spread over (1,8)."
+    )
+    p.add_argument("--requests", type=int, default=4, help="Requests per client (default %(default)s).")
+    p.add_argument(
+        "--max_tokens", type=int, default=32, help="max_tokens of every request (default %(default)s)."
+    )
+    p.add_argument(
+        "--max_batch", type=int, default=32, help="The batched server's --max_batch (default %(default)s)."
+    )
+    p.add_argument(
+        "--baseline", action="store_true", help="Also run a server with --max_batch 1 and compare."
+    )
+    p.add_argument("--device", help="The server's --device.")
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="Also run the scheduler in this process, without HTTP (batched and one at a time).",
+    )
+    p.add_argument("--json", help="Also write the rows to this JSON file.")
+    return p
+
+
+def measure(
+    url: str, server: str, prefixes: list[str], args: argparse.Namespace, progress: Progress
+) -> list[dict]:
+    """One row per (number of prefixes, clients) against the server at `url`."""
+    rows = []
+    for count in args.prefixes:
+        if count > len(prefixes):
+            raise UserError(f"--prefixes {count}: the server has only {len(prefixes)} prefixes")
+        models = prefixes[:count]
+        run_clients(url, models, len(models), 1, 4)  # warm-up, not timed
+        for clients in args.concurrency:
+            start = time.perf_counter()
+            summary = run_clients(url, models, clients, args.requests, args.max_tokens)
+            rows.append({"server": server, "prefixes": count, "clients": clients, **summary})
+            progress.row(rows[-1], time.perf_counter() - start)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "server",
+        "prefixes",
+        "clients",
+        "requests",
+        "req/s",
+        "tokens/s",
+        "TTFT p50",
+        "TTFT p95",
+        "token p50",
+        "token p95",
+    )
+    lines = [
+        [
+            r["server"],
+            r["prefixes"],
+            r["clients"],
+            r["requests"],
+            f"{r['requests_per_s']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['ttft_p50_ms']:.0f} ms",
+            f"{r['ttft_p95_ms']:.0f} ms",
+            f"{r['token_p50_ms']:.1f} ms",
+            f"{r['token_p95_ms']:.1f} ms",
+        ]
+        for r in rows
+    ]
+    cells = [list(head), *[[str(c) for c in line] for line in lines]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def gains(rows: list[dict]) -> list[str]:
+    """tokens/s batched over one at a time, for every setting both ran (over HTTP and in-process apart)."""
+
+    def kind(row: dict) -> str:
+        return "in-process" if row["server"].startswith("in-process") else "over HTTP"
+
+    baseline = {
+        (kind(r), r["prefixes"], r["clients"]): r["tokens_per_s"]
+        for r in rows
+        if r["server"].endswith("one at a time")
+    }
+    return [
+        f"{kind(r)}, {r['prefixes']} prefix(es), {r['clients']} clients: batched "
+        f"{r['tokens_per_s'] / baseline[key]:.1f}x the tokens/s of one at a time"
+        for r in rows
+        if not r["server"].endswith("one at a time")
+        and (key := (kind(r), r["prefixes"], r["clients"])) in baseline
+    ]
+
+
+def main(argv: list[str]) -> int:
+    """`ptune bench --serve`: start (or reach) the server(s), run the clients, print the table."""
+    from ptune.serve.cli import parse_prefixes
+
+    args = build_parser().parse_args(argv)
+    if args.requests < 1 or args.max_tokens < 1:
+        raise UserError("--requests and --max_tokens must be at least 1")
+    if not args.url and not args.model_name_or_path:
+        raise UserError("--model_name_or_path is required (the base to serve), or --url of a running server")
+    if args.url and args.in_process:
+        raise UserError("--in_process loads the model here: give --model_name_or_path, not --url")
+    settings = len(args.prefixes) * len(args.concurrency)
+    servers = 1 if args.url else 1 + args.baseline + 2 * args.in_process
+    progress = Progress(settings * servers)
+    if args.url:
+        rows = measure(args.url.rstrip("/"), "as running", served_models(args.url)[1], args, progress)
+    else:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="ptune-bench-serve-") as tmp:
+            base, prefixes = args.model_name_or_path, parse_prefixes(args.prefix)
+            if not prefixes:
+                progress.say(f"making {max(args.prefixes)} random 16-token prefixes for {base}")
+                prefixes = random_prefixes(base, Path(tmp), max(args.prefixes))
+            device = ["--device", args.device] if args.device else []
+            servers = [(f"batched ({args.max_batch})", ["--max_batch", str(args.max_batch)])]
+            if args.baseline:
+                servers.append(("one at a time", ["--max_batch", "1"]))
+            for label, extra in servers:
+                extra += ["--max_queue", "1024", *device]
+                progress.say(f"starting the server ({label})")
+                proc, url = start_server(base, prefixes, extra, Path(tmp) / "serve.log")
+                try:
+                    rows += measure(url, label, list(prefixes), args, progress)
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
+            if args.in_process:
+                rows += measure_in_process(base, prefixes, args, progress)
+    print(table(rows))
+    for line in gains(rows):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,283 @@
+"""`ptune data CONFIG [--flag ...] [--write_encoded FILE.jsonl]`: look at the data before training.
+
+Reads the tokenizer and the config only (never the weights), then for each split the config names (train_file,
+validation_file, test_file) encodes it exactly as `ptune train|eval|predict` would (ptune.data.chat_data; the same
+`datasets` cache, so a later run re-uses the tokenization) and prints:
+
+- rows read, kept, and dropped with why;
+- prompt and answer lengths (before truncation) against max_source_length / max_target_length: how many
+  prompts lose history (turns dropped, or a conversation's last turn cut), how many answers are longer than
+  max_target_length (cut in eval/predict; THUDM-style prompt_response training cuts them too);
+- the first two examples decoded, learned spans between ⟦ and ⟧.
+
+and writes `OUTPUT_DIR/data_lengths.png` (the histograms).  `--write_encoded FILE.jsonl` writes every kept
+example: split, row (0-based row of its file), input_ids, labels and, for eval/predict splits, prompt_ids and
+answer_ids (the reference without its end marker), so the encoding can be diffed against another tool's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ptune.io.errors import UserError
+
+logger = logging.getLogger("ptune")
+
+PNG_NAME = "data_lengths.png"
+OPEN, CLOSE = "⟦", "⟧"
+
+
+def marked(tok, ids: list[int], labels: list[int]) -> str:
+    """The example as text, special tokens written out and each learned span between ⟦ and ⟧."""
+    parts: list[str] = []
+    start = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+            text = tok.decode(ids[start:k], skip_special_tokens=False)
+            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != -100 else text)
+            start = k
+    return "".join(parts)
+
+
+def split_stats(encoded, max_source: int, max_target: int) -> dict:
+    """Counts of one encoded split (ptune.data.chat_data.encode_split's columns)."""
+    drops: dict[str, int] = {}
+    for reason in encoded["drop"]:
+        if reason:
+            drops[reason] = drops.get(reason, 0) + 1
+    sources, targets = encoded["source_len"], encoded["target_len"]
+    return {
+        "rows": len(encoded),
+        "kept": len(encoded) - sum(drops.values()),
+        "dropped": drops,
+        "lost_history": sum(1 for n, c in zip(encoded["lost_turns"], encoded["cut"], strict=True) if n or c),
+        "prompts_over_max_source_length": sum(1 for n in sources if n > max_source),
+        "answers_over_max_target_length": sum(1 for n in targets if n > max_target),
+        "prompt_tokens_max": max(sources, default=0),
+        "answer_tokens_max": max(targets, default=0),
+    }
+
+
+def draw(splits: list[tuple[str, list[int], list[int], int, int]]):
+    """A Figure with one row per split: prompt-length and answer-length histograms, limits as lines."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3 * len(splits)), layout="constrained")
+    axes = fig.subplots(len(splits), 2, squeeze=False)
+    for row, (name, sources, targets, max_source, max_target) in enumerate(splits):
+        for ax, values, limit, what in (
+            (axes[row][0], sources, max_source, "prompt"),
+            (axes[row][1], targets, max_target, "answer"),
+        ):
+            ax.hist(values, bins=min(40, max(1, len(set(values)))), color="tab:blue")
+            ax.axvline(
+                limit,
+                color="tab:red",
+                linestyle="--",
+                label=f"max_{'source' if what == 'prompt' else 'target'}_length {limit}",
+            )
+            ax.set_title(f"{name}: {what} tokens")
+            ax.set_xlabel("tokens")
+            ax.set_ylabel("rows")
+            ax.legend()
+    return fig
+
+
+def _splits(data_args):
+    """(split, file, max_target_length, max_samples) of every file the config names, inside --data_dir as
+    train / eval / predict read it."""
+    d = data_args
+    candidates = (
+        ("train", d.data_file(d.train_file), d.max_target_length, d.max_train_samples),
+        ("eval", d.data_file(d.validation_file), d.val_max_target_length, d.max_eval_samples),
+        ("predict", d.data_file(d.test_file), d.val_max_target_length, d.max_predict_samples),
+    )
+    return [c for c in candidates if c[1] is not None]
+
+
+def _parse(argv: list[str]):
+    """The config as train / eval / predict read it: the first verb whose data file the config names."""
+    from ptune.config.argtypes import BadArgument
+    from ptune.config.parse import parse_args
+
+    needed = {"train": "train_file", "eval": "validation_file", "predict": "test_file"}
+    for verb, name in needed.items():
+        try:
+            return parse_args(verb, argv)
+        except BadArgument as e:
+            if tuple(e.names) != (name,):
+                raise
+    raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
+
+
+# Suffixes of weights and Trainer state files (a prefix, a model shard, optimizer.pt, rng_state.pth, ...).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+def check_outputs(
+    model_args, data_args, training_args, write_to: Path | None, config: str | None = None
+) -> None:
+    """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
+    writable, space), and --write_encoded never replaces, whatever the flags: the config file or a data file
+    it reads, a file of the model folders, a checkpoint or prefix file (`protected_file`); nor (without
+    --overwrite_output_dir) any existing file."""
+    from ptune.train.recipe import model_folders
+    from ptune.train.rundir import check_output_dir
+
+    folders = model_folders(model_args)
+    check_output_dir(training_args.output_dir, folders)
+    if write_to is None:
+        return
+    target = write_to.resolve()
+    if config is not None and Path(config).resolve() == target:
+        raise UserError(f"--write_encoded {write_to} is the config file ptune data reads; write it elsewhere")
+    for flag in ("train_file", "validation_file", "test_file"):
+        path = getattr(data_args, flag)
+        if path and Path(data_args.data_file(path)).resolve() == target:
+            raise UserError(f"--write_encoded {write_to} is the --{flag}: it would replace your data")
+    for flag, folder in folders.items():
+        if folder and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
+            raise UserError(f"--write_encoded {write_to} is inside the {flag} folder; write it elsewhere")
+    why = protected_file(target)
+    if why:
+        raise UserError(
+            f"--write_encoded {write_to} is {why}: ptune data never writes over one; write elsewhere"
+        )
+    if write_to.is_dir():
+        raise UserError(f"--write_encoded {write_to}: is a folder; give a file name (FILE.jsonl)")
+    if write_to.exists() and not training_args.overwrite_output_dir:
+        raise UserError(
+            f"--write_encoded {write_to}: exists; pass --overwrite_output_dir true to replace it, or another name"
+        )
+    if not write_to.parent.is_dir():
+        raise UserError(f"--write_encoded {write_to}: folder {write_to.parent} does not exist")
+
+
+def protected_file(target: Path) -> str | None:
+    """What `target` (a resolved path) is if it belongs to a run or a prefix, None otherwise: a file inside a
+    `checkpoint-N` folder, weights or Trainer state by suffix, or one of the files a run or a prefix folder
+    holds by name (model.safetensors, prefix_config.json, trainer_state.json, *_results.json, tokenizer files)."""
+    from ptune.families.registry import tokenizer_files
+    from ptune.train.checkpoint import CHECKPOINT_RE
+    from ptune.train.rundir import RESULT_FILES
+
+    checkpoint = next((p for p in target.parents if CHECKPOINT_RE.match(p.name)), None)
+    if checkpoint is not None:
+        return f"inside the checkpoint folder {checkpoint}"
+    if target.suffix in WEIGHT_SUFFIXES:
+        return f"a weights or checkpoint file ({target.suffix})"
+    if target.name in (*RESULT_FILES, *tokenizer_files(), "config.json"):
+        return f"a file of a run or prefix folder ({target.name})"
+    return None
+
+
+def _write_encoded(path: Path, rows: list[dict]) -> None:
+    from ptune.io.files import replacing
+
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _encoded_rows(split: str, encoded) -> list[dict]:
+    from ptune.data.rows import prompt_length
+
+    rows = []
+    for index, (ids, labels, drop) in enumerate(
+        zip(encoded["input_ids"], encoded["labels"], encoded["drop"], strict=True)
+    ):
+        if drop:
+            continue
+        row = {"split": split, "row": index, "input_ids": ids, "labels": labels}
+        if split != "train":
+            n = prompt_length(labels)
+            row.update(prompt_ids=ids[:n], answer_ids=labels[n:-1])
+        rows.append(row)
+    return rows
+
+
+USAGE = "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
+DESCRIPTION = (
+    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each "
+    "of train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
+    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It "
+    "reads the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by "
+    "name and flags after it override them."
+)
+
+
+def print_help() -> None:
+    """data's own --help: its usage and --write_encoded, then the arguments it shares with ptune train."""
+    from ptune.config.parse import help_parser
+
+    parser = help_parser("ptune data", USAGE, DESCRIPTION)
+    parser.add_argument(
+        "--write_encoded",
+        metavar="FILE.jsonl",
+        help="Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
+        "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
+        "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+    )
+    parser.print_help()
+
+
+def main(argv: list[str]) -> int:
+    """`ptune data`: report on every split of a config, draw the histograms, optionally write the ids."""
+    from ptune.data.chat_data import encode_split
+    from ptune.families.registry import load_tokenizer
+    from ptune.train.plot import save_png
+    from ptune.train.recipe import setup_logging
+
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return 0
+    write_to = None
+    if "--write_encoded" in argv:
+        at = argv.index("--write_encoded")
+        if at + 1 >= len(argv):
+            raise UserError("--write_encoded needs a file name (FILE.jsonl)")
+        write_to = Path(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
+    model_args, data_args, training_args, _ = _parse(argv)
+    config = argv[0] if argv and not argv[0].startswith("-") else None
+    check_outputs(model_args, data_args, training_args, write_to, config)
+    setup_logging(training_args)
+    tok = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.chat_format)
+    report, drawn, encoded_rows = {}, [], []
+    for split, path, max_target, max_samples in _splits(data_args):
+        encoded = encode_split(path, tok, data_args, max_target, max_samples, split, model_args.cache_dir)
+        stats = split_stats(encoded, data_args.max_source_length, max_target)
+        report[split] = {"file": path, **stats}
+        drawn.append(
+            (split, encoded["source_len"], encoded["target_len"], data_args.max_source_length, max_target)
+        )
+        _print_split(tok, split, path, stats, encoded)
+        encoded_rows += _encoded_rows(split, encoded)
+    png = Path(training_args.output_dir) / PNG_NAME
+    save_png(draw(drawn), png)
+    print(f"histograms: {png}")
+    if write_to is not None:
+        _write_encoded(write_to, encoded_rows)
+        print(f"encoded examples: {write_to} ({len(encoded_rows)} rows)")
+    return 0
+
+
+def _print_split(tok, split: str, path: str, stats: dict, encoded) -> None:
+    print(f"== {split}: {path}")
+    print(f"rows {stats['rows']}, kept {stats['kept']}")
+    for reason, count in sorted(stats["dropped"].items()):
+        print(f"dropped {count}: {reason}")
+    print(
+        f"prompts: longest {stats['prompt_tokens_max']} tokens, {stats['prompts_over_max_source_length']} over "
+        f"max_source_length, {stats['lost_history']} lose history; answers: longest "
+        f"{stats['answer_tokens_max']} tokens, {stats['answers_over_max_target_length']} over max_target_length"
+    )
+    shown = 0
+    for ids, labels, drop in zip(encoded["input_ids"], encoded["labels"], encoded["drop"], strict=True):
+        if drop or shown == 2:
+            continue
+        shown += 1
+        print(f"-- example {shown} ({len(ids)} tokens, learned spans in {OPEN} {CLOSE}):")
+        print(marked(tok, ids, labels))

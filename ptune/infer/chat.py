@@ -1,0 +1,353 @@
+"""`ptune chat`: multi-turn chat in the terminal with a base model and, optionally, a P-Tuning v2 prefix.
+
+    ptune chat --model_name_or_path DIR [--ptuning_checkpoint CKPT] [--system TEXT] [--max_length 2048]
+               [--tools FILE.json]
+
+Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
+stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
+history, `exit` / `quit` / end of input (Ctrl-D) ends the chat (exit code 0), Ctrl-C stops the answer
+being written (Ctrl-C at the prompt ends ptune: `ptune.cli` prints "interrupted" and exits 130).
+
+Each prompt holds the question and as many of the latest turns as fit in max_length - max_new_tokens
+tokens; older turns are forgotten for good (said once), so the conversation the model sees only ever loses
+its oldest turns and never gets one back when a later question happens to be shorter.
+
+With --tools FILE.json (a list of OpenAI function tools) the model may call them: the call is shown and the
+result asked for (ptune.infer.tool_chat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.hf_argparser import string_to_bool
+
+from ptune.config.args import CHAT_FORMATS, GenerationArguments
+from ptune.config.parse import Parser
+from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
+from ptune.infer.generate import GenerationSettings, iter_tokens
+from ptune.io.errors import UserError
+from ptune.model.load import PrefixTunedLM
+
+CLEAR_COMMANDS = ("clear",)
+EXIT_COMMANDS = ("exit", "quit")
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
+GREEDY = GenerationSettings()
+
+
+def stream_generate(
+    model: PrefixTunedLM,
+    prompt: Sequence[int],
+    stop_ids: Sequence[int],
+    settings: GenerationSettings = GREEDY,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield the answer to one prompt token by token: `ptune.infer.generate.iter_tokens` for a batch of one.
+
+    Greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop id that ends
+    the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the iterator early
+    (Ctrl-C) simply drops the cache.
+    """
+    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)  # [1, S]
+    stops = set(stop_ids)
+    for token in iter_tokens(
+        model, input_ids, torch.ones_like(input_ids), list(stop_ids), settings, generator
+    ):
+        yield int(token)
+        if int(token) in stops:
+            return
+
+
+class TextStream:
+    """Turns a growing list of answer ids into the text to print next.
+
+    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
+    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
+    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
+    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
+    not printed.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def push(self, token: int) -> str:
+        """Add one answer id; return the new text to print (possibly empty)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if text.endswith(REPLACEMENT_CHAR):
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
+        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
+
+    def _advance(self, text: str) -> str:
+        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
+        # offset on, which at worst repeats or skips a character of spacing.
+        new = text[len(self.printed) :]
+        self.printed += new
+        return new
+
+
+@dataclass
+class ChatSession:
+    """The conversation state: history (question, answer) pairs, oldest first, and the length budget."""
+
+    tokenizer: object
+    max_source_length: int
+    source_prefix: str = ""
+    system: str = ""
+    history: list[tuple[str, str]] = field(default_factory=list)
+    told_about_dropping: bool = False
+
+    def clear(self) -> None:
+        self.history = []
+        self.told_about_dropping = False
+
+    def prompt(self, query: str) -> tuple[list[int], list[str]]:
+        """The prompt ids for `query` and the notes to show the user (dropped turns, a cut question).
+
+        Turns are dropped oldest first until the prompt fits, by the same rule as `encode_prompt`, and the
+        dropped ones are removed from the history for good.
+        """
+        tok, limit, notes = self.tokenizer, self.max_source_length, []
+        kept = list(self.history)
+        while kept and len(prompt_ids(tok, query, kept, self.source_prefix, self.system)) > limit:
+            kept = kept[1:]
+        if len(kept) < len(self.history) and not self.told_about_dropping:
+            notes.append(
+                f"(the conversation no longer fits in --max_length - --max_new_tokens = {limit} tokens: "
+                "the oldest turns are forgotten from now on)"
+            )
+            self.told_about_dropping = True
+        self.history = kept
+        if not kept and len(prompt_ids(tok, query, [], self.source_prefix, self.system)) > limit:
+            notes.append(f"(the question is longer than {limit} tokens: only its beginning is used)")
+        return encode_prompt(tok, query, kept, limit, self.source_prefix, self.system), notes
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _read_line() -> str | None:
+    """One line from stdin without its newline; None at end of input."""
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    return line.rstrip("\r\n")
+
+
+def answer(model, session: ChatSession, query: str, settings: GenerationSettings, name: str) -> str:
+    """Stream one answer to stdout and add the turn to the history; returns the answer text.
+
+    Ctrl-C stops the answer: what was printed so far stays in the history, as the user saw it.
+    """
+    tok = session.tokenizer
+    ids, notes = session.prompt(query)
+    for note in notes:
+        _write(note + "\n")
+    _write(f"\n{name}: ")
+    stream, tokens, stopped = TextStream(tok), [], False
+    stops = set(tok.stop_token_ids)
+    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    try:
+        for token in pieces:
+            if token in stops:
+                break
+            tokens.append(token)
+            _write(stream.push(token))
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        pieces.close()
+    _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
+    text = decode_response(tok, tokens)
+    session.history.append((query, text))
+    return text
+
+
+def add_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """--chat_format, --dtype, --device: how a model is loaded for chatting and serving."""
+    parser.add_argument(
+        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="ptune chat",
+        description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
+        "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    )
+    parser.add_argument(
+        "--model_name_or_path",
+        help="Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names).",
+    )
+    parser.add_argument(
+        "--ptuning_checkpoint",
+        help="Prefix checkpoint folder (ptune, THUDM, or a PEFT prefix-tuning adapter); pre_seq_len and "
+        "prefix_projection are read from it.",
+    )
+    add_loading_flags(parser)
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=2048,
+        help="Most tokens of prompt (question + history) plus answer; older turns are dropped to fit "
+        "(default %(default)s).",
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=512, help="Most tokens per answer (default %(default)s)."
+    )
+    parser.add_argument(
+        "--do_sample",
+        nargs="?",
+        const=True,
+        default=False,
+        type=string_to_bool,
+        help="Sample answers (top_p, temperature) instead of greedy decoding.",
+    )
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=GenerationArguments.top_p,
+        help="Nucleus sampling mass (with --do_sample; default %(default)s).",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=GenerationArguments.temperature,
+        help="Sampling temperature (with --do_sample; default %(default)s).",
+    )
+    parser.add_argument(
+        "--source_prefix", default="", help="Text put in front of every question, as in training."
+    )
+    parser.add_argument(
+        "--system",
+        default="",
+        help="System prompt: the conversation's first message (ChatGLM2, which has no system role: plain text "
+        "in front of the first round).",
+    )
+    parser.add_argument(
+        "--tools",
+        metavar="FILE.json",
+        help="A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model whose "
+        "chat template writes tools): a call is shown and its result asked for.",
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    gen = GenerationArguments(  # validates top_p / temperature / max_new_tokens as eval and predict do
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        top_p=args.top_p,
+        temperature=args.temperature,
+    )
+    if args.max_length <= gen.max_new_tokens:
+        raise UserError(
+            f"--max_length {args.max_length} must be larger than --max_new_tokens {gen.max_new_tokens}: "
+            "the difference is what the question and history may take"
+        )
+    return GenerationSettings.from_arguments(gen)
+
+
+def _device(name: str | None) -> torch.device | None:
+    if name is None:
+        return None
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
+
+
+def main(argv: list[str]) -> int:
+    """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
+    from ptune.config.parse import base_from_checkpoint
+    from ptune.families.registry import load_tokenizer
+    from ptune.model.load import load_model
+
+    args = build_parser().parse_args(argv)
+    if args.model_name_or_path is None:
+        args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
+    settings = _settings(args)
+    tools = None
+    if args.tools is not None:
+        from ptune.infer.tool_chat import read_tools
+
+        tools = read_tools(args.tools)
+    tok = load_tokenizer(args.model_name_or_path, args.chat_format)
+    session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix, args.system)
+    tool_chat = _tool_chat(tok, tools, session) if tools is not None else None
+    bare = len(prompt_ids(tok, "", [], args.source_prefix, args.system))
+    if bare > session.max_source_length:  # fail now, not at the first question
+        raise UserError(
+            f"--max_length {args.max_length} is too small: minus --max_new_tokens {settings.max_new_tokens} it "
+            f"leaves {session.max_source_length} tokens for the prompt, but the chat template and "
+            f"--source_prefix / --system alone take {bare}"
+        )
+    model = load_model(
+        args.model_name_or_path,
+        dtype=args.dtype,
+        ptuning_checkpoint=args.ptuning_checkpoint,
+        device=_device(args.device),
+        family=tok.family,
+    )
+    from ptune.families.registry import family_of
+
+    name = family_of(tok).assistant_name
+    prefix = f" + a {model.pre_seq_len}-token prefix" if model.pre_seq_len else ""
+    _write(
+        f"ptune chat: {tok.family} model{prefix} on {model.device}. Type a question and press Enter; "
+        "'clear' forgets the history, 'exit' or Ctrl-D ends, Ctrl-C stops an answer.\n"
+    )
+    echo = not sys.stdin.isatty()  # piped input is not echoed by a terminal: show it so the transcript reads
+    while True:
+        _write("\n用户: ")
+        query = _read_line()
+        if query is None:
+            _write("\n")
+            return 0
+        if echo:
+            _write(query + "\n")
+        query = query.strip()
+        if not query:
+            continue
+        if query in EXIT_COMMANDS:
+            return 0
+        if query in CLEAR_COMMANDS:
+            session.clear()
+            if tool_chat is not None:
+                tool_chat.clear()
+            _write("(history cleared)\n")
+            continue
+        if tool_chat is not None:
+            from ptune.infer.tool_chat import tool_turn
+
+            tool_turn(model, tool_chat, session.source_prefix + query, settings, name, _read_line, _write)
+            continue
+        answer(model, session, query, settings, name)
+
+
+def _tool_chat(tok, tools: list[dict], session: ChatSession):
+    """The tool conversation of `ptune chat --tools` (UserError when the family cannot write tools)."""
+    from ptune.infer.tool_chat import ToolChat
+
+    return ToolChat(tok, tools, session.max_source_length, session.system)

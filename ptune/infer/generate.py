@@ -1,0 +1,141 @@
+"""Batched generation with the prefix: left-padded prompts, KV cache, every row stops at its own end id.
+
+Written by hand rather than through `model.generate` because transformers' generation loop derives position
+ids from the attention mask and cache positions from the cache length: with P prefix slots in the cache it
+would offset every query position by P and slice P tokens off the prompt. Here the prefix is computed once
+per batch, the prompt is prefilled with positions counted from each row's first real token (`[0]*pad +
+range(n)`, as the ChatGLM tokenizers give them, plus P for a prefix recorded "after_prefix":
+`PrefixTunedLM.positions`), and each new token takes the next position of its own row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicCache
+
+from ptune.model.load import PrefixTunedLM
+from ptune.model.prefix import cache_argument
+
+# The lowest sampling temperature eval / predict / chat / serve take: below it the logits divided by it can
+# overflow to inf (1e-300 does), and a distribution that sharp is greedy decoding anyway.
+MIN_TEMPERATURE = 0.01
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    top_p: float = 0.7
+    temperature: float = 0.95
+
+    @classmethod
+    def from_arguments(cls, gen_args) -> GenerationSettings:
+        """From the (validated) `GenerationArguments` of eval / predict / chat: the one place they meet."""
+        return cls(
+            max_new_tokens=gen_args.max_new_tokens,
+            do_sample=gen_args.do_sample,
+            top_p=gen_args.top_p,
+            temperature=gen_args.temperature,
+        )
+
+
+def sampling_warpers(settings: GenerationSettings) -> LogitsProcessorList:
+    """Temperature then top-p, as THUDM's sampling (and `ptune serve`'s sampling rows) apply them."""
+    return LogitsProcessorList(
+        [TemperatureLogitsWarper(settings.temperature), TopPLogitsWarper(settings.top_p)]
+    )
+
+
+def next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, generator) -> torch.Tensor:
+    """logits [B, V] float32 → token ids [B]: argmax, or a draw from the warped distribution."""
+    if not settings.do_sample:
+        return logits.argmax(-1)
+    logits = warpers(None, logits)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def iter_tokens(
+    model: PrefixTunedLM,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    stop_ids: list[int],
+    settings: GenerationSettings = GenerationSettings(),
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.LongTensor]:
+    """Yield the next token of every row [B], step by step, at most `max_new_tokens` times.
+
+    input_ids, attention_mask: [B, S] (pads on the left). The prefix is computed once, the prompt prefilled,
+    then each step feeds the previous tokens back with the next position of each row. `stop_ids` only
+    matter for `min_new_tokens`; when to stop is the caller's choice (batch: every row done; chat: one row).
+    """
+    batch = input_ids.shape[0]
+    decoder, head = model.base.get_decoder(), model.base.get_output_embeddings()
+    positions = model.positions(attention_mask, input_ids.shape[1], input_ids.device)
+    cache = model.prefix_past(batch, read_only=False)
+    if cache is None:
+        cache = DynamicCache()
+    mask = model.extend_mask(attention_mask)
+    cache_kw = {cache_argument(type(decoder)): cache}  # the same cache object, grown by every call
+    hidden = decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        **cache_kw,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+    next_pos = positions[:, -1:] + 1
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
+    warpers = sampling_warpers(settings)
+    for step in range(settings.max_new_tokens):
+        logits = head(hidden).float()
+        if step < settings.min_new_tokens:
+            logits[:, stops] = float("-inf")
+        token = next_tokens(logits, settings, warpers, generator)
+        yield token
+        if step + 1 == settings.max_new_tokens:
+            return
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
+        hidden = decoder(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            **cache_kw,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        next_pos = next_pos + 1
+
+
+def generate(
+    model: PrefixTunedLM,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    stop_ids: list[int],
+    pad_id: int,
+    settings: GenerationSettings = GenerationSettings(),
+    generator: torch.Generator | None = None,
+) -> torch.LongTensor:
+    """Generate after left-padded prompts.
+
+    input_ids, attention_mask: [B, S] (pads on the left). Returns the new tokens [B, T], T <= max_new_tokens,
+    each row cut after its first stop id and filled with `pad_id` from there on (the stop id itself is kept,
+    so callers can tell a finished answer from one cut by the length limit).
+    """
+    batch = input_ids.shape[0]
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    out = []
+    for token in iter_tokens(model, input_ids, attention_mask, stop_ids, settings, generator):
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        out.append(token)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            break
+    return torch.stack(out, dim=1) if out else input_ids.new_zeros(batch, 0)
