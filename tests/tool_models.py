@@ -194,7 +194,7 @@ def examples(folder: Path, family: str, data: tuple[str, list[dict]] | None = No
     """The training encoder's examples (`ptune.data.chat_format.encode_conversation`) of `data` (default: the
     family's `rows`, what the prefix is trained on)."""
     from ptune.data.chat_format import encode_conversation
-    from ptune.data.conversations import parse_row
+    from ptune.data.formats import parse_row
     from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(folder)

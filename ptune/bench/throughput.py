@@ -140,7 +140,7 @@ def train_row(model, samples, args, micro_batch: int, n_params: int, peak: float
     import datasets
     from transformers import PrinterCallback, Seq2SeqTrainingArguments
 
-    from ptune.data.rows import Collator
+    from ptune.data.collate import Collator
     from ptune.train.trainer import PrefixTrainer
 
     device = model.device
@@ -229,7 +229,7 @@ def predict_row(model, args, batch_size: int, n_params: int, peak: float | None,
     """Generate exactly `args.new_tokens` tokens (sampling, top_p 0.7, temperature 0.95) for
     `args.predict_steps` batches of prompts sorted by length; time whole generate calls after a warm-up call
     on the longest batch."""
-    from ptune.data.rows import Collator
+    from ptune.data.collate import Collator
     from ptune.infer.generate import GenerationSettings, generate
 
     device = model.device

@@ -23,7 +23,7 @@ from transformers import Seq2SeqTrainingArguments
 from ptune.config.argtypes import BadArgument, check_at_least, check_choices
 from ptune.config.compat import refuse_dead
 from ptune.config.training_args import TrainingArguments
-from ptune.data.conversations import FORMATS
+from ptune.data.formats import FORMATS
 from ptune.families.registry import FAMILY_NAMES
 from ptune.io.errors import UserError
 
@@ -334,10 +334,10 @@ class DataTrainingArguments:
                 if a is not None and a == b:
                     raise BadArgument(f"--{name_a} and --{name_b} are both {a!r}", name_a, name_b)
         if self.data_columns is not None:
-            from ptune.data.conversations import Mapping, parse_data_columns
+            from ptune.data.formats import parse_data_columns
 
             try:
-                Mapping.of("conversations", parse_data_columns(self.data_columns))
+                parse_data_columns(self.data_columns)
             except UserError as e:
                 raise BadArgument(str(e), "data_columns") from None
         if self.val_max_target_length is None:

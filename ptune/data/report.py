@@ -1,7 +1,7 @@
 """`ptune data CONFIG [--flag ...] [--write_encoded FILE.jsonl]`: look at the data before training.
 
 Reads the tokenizer and the config only (never the weights), then for each split the config names (train_file,
-validation_file, test_file) encodes it exactly as `ptune train|eval|predict` would (ptune.data.chat_data; the same
+validation_file, test_file) encodes it exactly as `ptune train|eval|predict` would (ptune.data.splits; the same
 `datasets` cache, so a later run re-uses the tokenization) and prints:
 
 - rows read, kept, and dropped with why;
@@ -42,7 +42,7 @@ def marked(tok, ids: list[int], labels: list[int]) -> str:
 
 
 def split_stats(encoded, max_source: int, max_target: int) -> dict:
-    """Counts of one encoded split (ptune.data.chat_data.encode_split's columns)."""
+    """Counts of one encoded split (ptune.data.splits.encode_split's columns)."""
     drops: dict[str, int] = {}
     for reason in encoded["drop"]:
         if reason:
@@ -182,7 +182,7 @@ def _write_encoded(path: Path, rows: list[dict]) -> None:
 
 
 def _encoded_rows(split: str, encoded) -> list[dict]:
-    from ptune.data.rows import prompt_length
+    from ptune.data.collate import prompt_length
 
     rows = []
     for index, (ids, labels, drop) in enumerate(
@@ -225,7 +225,7 @@ def print_help() -> None:
 
 def main(argv: list[str]) -> int:
     """`ptune data`: report on every split of a config, draw the histograms, optionally write the ids."""
-    from ptune.data.chat_data import encode_split
+    from ptune.data.splits import encode_split
     from ptune.families.registry import load_tokenizer
     from ptune.train.plot import save_png
     from ptune.train.recipe import setup_logging

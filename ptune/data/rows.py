@@ -1,42 +1,25 @@
-"""Datasets: JSON lines / CSV files → tokenized examples (through `datasets`, cached) → padded batches.
+"""Data files → rows: the one reader of data rows (`read_rows`: UTF-8 checked, JSON lines, a JSON array or CSV),
+and `datasets`' caching of rows generated from a file (`generated_dataset`).
 
-Each row gives a prompt, a response and optionally a history of [question, answer] pairs (column names from
-the config). ptune reads the files itself (`read_rows`, the one reader of rows: UTF-8 checked, JSON lines, a
-JSON array or CSV), so that every bad row is reported as `file:LINE` before `datasets` sees it; `datasets` only
-caches the validated rows. Encoding, dropping and counting (every format) is ptune.data.chat_data; batching here
-pads each batch to its longest sample, never to a fixed length.
+ptune reads the files itself so that every bad row is reported as `file:LINE` before `datasets` sees it;
+`datasets` only caches the checked rows.  Each row becomes a Conversation in its format's module
+(ptune.data.formats); ptune.data.splits encodes them, ptune.data.collate pads them into batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
-import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ptune.io.errors import UserError
 from ptune.io.files import json_error
 
-logger = logging.getLogger("ptune")
-
 EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
-# Part of the datasets cache key of the rows: a change to this reader invalidates rows cached by an older one.
-_READER_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Columns:
-    prompt: str
-    response: str
-    history: str | None = None
 
 
 def read_text(path: Path) -> str:
@@ -129,7 +112,7 @@ def _iter_csv(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         raise UserError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
 
 
-def _kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """The kind of an existing data file, "json" or "csv", or a UserError."""
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
@@ -146,7 +129,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     CSV record of the wrong width, and `path: empty data file` when there is no row at all.
     """
     path = Path(path)
-    kind = _kind(path)
+    kind = file_kind(path)
     text = read_text(path)
     if kind == "csv":
         rows = _iter_csv(path, text)
@@ -161,51 +144,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise UserError(f"{path}: empty data file (no rows)")
 
 
-def _history(value, where: str) -> list[list[str]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(
-        isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in value
-    ):
-        raise UserError(f"{where}: history must be a list of [question, answer] string pairs")
-    return [list(t) for t in value]
-
-
-def _text(value, where: str, column: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise UserError(f"{where}: column {column!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _examples(
-    path: str, digest: str, prompt: str, response: str, history: str, require_response: bool, reader: str
-):
-    """`datasets` generator: the validated rows of `path` as {prompt, response, history}.
-
-    `digest` (the file's SHA-256) and `reader` only key the datasets cache. Every row is checked here, with
-    its file line; a configured column that no row has is an error after the last row.
-    """
-    seen: dict[str, None] = {}  # column names in order of appearance
-    for line, row in read_rows(path):
-        where = f"{path}:{line}"
-        seen.update(dict.fromkeys(row))
-        yield {
-            "prompt": _text(row.get(prompt), where, prompt),
-            "response": _text(row.get(response), where, response),
-            "history": _history(row.get(history), where) if history else [],
-        }
-    wanted = {"--prompt_column": prompt}
-    if require_response:
-        wanted["--response_column"] = response
-    if history:
-        wanted["--history_column"] = history
-    for flag, name in wanted.items():
-        if name not in seen:
-            raise UserError(f"{path}: no column {name!r} ({flag}); the file has {list(seen)}")
-
-
 @contextlib.contextmanager
-def _progress_bars(show: bool):
+def progress_bars(show: bool):
     """datasets' progress bars inside the block: kept only when `show` and stderr is a terminal (bar updates
     written into a log file are noise); bars the user turned off stay off."""
     import datasets
@@ -220,37 +160,6 @@ def _progress_bars(show: bool):
             datasets.enable_progress_bars()
 
 
-def load_rows(
-    path: str | Path, columns: Columns, require_response: bool = True, cache_dir: str | None = None
-):
-    """The validated rows of one data file as a `datasets.Dataset` with columns prompt, response, history.
-
-    Cached by datasets under `cache_dir`, keyed by the file's content and the columns, so that a second run
-    over the same file neither reads nor tokenizes it again.
-    """
-    import datasets
-
-    path = Path(path)
-    _kind(path)  # a missing file or a wrong extension fails here, before datasets
-    features = datasets.Features(
-        {
-            "prompt": datasets.Value("string"),
-            "response": datasets.Value("string"),
-            "history": datasets.List(datasets.List(datasets.Value("string"))),
-        }
-    )
-    kwargs = {
-        "path": str(path),
-        "digest": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "prompt": columns.prompt,
-        "response": columns.response,
-        "history": columns.history or "",
-        "require_response": require_response,
-        "reader": _READER_DIGEST,
-    }
-    return generated_dataset(path, _examples, features, kwargs, cache_dir)
-
-
 def generated_dataset(path: Path, generator, features, gen_kwargs: dict, cache_dir: str | None):
     """`datasets.Dataset.from_generator(generator, **gen_kwargs)`, cached by datasets under `cache_dir` (keyed by
     `gen_kwargs`: put the file's digest there), with the generator's UserError surfaced as it was raised
@@ -258,7 +167,7 @@ def generated_dataset(path: Path, generator, features, gen_kwargs: dict, cache_d
     import datasets
 
     try:
-        with _progress_bars(False):
+        with progress_bars(False):
             return datasets.Dataset.from_generator(
                 generator, features=features, gen_kwargs=gen_kwargs, cache_dir=cache_dir
             )
@@ -270,67 +179,3 @@ def generated_dataset(path: Path, generator, features, gen_kwargs: dict, cache_d
             raise cause from None
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise UserError(f"{path}: cannot read it ({first})") from None
-
-
-def pad_right(seqs: list[list[int]], value: int) -> list[list[int]]:
-    """Pad every sequence on the right to the longest one."""
-    width = max(len(s) for s in seqs)
-    return [s + [value] * (width - len(s)) for s in seqs]
-
-
-def pad_left(seqs: list[list[int]], value: int) -> list[list[int]]:
-    """Pad every sequence on the left to the longest one (generation prompts)."""
-    width = max(len(s) for s in seqs)
-    return [[value] * (width - len(s)) + s for s in seqs]
-
-
-def prompt_length(labels: list[int]) -> int:
-    """Number of leading -100 labels: the prompt part of an encoded example."""
-    n = 0
-    while n < len(labels) and labels[n] == -100:
-        n += 1
-    return n
-
-
-def longest_prompt_first(labels: list[list[int]]) -> list[int]:
-    """Row order for generation: longest prompt first, so each batch pads little and a batch too large for
-    memory fails at the start rather than at the end. Stable, so equal lengths keep the file's order."""
-    return sorted(range(len(labels)), key=lambda i: -prompt_length(labels[i]))
-
-
-def restore_order(items: list, order: list[int]) -> list:
-    """Undo `dataset.select(order)`: items[k] belongs to row order[k]."""
-    out = [None] * len(order)
-    for k, row in enumerate(order):
-        out[row] = items[k]
-    return out
-
-
-@dataclass
-class Collator:
-    """Pads a batch to its longest sample.
-
-    Always: `input_ids` (pad id), `labels` (-100), `attention_mask` [B, S], right-padded (teacher-forced loss).
-    With `with_prompts`: also `prompt_ids` / `prompt_mask` [B, S'] left-padded for generation, and
-    `answer_ids` [B, T] (the supervised answer without its end id, -100-padded) as the metrics' references.
-    """
-
-    pad_id: int
-    with_prompts: bool = False
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        ids = [list(r["input_ids"]) for r in rows]
-        labels = [list(r["labels"]) for r in rows]
-        batch = {
-            "input_ids": torch.tensor(pad_right(ids, self.pad_id)),
-            "labels": torch.tensor(pad_right(labels, -100)),
-            "attention_mask": torch.tensor(pad_right([[1] * len(s) for s in ids], 0)),
-        }
-        if self.with_prompts:
-            cut = [prompt_length(lab) for lab in labels]
-            prompts = [s[:n] for s, n in zip(ids, cut, strict=True)]
-            answers = [lab[n:-1] for lab, n in zip(labels, cut, strict=True)]
-            batch["prompt_ids"] = torch.tensor(pad_left(prompts, self.pad_id))
-            batch["prompt_mask"] = torch.tensor(pad_left([[1] * len(p) for p in prompts], 0))
-            batch["answer_ids"] = torch.tensor(pad_right(answers, -100), dtype=torch.long)
-        return batch

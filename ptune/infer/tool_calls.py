@@ -1,6 +1,6 @@
 """Tool calls as each family writes them: read back from the text a model wrote, and begun by the server.
 
-ptune trains on tool conversations (ptune.data.conversations: an assistant message with ``tool_call`` = {name,
+ptune trains on tool conversations (ptune.data.conversation: an assistant message with ``tool_call`` = {name,
 arguments}, written by the family: ptune.families); this module goes the other way, for `ptune serve` and
 `ptune chat --tools`:
 
@@ -194,7 +194,7 @@ def _folder(tok: Any) -> str:
 def probe_call_text(tok: Any) -> str:
     """What a native chat template writes for an assistant turn that calls PROBE_NAME, as the model's
     answer text (after the generation prompt, up to its first stop id, specials left out)."""
-    from ptune.data.conversations import Conversation
+    from ptune.data.conversation import Conversation
 
     family = family_of(tok)
     tools = [{"type": "function", "function": {"name": PROBE_NAME, "parameters": {"type": "object"}}}]
@@ -222,7 +222,7 @@ def probe_call_text(tok: Any) -> str:
 def call_start_ids(tok: Any, conversation: Any, name: str) -> list[int]:
     """The ids the family writes after `conversation`'s prompt to begin a call to `name`, up to the end of
     the name (and the quote or newline that closes it), cut where the training encoding has a token border."""
-    from ptune.data.conversations import Conversation
+    from ptune.data.conversation import Conversation
 
     family = family_of(tok)
     call = {"role": "assistant", "content": "", "tool_call": {"name": name, "arguments": {PROBE_ARGUMENT: 0}}}

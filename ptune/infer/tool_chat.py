@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptune.data.conversations import Conversation
+from ptune.data.conversation import Conversation
 from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, family_tools
 from ptune.io.errors import UserError

@@ -135,7 +135,7 @@ def _spec(name: str) -> tuple[float, float]:
 
 def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, int]:
     """(longest sample, the most supervised tokens of a sample, samples, tokens) of the training data, encoded
-    as ptune train encodes it (the tokenizer and ptune.data.chat_data's path, cached like a training run's)."""
+    as ptune train encodes it (the tokenizer and ptune.data.splits's path, cached like a training run's)."""
     from ptune.families.registry import load_tokenizer
     from ptune.train.recipe import PTuningRecipe
 

@@ -1,7 +1,7 @@
 """Tools in `ptune serve`: a request with tools → the training encoder's prompt; the answer → tool calls.
 
 A request with `tools`, an assistant message with `tool_calls` or a `tool` message is turned into ptune's
-`Conversation` (ptune.data.conversations: a call becomes an assistant message with ``tool_call``, a tool result an
+`Conversation` (ptune.data.conversation: a call becomes an assistant message with ``tool_call``, a tool result an
 ``observation``; the tools go on the conversation as the family's data holds them) and its prompt is
 `family.conversation_prompt`, the function `ptune predict` builds a conversation's prompt with, so the served
 prompt is the training prompt of the same conversation. `tool_choice`:
@@ -26,7 +26,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from ptune.data.conversations import Conversation
+from ptune.data.conversation import Conversation
 from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, call_start_ids, family_tools, tool_names
 from ptune.io.errors import UserError

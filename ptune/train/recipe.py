@@ -132,7 +132,7 @@ class PTuningRecipe:
         """Rows of `path`, checked and encoded for this model as `split` (train: every assistant turn of a
         conversation learned; eval / predict: its last answer), None without a path; rank 0 goes first so
         the other ranks read its cache."""
-        from ptune.data.chat_data import build_split
+        from ptune.data.splits import build_split
 
         if path is None:
             return None
@@ -169,7 +169,7 @@ class PTuningRecipe:
         """The PrefixTrainer over this run's model, data and generation settings."""
         from transformers import EarlyStoppingCallback
 
-        from ptune.data.rows import Collator
+        from ptune.data.collate import Collator
         from ptune.infer.generate import GenerationSettings
         from ptune.train.trainer import (
             PrefixTrainer,
@@ -239,7 +239,7 @@ class PTuningRecipe:
     def evaluate(self) -> int:
         """Teacher-forced eval_loss on validation_file; with --predict_with_generate also ROUGE/BLEU.
         With --compare_base the same again with the prefix off, under base_eval_*."""
-        from ptune.data.rows import longest_prompt_first
+        from ptune.data.collate import longest_prompt_first
 
         refuse_overwrite(self.training_args, "eval_results.json")
         self.load()
@@ -296,7 +296,7 @@ class PTuningRecipe:
     def predict_pass(self, trainer, test_ds, prefix: str) -> tuple[list[tuple[str, str]], dict]:
         """Generate for every row (longest prompts first, for less padding), in file order: the (answer,
         reference) pairs and the metrics, ROUGE/BLEU included when every row has a reference."""
-        from ptune.data.rows import longest_prompt_first, restore_order
+        from ptune.data.collate import longest_prompt_first, restore_order
         from ptune.score.metrics import compute_metrics
         from ptune.train.trainer import make_compute_metrics
 

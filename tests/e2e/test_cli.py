@@ -146,8 +146,8 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from ptune.data.chat_data import build_split
-    from ptune.data.rows import Collator
+    from ptune.data.collate import Collator
+    from ptune.data.splits import build_split
     from ptune.families.registry import load_tokenizer
     from ptune.model.load import load_model
 

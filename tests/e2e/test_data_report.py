@@ -36,7 +36,7 @@ def _config(tmp_path, model, **extra) -> Path:
 
 
 def test_data_report_without_weights(tiny, tmp_path, hf_cache, capsys):
-    from ptune.data.chat_data import build_split
+    from ptune.data.splits import build_split
     from ptune.families.registry import load_tokenizer
 
     bare = tmp_path / "tokenizer-only"  # config.json and the tokenizer: no weights at all
@@ -82,7 +82,7 @@ def test_train_reuses_the_tokenization_of_ptune_data(tiny, tmp_path, hf_cache, m
     def no_encoding(text):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr("ptune.data.chat_data.Conversation.from_json", no_encoding)
+    monkeypatch.setattr("ptune.data.splits.Conversation.from_json", no_encoding)
     assert main(["train", str(config)]) == 0  # into the folder that holds data_lengths.png
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["train_samples"] == 8
     # The control: told to tokenize again, the same run does.

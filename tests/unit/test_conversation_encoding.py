@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ptune.data.chat_format import encode_conversation, encode_last_answer, end_as_in_full
-from ptune.data.conversations import parse_row
+from ptune.data.formats import parse_row
 from ptune.io.errors import UserError
 
 GLM4_TEMPLATE = (Path(__file__).parents[2] / "ptune" / "assets" / "glm4_chat_template.jinja").read_text(
@@ -438,7 +438,7 @@ def test_truncating_a_long_conversation_encodes_it_a_logarithmic_number_of_times
 def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     # It would learn </s> (ChatGLM3) or <|user|> (GLM-4) as the end of a call; eval/predict keep it (the call
     # is the reference answer).
-    from ptune.data.chat_data import make_conversation_encoder
+    from ptune.data.splits import LastAnswer, WholeConversation, make_encoder
 
     row = {
         "messages": [
@@ -448,12 +448,12 @@ def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     }
     batch = {"line": [7], "conversation": [parse_row(row, "messages", "t.json:7", None, True).to_json()]}
     with pytest.raises(UserError) as error:
-        make_conversation_encoder(CHATGLM3, "t.json", 100, 100, "train")(batch)
+        make_encoder(CHATGLM3, "t.json", WholeConversation(100 + 100 + 1))(batch)
     assert str(error.value) == (
         "t.json:7: the last message is a tool call without its observation: training would learn to end a "
         "call with the end of the conversation"
     )
-    encoded = make_conversation_encoder(CHATGLM3, "t.json", 100, 100, "eval")(batch)
+    encoded = make_encoder(CHATGLM3, "t.json", LastAnswer(100, 100))(batch)
     assert encoded["labels"][0][-3:] == [*chars("{}"), EOS] and encoded["drop"] == [""]
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ptune.data.conversations import Conversation, check_same_format, parse_row, row_format
+from ptune.data.conversation import Conversation
+from ptune.data.formats import check_same_format, parse_row, row_format
 from ptune.io.errors import UserError
 
 

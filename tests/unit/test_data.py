@@ -6,28 +6,40 @@ import io
 import json
 import logging
 import sys
+from collections import namedtuple
 from types import SimpleNamespace
 
 import pytest
 
-from ptune.data.chat_data import build_split
 from ptune.data.chat_format import encode_example
-from ptune.data.rows import (
+from ptune.data.collate import (
     Collator,
-    Columns,
-    load_rows,
     longest_prompt_first,
     pad_left,
     pad_right,
     prompt_length,
-    read_rows,
     restore_order,
 )
+from ptune.data.conversation import Conversation
+from ptune.data.rows import read_rows
+from ptune.data.splits import build_split, load_conversations
 from ptune.families.registry import load_tokenizer
 from ptune.io.errors import UserError
 from tools.tiny import make_tiny_checkpoint
 
+Columns = namedtuple("Columns", "prompt response history", defaults=(None,))
 COLUMNS = Columns("content", "summary")
+
+
+def load_rows(path, columns):
+    """The rows of a prompt_response file as encode_split reads them: one Conversation per row, cached."""
+    names = {"prompt": columns.prompt, "response": columns.response, "history": columns.history or ""}
+    return load_conversations(path, "prompt_response", names, None, True)
+
+
+def prompt_and_response(row) -> list[str]:
+    """A cached prompt_response row's [prompt, response]: its conversation's last two messages."""
+    return [m["content"] for m in Conversation.from_json(row["conversation"]).messages[-2:]]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +59,7 @@ def _args(**kw):
 
 
 def _build(path, tok, columns, args, max_target, max_samples):
-    """A training split of prompt/response rows (ptune.data.chat_data.build_split with these columns)."""
+    """A training split of prompt/response rows (ptune.data.splits.build_split with these columns)."""
     names = {"prompt_column": columns.prompt, "response_column": columns.response}
     args = SimpleNamespace(**vars(args), **names, history_column=columns.history, data_format=None)
     return build_split(path, tok, args, max_target, max_samples, "train")
@@ -223,7 +235,7 @@ def test_one_reader_for_every_format(tmp_path, tok, hf_cache):
     expected = [list(r.values()) for r in rows]
     for path in (lines, array, table):
         loaded = load_rows(path, COLUMNS)
-        assert [[r["prompt"], r["response"]] for r in loaded] == expected, path.name
+        assert [prompt_and_response(r) for r in loaded] == expected, path.name
         assert [line for line, _ in read_rows(path)] == (
             [1, 2] if path is lines else [2, 6] if path is array else [2, 3]
         )
@@ -234,7 +246,7 @@ def test_rows_are_read_again_only_when_the_file_changes(tmp_path, tok, hf_cache)
     first = load_rows(path, COLUMNS)
     assert load_rows(path, COLUMNS).cache_files == first.cache_files
     _write(path, [{"content": "a", "summary": "c"}])
-    assert load_rows(path, COLUMNS)["response"] == ["c"]
+    assert [prompt_and_response(r)[1] for r in load_rows(path, COLUMNS)] == ["c"]
 
 
 def test_only_the_tokenizing_bar_and_only_on_a_terminal(tmp_path, tok, hf_cache, monkeypatch):
