@@ -1,4 +1,7 @@
-"""Data formats: detection, each format read into one Conversation, and bad rows named by file:line and field."""
+"""Data formats (ptune.data.formats): detection, each format read into one Conversation, bad rows named by file:line
+and field, and the registry."""
+
+from types import SimpleNamespace
 
 import pytest
 
@@ -256,3 +259,80 @@ def test_a_thought_then_a_tool_call_is_fine():
         "observation",
         "assistant",
     ]
+
+
+def test_the_registry_holds_every_format_module_once_in_the_flags_order():
+    import pkgutil
+
+    import ptune.data.formats as formats
+
+    modules = {m.name for m in pkgutil.iter_modules(formats.__path__)} - {"base"}
+    assert formats.FORMATS == ("prompt_response", "conversations", "messages", "alpaca", "sharegpt")
+    assert modules == set(formats.FORMATS)
+    for name in formats.FORMATS:
+        module = __import__(f"ptune.data.formats.{name}", fromlist=["FORMAT"])
+        assert formats.get(name) is module.FORMAT and module.FORMAT.name == name
+
+
+def test_no_format_name_is_compared_outside_its_module():
+    """A data format's knowledge is its module's: no `fmt == "sharegpt"` chains elsewhere in ptune."""
+    import re
+    from pathlib import Path
+
+    import ptune
+    from ptune.data.formats import FORMATS
+
+    names = "|".join(FORMATS)
+    compared = re.compile(rf"""(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    root = Path(ptune.__file__).parent
+    found = [
+        f"{path.relative_to(root)}:{i}"
+        for path in root.rglob("*.py")
+        if "formats" not in path.relative_to(root).parts
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if compared.search(line)
+    ]
+    assert found == []
+
+
+def test_a_prompt_response_row_is_a_conversation():
+    from ptune.data.formats import get
+
+    names = get("prompt_response").reading_names(
+        "f.json", SimpleNamespace(prompt_column="q", response_column="a", history_column="h"), None
+    )
+    row = {"q": "q2", "a": "a2", "h": [["q1", "a1"]]}
+    assert get("prompt_response").parse(row, names, "f:1", True) == Conversation(
+        (
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2"},
+        )
+    )
+    # a missing value is "" (the row is dropped, or in predict has no reference)
+    assert parse_row({"prompt": "q"}, "prompt_response", "f:1", None, False).messages == (
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": ""},
+    )
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (
+            {"dialog": "messages"},
+            "--data_columns: unknown key 'dialog' (one of assistant_tag, content_tag, function_tag, history, "
+            "messages, observation_tag, prompt, query, response, role_tag, system, system_tag, tools, user_tag)",
+        ),
+        ('{"messages": 5}', "--data_columns: messages must be a string, got 5"),
+        ("[1]", '--data_columns: must be a JSON object, e.g. \'{"messages": "dialog"}\''),
+        ("{x", "--data_columns: not a JSON object (Expecting property name enclosed in double quotes)"),
+    ],
+)
+def test_data_columns_are_checked(value, message):
+    from ptune.data.formats import parse_data_columns
+
+    with pytest.raises(UserError) as error:
+        parse_data_columns(value)
+    assert str(error.value) == message
