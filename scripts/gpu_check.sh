@@ -15,11 +15,12 @@
 #   bench_nockpt ptune bench, 6B shape, checkpointing off: train 32/64 x 1
 #   plan_9b      as plan_6b at GLM-4-9B's shape (40 layers, 151,552 words)
 #   demo_fp32    the demo's training again in float32 on CUDA (the bf16 loss curve beside it)
+#   serve        ptune bench --serve on the demo's base and prefix, on CUDA: 1 and 8 streaming clients
 # GPU_CHECK_DEVICE=cpu: a dry run on this CPU (tiny shapes, ~3 minutes on 2 cores). GPU_CHECK_BUDGET (seconds,
 # default 300): steps are cut to fit it, and skipped once it is spent. GPU_CHECK_STEPS: a space-separated
 # subset of the step names, in the order above.
 set -o pipefail
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -27,7 +28,7 @@ OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 BUDGET=${GPU_CHECK_BUDGET:-300}
-STEPS=${GPU_CHECK_STEPS:-install plan_6b bench_ckpt demo eval gate bench_nockpt plan_9b demo_fp32}
+STEPS=${GPU_CHECK_STEPS:-install plan_6b bench_ckpt demo eval gate bench_nockpt plan_9b demo_fp32 serve}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 T0=$SECONDS
 
@@ -79,7 +80,8 @@ import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 names = ["transformers", "tokenizers", "huggingface-hub", "datasets", "accelerate", "safetensors", "pyarrow",
          "fsspec", "regex", "numpy", "pandas", "jieba", "rouge-chinese", "nltk", "httpx2", "anyio", "idna",
-         "typing-extensions", "tqdm", "pyyaml", "sentencepiece", "tiktoken", "protobuf", "hf-xet"]
+         "typing-extensions", "tqdm", "pyyaml", "sentencepiece", "tiktoken", "protobuf", "hf-xet",
+         "fastapi", "starlette", "uvicorn", "pydantic", "pydantic-core", "opentelemetry-api"]
 vs = []
 for n in names:
     try:
@@ -145,6 +147,12 @@ do_demo_fp32() {
   python3 scripts/gpu_check_report.py e2e --train output/demo --train "$WORK/demo-fp32" --json "$WORK/demo_fp32.json"
 }
 
+do_serve() {
+  [ -f output/demo/model.safetensors ] || { echo "FAILED: no output/demo prefix (the demo step failed)"; return 4; }
+  python3 -m ptune bench --serve --model_name_or_path .cache/demo-base --prefix demo=output/demo --device "$DEVICE" \
+    --concurrency 1,8 --prefixes 1 --requests 4 --max_tokens 16
+}
+
 do_gate() {
   need_gpu || return $?
   python3 scripts/gpu_check_report.py config6b "$WORK/chatglm3-6b-config" || return $?
@@ -160,7 +168,7 @@ do_gate() {
 }
 
 export ROOT OUT DEVICE STEPS WORK
-export -f have_cuda need_gpu do_install do_plan do_bench do_demo do_eval do_demo_fp32 do_gate
+export -f have_cuda need_gpu do_install do_plan do_bench do_demo do_eval do_demo_fp32 do_gate do_serve
 
 main() {
   echo "gpu_check: device $DEVICE, budget ${BUDGET}s, steps: $STEPS; $(date -u +%FT%TZ); $(git rev-parse --short HEAD 2>/dev/null)"
@@ -178,6 +186,7 @@ main() {
     --steps 5 --warmup_steps 2
   step plan_9b 90 do_plan 9b 1,1c,8c,16,16c 16x64+128
   step demo_fp32 60 do_demo_fp32
+  step serve 60 do_serve
   echo
   echo "== summary ($((SECONDS - T0))s): step, exit code, seconds"
   cat "$OUT/steps.tsv"
