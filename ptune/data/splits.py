@@ -63,7 +63,12 @@ def _code_digest(*names: str) -> str:
     digest = hashlib.sha256()
     for name in names:
         path = _PACKAGE / name
-        for file in [path] if name.endswith(".py") else sorted(path.glob("*.py")):
+        files = [path] if name.endswith(".py") else sorted(path.glob("*.py"))
+        if (
+            not files
+        ):  # a moved folder must not silently leave the key (ptune/data/families was hashed as nothing)
+            raise FileNotFoundError(f"{path}: no Python files to key the datasets cache with")
+        for file in files:
             digest.update(file.read_bytes())
     return digest.hexdigest()
 
