@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 
 logger = logging.getLogger("ptune")
@@ -34,9 +35,9 @@ def marked(tok, ids: list[int], labels: list[int]) -> str:
     parts: list[str] = []
     start = 0
     for k in range(1, len(ids) + 1):
-        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
             text = tok.decode(ids[start:k], skip_special_tokens=False)
-            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != -100 else text)
+            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != IGNORE_INDEX else text)
             start = k
     return "".join(parts)
 
