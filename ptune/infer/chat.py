@@ -30,12 +30,12 @@ from ptune.config.args import CHAT_FORMATS, GenerationArguments
 from ptune.config.parse import Parser
 from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
 from ptune.infer.generate import GenerationSettings, iter_tokens
+from ptune.infer.text_stream import TextStream
 from ptune.io.errors import UserError
 from ptune.model.load import PrefixTunedLM
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
-REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
 GREEDY = GenerationSettings()
 
 
@@ -60,41 +60,6 @@ def stream_generate(
         yield int(token)
         if int(token) in stops:
             return
-
-
-class TextStream:
-    """Turns a growing list of answer ids into the text to print next.
-
-    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
-    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
-    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
-    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
-    not printed.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.printed = ""
-
-    def push(self, token: int) -> str:
-        """Add one answer id; return the new text to print (possibly empty)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        if text.endswith(REPLACEMENT_CHAR):
-            return ""
-        return self._advance(text)
-
-    def flush(self) -> str:
-        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
-
-    def _advance(self, text: str) -> str:
-        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
-        # offset on, which at worst repeats or skips a character of spacing.
-        new = text[len(self.printed) :]
-        self.printed += new
-        return new
 
 
 @dataclass

@@ -1,18 +1,20 @@
-"""Answer ids → the text a client receives, piece by piece, with OpenAI's `stop` strings.
+"""Answer ids → text, piece by piece, as they are generated: the one streaming detokenizer of `ptune chat`
+and `ptune serve` (OpenAI's `stop` strings included).
 
-The whole answer so far is decoded after every token (decoding tokens one by one would split characters
-whose UTF-8 bytes span tokens, and SentencePiece spacing depends on neighbours; see `ptune.infer.chat.TextStream`).
-What may still change is held back: a trailing U+FFFD (an incomplete character), trailing whitespace (the
-final answer is stripped, as `ptune predict` strips it) and a tail that could be the start of a stop string.
-So the pieces sent, joined, are exactly the final text: `decode_response` of the ids, cut before the first
-stop string.
+Decoding each token alone would break characters whose UTF-8 bytes span several tokens (GLM-4's byte-level
+BPE), and SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded after every
+token and only what was not sent yet comes out. What may still change is held back: a trailing U+FFFD (an
+incomplete character), trailing whitespace (the final answer is stripped, as `ptune predict` strips it) and a
+tail that could be the start of a stop string. Leading whitespace (chatglm3/glm4 answers start with a
+newline) is never sent. So the pieces, joined with `finish()`, are exactly the final text: `decode_response`
+of the ids, cut before the first stop string.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-REPLACEMENT_CHAR = "\ufffd"
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -36,11 +38,13 @@ def settled_length(text: str, stops: Sequence[str]) -> int:
         end = cut
 
 
-class AnswerText:
-    """The answer of one request as it grows: `push(token)` returns the new text to send (maybe ""),
-    `finish()` the rest; `stopped` turns True once a stop string appeared (the row should end)."""
+class TextStream:
+    """The answer of one generation as it grows: `push(token)` returns the new text to send (maybe ""),
+    `finish()` the rest of the final answer (stripped, cut at a stop string), or `flush()` the rest exactly as
+    decoded (an answer cut mid-character still shows a U+FFFD). `stopped` turns True once a stop string
+    appeared (the generation should end); ids in `stop_ids` add no text."""
 
-    def __init__(self, tokenizer, stop_ids: Sequence[int], stops: Sequence[str] = ()):
+    def __init__(self, tokenizer, stop_ids: Sequence[int] = (), stops: Sequence[str] = ()):
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
         self.stops = [s for s in stops if s]
@@ -52,7 +56,7 @@ class AnswerText:
         return self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
 
     def push(self, token: int) -> str:
-        """Add one generated id (a stop id adds no text); the text now safe to send."""
+        """Add one generated id; the text now safe to send."""
         if token in self.stop_ids or self.stopped:
             return ""
         self.ids.append(token)
@@ -64,12 +68,18 @@ class AnswerText:
         return self._advance(text, settled_length(text, self.stops))
 
     def finish(self) -> str:
-        """What was held back, once the answer is over: the final text is `decode_response` of the ids (cut
-        at a stop string)."""
+        """What was held back of the final answer, once it is over: the final text is `decode_response` of
+        the ids (cut at a stop string)."""
         text = self._text()
         cut = find_stop(text, self.stops)
         final = (text if cut is None else text[:cut]).rstrip()
         return self._advance(final, len(final))
+
+    def flush(self) -> str:
+        """Whatever is still held back, as decoded (trailing whitespace and a dangling U+FFFD included): what
+        `ptune chat` prints after an answer, which the user watched being written."""
+        text = self._text()
+        return self._advance(text, len(text))
 
     @property
     def text(self) -> str:
@@ -77,7 +87,7 @@ class AnswerText:
 
     def _advance(self, text: str, upto: int) -> str:
         # Text once sent cannot be taken back: if a later token re-spells what was sent, send from the same
-        # offset on (at worst a character of spacing repeats or is lost, as in `ptune chat`).
+        # offset on (at worst a character of spacing repeats or is lost).
         new = text[len(self.sent) : max(upto, len(self.sent))]
         self.sent += new
         return new
