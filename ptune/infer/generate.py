@@ -27,13 +27,30 @@ MIN_TEMPERATURE = 0.01
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did."""
+    """How tokens are picked, for every verb that generates (eval, predict, chat, serve, bench, plan).
+
+    Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did.
+    `seed`: a served request's own seed (its draws then repeat whatever else is batched with it); None: the
+    caller's generator.
+    """
 
     max_new_tokens: int = 64
     min_new_tokens: int = 0
     do_sample: bool = False
     top_p: float = 0.7
     temperature: float = 0.95
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample
+
+    @classmethod
+    def from_openai(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        """From an OpenAI request's fields (`ptune serve`): temperature 0 means greedy decoding."""
+        if temperature == 0:
+            return cls(top_p=top_p, seed=seed)
+        return cls(do_sample=True, temperature=temperature, top_p=top_p, seed=seed)
 
     @classmethod
     def from_arguments(cls, gen_args) -> GenerationSettings:

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ptune.infer.generate import GenerationSettings
 from ptune.infer.text_stream import TextStream
 from ptune.serve.batch import BatchCache, admit_count, keep_rows, merge
-from ptune.serve.engine import Engine, Sampling, pick_tokens
+from ptune.serve.engine import Engine, pick_tokens
 
 logger = logging.getLogger("ptune.serve")
 
@@ -55,7 +56,7 @@ class Job:
     prompt: list[int]
     prefix: str | None
     max_tokens: int
-    sampling: Sampling = Sampling()
+    sampling: GenerationSettings = GenerationSettings()
     stops: Sequence[str] = ()
     sink: Callable[[Event], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
