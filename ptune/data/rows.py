@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ptune.data.labels import IGNORE_INDEX
+from ptune.families.base import BadHistory, normalize_history
 from ptune.io import files
 from ptune.io.errors import UserError
 from ptune.io.files import json_error
@@ -156,13 +157,10 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def _history(value, where: str) -> list[list[str]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(
-        isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in value
-    ):
-        raise UserError(f"{where}: history must be a list of [question, answer] string pairs")
-    return [list(t) for t in value]
+    try:
+        return [list(t) for t in normalize_history(value)]
+    except BadHistory:
+        raise UserError(f"{where}: history must be a list of [question, answer] string pairs") from None
 
 
 def _text(value, where: str, column: str) -> str | None:
