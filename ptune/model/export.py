@@ -27,6 +27,7 @@ from ptune.config.parse import Parser
 from ptune.families.registry import checkpoint_family, tokenizer_files
 from ptune.io.errors import UserError
 from ptune.io.files import atomic_dir, read_json, write_json
+from ptune.io.paths import check_replaced_folder
 from ptune.model import peft_adapter
 from ptune.model.convert import PREFIX_KEY
 from ptune.train.checkpoint import (
@@ -274,34 +275,23 @@ def default_out(folder: Path, fmt: str) -> Path:
 
 
 def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: bool) -> None:
-    """Refuse an output folder whose replacement would destroy something: the checkpoint, the base model or
-    a folder holding either; with --overwrite, anything but an earlier export (a run, a model, other files)."""
-    resolved = target.resolve()
-    for what, folder in (("the checkpoint", checkpoint), ("the base model", base)):
-        if folder is None:
-            continue
-        inner = folder.resolve()
-        if resolved == inner or resolved in inner.parents:
-            raise UserError(f"--out {target}: is or holds {what} ({folder}); choose another folder")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out {target}: exists and is not a folder")
-    if not target.exists():
-        return
-    if not overwrite:
-        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    """Refuse an output folder whose replacement would destroy something (`ptune.io.paths.check_replaced_folder`):
+    the checkpoint, the base model or a folder holding either; with --overwrite, anything but an earlier
+    export (a run, a model, other files)."""
     allowed = {THUDM_WEIGHTS_NAME, WEIGHTS_NAME, PREFIX_CONFIG_NAME, "config.json", *tokenizer_file_names()}
     allowed |= {peft_adapter.CONFIG_NAME, *peft_adapter.WEIGHTS_NAMES}
-    for entry in sorted(target.iterdir()):
-        if not entry.is_file() or not (entry.name in allowed or entry.suffix == ".py"):
-            raise UserError(
-                f"--out {target}: holds {entry.name}, which ptune export does not write; --overwrite only "
-                "replaces an earlier export"
-            )
-    config = read_json(target / "config.json", missing_ok=True)
-    if config and "pre_seq_len" not in config and not (target / PREFIX_CONFIG_NAME).is_file():
-        raise UserError(
-            f"--out {target}: holds a model's config.json; --overwrite only replaces an earlier export"
-        )
+
+    def holds_model(folder: Path) -> bool:  # a config.json that no export wrote: no pre_seq_len, no prefix
+        config = read_json(folder / "config.json", missing_ok=True)
+        return bool(config) and "pre_seq_len" not in config and not (folder / PREFIX_CONFIG_NAME).is_file()
+
+    check_replaced_folder(
+        target,
+        {"the checkpoint": checkpoint, "the base model": base},
+        overwrite,
+        own_file=lambda entry: entry.name in allowed or entry.suffix == ".py",
+        holds_model=holds_model,
+    )
 
 
 def main(argv: list[str]) -> int:
