@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -112,6 +112,28 @@ def _read_line() -> str | None:
     return line.rstrip("\r\n")
 
 
+def stream_answer(
+    model: PrefixTunedLM, tok, ids: Sequence[int], settings: GenerationSettings, show: Callable[[str], None]
+) -> tuple[list[int], TextStream, bool]:
+    """Generate one answer to the prompt `ids`, handing each piece of text to `show` as it settles:
+    (the answer's ids without its stop id, the stream (`flush()`: what is still held back), whether Ctrl-C
+    stopped it). Ctrl-C stops the answer, and what was shown stays shown."""
+    stream, tokens, stopped = TextStream(tok), [], False
+    stops = set(tok.stop_token_ids)
+    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    try:
+        for token in pieces:
+            if token in stops:
+                break
+            tokens.append(token)
+            show(stream.push(token))
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        pieces.close()
+    return tokens, stream, stopped
+
+
 def answer(model, session: ChatSession, query: str, settings: GenerationSettings, name: str) -> str:
     """Stream one answer to stdout and add the turn to the history; returns the answer text.
 
@@ -122,19 +144,7 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     for note in notes:
         _write(note + "\n")
     _write(f"\n{name}: ")
-    stream, tokens, stopped = TextStream(tok), [], False
-    stops = set(tok.stop_token_ids)
-    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            _write(stream.push(token))
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        pieces.close()
+    tokens, stream, stopped = stream_answer(model, tok, ids, settings, _write)
     _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
     text = decode_response(tok, tokens)
     session.history.append((query, text))

@@ -78,6 +78,19 @@ def next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, gen
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def decoder_pass(decoder, cache_name: str, cache, input_ids, mask, positions) -> torch.Tensor:
+    """One pass of the base's decoder over input_ids [B, S] after the T slots `cache` holds (mask [B, T + S],
+    positions [B, S]); `cache` grows by S in place. The hidden state of each row's last position [B, H]:
+    what generation (`iter_tokens`) and the server (`ptune.serve.engine`) turn into the next token's logits."""
+    return decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        **{cache_name: cache},
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+
+
 @torch.inference_mode()
 def iter_tokens(
     model: PrefixTunedLM,
@@ -100,14 +113,8 @@ def iter_tokens(
     if cache is None:
         cache = DynamicCache()
     mask = model.extend_mask(attention_mask)
-    cache_kw = {cache_argument(type(decoder)): cache}  # the same cache object, grown by every call
-    hidden = decoder(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        **cache_kw,
-        use_cache=True,
-    ).last_hidden_state[:, -1]
+    cache_name = cache_argument(type(decoder))  # the same cache object, grown by every call
+    hidden = decoder_pass(decoder, cache_name, cache, input_ids, mask, positions)
     next_pos = positions[:, -1:] + 1
     stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
     warpers = sampling_warpers(settings)
@@ -120,13 +127,7 @@ def iter_tokens(
         if step + 1 == settings.max_new_tokens:
             return
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
-        hidden = decoder(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            **cache_kw,
-            use_cache=True,
-        ).last_hidden_state[:, -1]
+        hidden = decoder_pass(decoder, cache_name, cache, token[:, None], mask, next_pos)
         next_pos = next_pos + 1
 
 

@@ -130,30 +130,23 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str
     """Generate and print one answer: (its text, whether Ctrl-C stopped it). Text that may still become a
     call is held until it cannot, and a call is not printed as text (the caller shows it)."""
     from ptune.data.chat_format import decode_response
-    from ptune.infer.chat import stream_generate
-    from ptune.infer.text_stream import TextStream
+    from ptune.infer.chat import stream_answer
 
     tok = chat.tokenizer
-    stream, tokens, held, holding = TextStream(tok), [], "", True
-    stops = set(tok.stop_token_ids)
-    pieces, stopped = stream_generate(model, ids, tok.stop_token_ids, settings), False
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            piece = stream.push(token)
-            if holding:
-                held += piece
-                if not chat.reader.may_be_call(held):
-                    write(held)
-                    holding = False
-            else:
-                write(piece)
-    except KeyboardInterrupt:  # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
-        stopped = True
-    finally:
-        pieces.close()
+    held, holding = "", True
+
+    def show(piece: str) -> None:
+        nonlocal held, holding
+        if holding:
+            held += piece
+            if not chat.reader.may_be_call(held):
+                write(held)
+                holding = False
+        else:
+            write(piece)
+
+    # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
+    tokens, stream, stopped = stream_answer(model, tok, ids, settings, show)
     text = decode_response(tok, tokens)
     call = not stopped and chat.reader.read(text)
     if holding and not call:

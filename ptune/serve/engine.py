@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ptune.infer.generate import GenerationSettings, next_tokens, sampling_warpers
+from ptune.infer.generate import GenerationSettings, decoder_pass, next_tokens, sampling_warpers
 from ptune.model.load import PrefixTunedLM
 from ptune.model.prefix import PrefixEncoder, cache_argument
 from ptune.serve.batch import KV, BatchCache, prefix_block, prompt_block
@@ -47,13 +47,7 @@ class Engine:
         """One decoder pass over input_ids [B, S] after the cache `layers` ([B, G, T, hn]; mask [B, T + S]):
         (logits of each row's last position [B, V] float32, the grown cache [B, G, T + S, hn])."""
         cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
-        hidden = self.decoder(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            **{self.cache_kw: cache},
-            use_cache=True,
-        ).last_hidden_state[:, -1]
+        hidden = decoder_pass(self.decoder, self.cache_kw, cache, input_ids, mask, positions)
         return self.head(hidden).float(), [(layer.keys, layer.values) for layer in cache.layers]
 
     def first_position(self, prefix: str | None) -> int:
