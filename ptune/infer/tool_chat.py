@@ -14,25 +14,25 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ptune.data.conversations import Conversation
 from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, family_tools
 from ptune.io.errors import UserError
+from ptune.io.files import json_error, read_text
 
 
 def read_tools(path: str) -> list[dict]:
     """The tools file: a JSON list of function tools, each with a name; else UserError naming the file."""
     try:
-        tools = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"--tools {path}: cannot read it ({e.strerror})") from None
+        text = read_text(path)
+    except UserError as e:  # "PATH: file not found", "PATH:LINE:COLUMN: not UTF-8 ...", as for every file
+        raise UserError(f"--tools {e}") from None
+    try:
+        tools = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"--tools {path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"--tools {path}: not UTF-8") from None
+        raise json_error(f"--tools {path}", text, e) from None
     if not isinstance(tools, list) or not tools:
         raise UserError(
             f'--tools {path}: must be a JSON list of tools, [{{"type": "function", "function": {{...}}}}]'
