@@ -33,8 +33,8 @@ FINAL_FILES = (WEIGHTS_NAME, PREFIX_CONFIG_NAME, STATE_NAME, "train_results.json
 
 def run_training(trainer, resume: str | None, train_samples: int) -> int:
     """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
+    from ptune.train.callbacks import StopOnSignal
     from ptune.train.checkpoint import checkpoint_global_step
-    from ptune.train.trainer import StopOnSignal
 
     if trainer.args.should_save:
         remove_stale_temporaries(trainer.args.output_dir, output_names(trainer))

@@ -12,7 +12,7 @@
 
 A config value's path to disk: `--pre_seq_len 128` → `ModelArguments.pre_seq_len` (ptune.config.args) →
 `load_model(pre_seq_len=128)` builds a `PrefixEncoder` [128, L·2·G·hn] → the Trainer optimizes it →
-`PrefixTrainer._save` → `checkpoint.write_prefix_files` writes `model.safetensors` and `prefix_config.json`
+`PrefixTrainer.save_model` → `checkpoint.write_prefix_files` writes `model.safetensors` and `prefix_config.json`
 (`"pre_seq_len": 128`), which eval / predict / chat / export read back.
 """
 
@@ -162,12 +162,8 @@ class PTuningRecipe:
 
         from ptune.data.rows import Collator
         from ptune.infer.generate import GenerationSettings
-        from ptune.train.trainer import (
-            PrefixTrainer,
-            SaveWhenStopping,
-            StopOnNonFiniteLoss,
-            make_compute_metrics,
-        )
+        from ptune.train.callbacks import SaveWhenStopping, StopOnNonFiniteLoss
+        from ptune.train.trainer import PrefixTrainer, make_compute_metrics
 
         args = self.trainer_arguments(training=train_ds is not None)
         callbacks = [StopOnNonFiniteLoss(), SaveWhenStopping()]
