@@ -241,10 +241,37 @@ def gains(rows: list[dict]) -> list[str]:
     ]
 
 
-def main(argv: list[str]) -> int:
-    """`ptune bench --serve`: start (or reach) the server(s), run the clients, print the table."""
+def measure_own_servers(args: argparse.Namespace, progress: Progress) -> list[dict]:
+    """Without --url: the rows of a batched server (and --baseline's one at a time, --in_process's scheduler)
+    started here on --model_name_or_path, with its --prefix checkpoints or random ones in a temporary folder."""
     from ptune.serve.cli import parse_prefixes
 
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ptune-bench-serve-") as tmp:
+        base, prefixes = args.model_name_or_path, parse_prefixes(args.prefix)
+        if not prefixes:
+            progress.say(f"making {max(args.prefixes)} random 16-token prefixes for {base}")
+            prefixes = random_prefixes(base, Path(tmp), max(args.prefixes))
+        device = ["--device", args.device] if args.device else []
+        servers = [(f"batched ({args.max_batch})", ["--max_batch", str(args.max_batch)])]
+        if args.baseline:
+            servers.append(("one at a time", ["--max_batch", "1"]))
+        for label, extra in servers:
+            extra += ["--max_queue", "1024", *device]
+            progress.say(f"starting the server ({label})")
+            proc, url = start_server(base, prefixes, extra, Path(tmp) / "serve.log")
+            try:
+                rows += measure(url, label, list(prefixes), args, progress)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+        if args.in_process:
+            rows += measure_in_process(base, prefixes, args, progress)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    """`ptune bench --serve`: start (or reach) the server(s), run the clients, print the table."""
     args = build_parser().parse_args(argv)
     if args.requests < 1 or args.max_tokens < 1:
         raise UserError("--requests and --max_tokens must be at least 1")
@@ -258,27 +285,7 @@ def main(argv: list[str]) -> int:
     if args.url:
         rows = measure(args.url.rstrip("/"), "as running", served_models(args.url)[1], args, progress)
     else:
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="ptune-bench-serve-") as tmp:
-            base, prefixes = args.model_name_or_path, parse_prefixes(args.prefix)
-            if not prefixes:
-                progress.say(f"making {max(args.prefixes)} random 16-token prefixes for {base}")
-                prefixes = random_prefixes(base, Path(tmp), max(args.prefixes))
-            device = ["--device", args.device] if args.device else []
-            servers = [(f"batched ({args.max_batch})", ["--max_batch", str(args.max_batch)])]
-            if args.baseline:
-                servers.append(("one at a time", ["--max_batch", "1"]))
-            for label, extra in servers:
-                extra += ["--max_queue", "1024", *device]
-                progress.say(f"starting the server ({label})")
-                proc, url = start_server(base, prefixes, extra, Path(tmp) / "serve.log")
-                try:
-                    rows += measure(url, label, list(prefixes), args, progress)
-                finally:
-                    proc.terminate()
-                    proc.wait(60)
-            if args.in_process:
-                rows += measure_in_process(base, prefixes, args, progress)
+        rows = measure_own_servers(args, progress)
     print(table(rows))
     for line in gains(rows):
         print(line)
