@@ -12,7 +12,7 @@ of the ids, cut before the first stop string.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
 
@@ -91,3 +91,25 @@ class TextStream:
         new = text[len(self.sent) : max(upto, len(self.sent))]
         self.sent += new
         return new
+
+
+def stream_answer(
+    tok, pieces: Iterator[int], show: Callable[[str], None]
+) -> tuple[list[int], TextStream, bool]:
+    """Hand the text of one answer to `show` as it settles, from `pieces` (its ids as generated,
+    `ptune.infer.generate.stream_generate`) until one of `tok.stop_token_ids` ends it: (the answer's ids
+    without the stop id, the stream (`flush()`: what is still held back), whether Ctrl-C stopped it). Ctrl-C
+    stops the answer (`ptune chat`, `chat --tools`), and what was shown stays shown."""
+    stream, tokens, stopped = TextStream(tok), [], False
+    stops = set(tok.stop_token_ids)
+    try:
+        for token in pieces:
+            if token in stops:
+                break
+            tokens.append(token)
+            show(stream.push(token))
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        pieces.close()
+    return tokens, stream, stopped

@@ -130,7 +130,8 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str
     """Generate and print one answer: (its text, whether Ctrl-C stopped it). Text that may still become a
     call is held until it cannot, and a call is not printed as text (the caller shows it)."""
     from ptune.data.chat_format import decode_response
-    from ptune.infer.chat import stream_answer
+    from ptune.infer.generate import stream_generate
+    from ptune.infer.text_stream import stream_answer
 
     tok = chat.tokenizer
     held, holding = "", True
@@ -146,7 +147,8 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str
             write(piece)
 
     # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
-    tokens, stream, stopped = stream_answer(model, tok, ids, settings, show)
+    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    tokens, stream, stopped = stream_answer(tok, pieces, show)
     text = decode_response(tok, tokens)
     call = not stopped and chat.reader.read(text)
     if holding and not call:

@@ -38,6 +38,14 @@ RESULT_FILES = (
 )
 
 
+def model_folders(model_args) -> dict[str, str | None]:
+    """The folders a run reads its model from, by flag: nothing ptune writes may land in them."""
+    return {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--tokenizer_name": model_args.tokenizer_name,
+    }
+
+
 def check_output_dir(
     output_dir: str | Path, reads: dict[str, str | None], flag: str = "--output_dir"
 ) -> None:
