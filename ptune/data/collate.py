@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ptune.data.labels import IGNORE_INDEX
+
 
 def pad_right(seqs: list[list[int]], value: int) -> list[list[int]]:
     """Pad every sequence on the right to the longest one."""
@@ -21,9 +23,9 @@ def pad_left(seqs: list[list[int]], value: int) -> list[list[int]]:
 
 
 def prompt_length(labels: list[int]) -> int:
-    """Number of leading -100 labels: the prompt part of an encoded example."""
+    """Number of leading IGNORE_INDEX labels: the prompt part of an encoded example."""
     n = 0
-    while n < len(labels) and labels[n] == -100:
+    while n < len(labels) and labels[n] == IGNORE_INDEX:
         n += 1
     return n
 
@@ -46,9 +48,10 @@ def restore_order(items: list, order: list[int]) -> list:
 class Collator:
     """Pads a batch to its longest sample.
 
-    Always: `input_ids` (pad id), `labels` (-100), `attention_mask` [B, S], right-padded (teacher-forced loss).
+    Always: `input_ids` (pad id), `labels` (IGNORE_INDEX), `attention_mask` [B, S], right-padded (teacher-forced
+    loss).
     With `with_prompts`: also `prompt_ids` / `prompt_mask` [B, S'] left-padded for generation, and
-    `answer_ids` [B, T] (the supervised answer without its end id, -100-padded) as the metrics' references.
+    `answer_ids` [B, T] (the supervised answer without its end id, IGNORE_INDEX-padded) as the metrics' references.
     """
 
     pad_id: int
@@ -59,7 +62,7 @@ class Collator:
         labels = [list(r["labels"]) for r in rows]
         batch = {
             "input_ids": torch.tensor(pad_right(ids, self.pad_id)),
-            "labels": torch.tensor(pad_right(labels, -100)),
+            "labels": torch.tensor(pad_right(labels, IGNORE_INDEX)),
             "attention_mask": torch.tensor(pad_right([[1] * len(s) for s in ids], 0)),
         }
         if self.with_prompts:
@@ -68,5 +71,5 @@ class Collator:
             answers = [lab[n:-1] for lab, n in zip(labels, cut, strict=True)]
             batch["prompt_ids"] = torch.tensor(pad_left(prompts, self.pad_id))
             batch["prompt_mask"] = torch.tensor(pad_left([[1] * len(p) for p in prompts], 0))
-            batch["answer_ids"] = torch.tensor(pad_right(answers, -100), dtype=torch.long)
+            batch["answer_ids"] = torch.tensor(pad_right(answers, IGNORE_INDEX), dtype=torch.long)
         return batch

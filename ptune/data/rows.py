@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ptune.io import files
 from ptune.io.errors import UserError
 from ptune.io.files import json_error
 
@@ -24,15 +25,7 @@ EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 def read_text(path: Path) -> str:
     """The file as text: UTF-8 (a BOM is dropped) and not empty, or a UserError at the first bad byte."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - data.rfind(b"\n", 0, e.start)
-        raise UserError(
-            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
-        ) from None
+    text = files.read_text(path, missing="data file not found", hint="; save the file as UTF-8")
     if not text.strip():
         raise UserError(f"{path}: empty data file")
     return text

@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 
 from ptune.data import formats
 from ptune.data.chat_format import (
-    IGNORE_INDEX,
     Encoded,
     encode_conversation,
     encode_last_answer,
@@ -47,6 +46,7 @@ from ptune.data.chat_format import (
 )
 from ptune.data.conversation import Conversation, empty_answer, is_tool_call
 from ptune.data.formats.base import Format
+from ptune.data.labels import IGNORE_INDEX
 from ptune.data.rows import file_kind, generated_dataset, progress_bars
 from ptune.families.registry import family_of
 from ptune.io.errors import UserError

@@ -20,81 +20,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from transformers.hf_argparser import string_to_bool
 
 from ptune.config.args import CHAT_FORMATS, GenerationArguments
 from ptune.config.parse import Parser
 from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
-from ptune.infer.generate import GenerationSettings, iter_tokens
+from ptune.infer.generate import GenerationSettings, stream_generate
+from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError
-from ptune.model.load import PrefixTunedLM
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
-REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
-GREEDY = GenerationSettings()
-
-
-def stream_generate(
-    model: PrefixTunedLM,
-    prompt: Sequence[int],
-    stop_ids: Sequence[int],
-    settings: GenerationSettings = GREEDY,
-    generator: torch.Generator | None = None,
-) -> Iterator[int]:
-    """Yield the answer to one prompt token by token: `ptune.infer.generate.iter_tokens` for a batch of one.
-
-    Greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop id that ends
-    the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the iterator early
-    (Ctrl-C) simply drops the cache.
-    """
-    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)  # [1, S]
-    stops = set(stop_ids)
-    for token in iter_tokens(
-        model, input_ids, torch.ones_like(input_ids), list(stop_ids), settings, generator
-    ):
-        yield int(token)
-        if int(token) in stops:
-            return
-
-
-class TextStream:
-    """Turns a growing list of answer ids into the text to print next.
-
-    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
-    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
-    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
-    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
-    not printed.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.printed = ""
-
-    def push(self, token: int) -> str:
-        """Add one answer id; return the new text to print (possibly empty)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        if text.endswith(REPLACEMENT_CHAR):
-            return ""
-        return self._advance(text)
-
-    def flush(self) -> str:
-        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
-
-    def _advance(self, text: str) -> str:
-        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
-        # offset on, which at worst repeats or skips a character of spacing.
-        new = text[len(self.printed) :]
-        self.printed += new
-        return new
 
 
 @dataclass
@@ -157,19 +95,8 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     for note in notes:
         _write(note + "\n")
     _write(f"\n{name}: ")
-    stream, tokens, stopped = TextStream(tok), [], False
-    stops = set(tok.stop_token_ids)
     pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            _write(stream.push(token))
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        pieces.close()
+    tokens, stream, stopped = stream_answer(tok, pieces, _write)
     _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
     text = decode_response(tok, tokens)
     session.history.append((query, text))
@@ -269,20 +196,11 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings.from_arguments(gen)
 
 
-def _device(name: str | None) -> torch.device | None:
-    if name is None:
-        return None
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
-
-
 def main(argv: list[str]) -> int:
     """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
     from ptune.config.parse import base_from_checkpoint
     from ptune.families.registry import load_tokenizer
-    from ptune.model.load import load_model
+    from ptune.model.load import device_named, load_model
 
     args = build_parser().parse_args(argv)
     if args.model_name_or_path is None:
@@ -307,7 +225,7 @@ def main(argv: list[str]) -> int:
         args.model_name_or_path,
         dtype=args.dtype,
         ptuning_checkpoint=args.ptuning_checkpoint,
-        device=_device(args.device),
+        device=device_named(args.device),
         family=tok.family,
     )
     from ptune.families.registry import family_of

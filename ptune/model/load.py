@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.model.convert import PREFIX_KEY, load_glm, read_json
 from ptune.model.fingerprint import base_fingerprint
@@ -37,7 +38,7 @@ from ptune.model.prefix import (
 )
 from ptune.model.weight_files import check_native_weights
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, device) -> torch.Tensor:
@@ -54,9 +55,9 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name != "auto":
-        if name not in _DTYPES:
-            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(_DTYPES)}")
-        return _DTYPES[name]
+        if name not in DTYPES:
+            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}")
+        return DTYPES[name]
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -68,6 +69,17 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_named(name: str | None) -> torch.device | None:
+    """`--device NAME` (chat, serve) as a torch.device, one line for a name torch does not know; None: the
+    default device (`default_device`)."""
+    if name is None:
+        return None
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
 
 
 @dataclass
@@ -219,7 +231,7 @@ class PrefixTunedLM(nn.Module):
         return_logits: bool | None = None,
         **_,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, S, V] (by default only outside training) and the mean next-token loss over labels != -100.
+        """Logits [B, S, V] (by default only outside training) and the mean next-token loss over labels != IGNORE_INDEX.
 
         With `num_items_in_batch` (the Trainer passes it under gradient accumulation) the loss is the sum over
         this micro-batch divided by that count, so accumulated steps weigh every answer token equally.
@@ -253,11 +265,11 @@ def matmul_params(base: PreTrainedModel) -> int:
 def answer_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
     """Next-token cross entropy over supervised positions only.
 
-    hidden [B, S, H], labels [B, S] (-100 = ignored). Only the rows whose next label is supervised go through
+    hidden [B, S, H], labels [B, S] (IGNORE_INDEX = ignored). Only the rows whose next label is supervised go through
     the output layer, so the full [B, S, V] float32 logits (V = 65,024 or 151,552) are never materialized.
     """
     target = labels[:, 1:]
-    keep = target != -100
+    keep = target != IGNORE_INDEX
     logits = head(hidden[:, :-1][keep]).float()  # [N, V]
     total = F.cross_entropy(logits, target[keep], reduction="sum")
     count = keep.sum() if num_items is None else num_items

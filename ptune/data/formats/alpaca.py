@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ptune.data.conversation import Conversation
 from ptune.data.formats.base import Format, Names, text, tools
+from ptune.families.base import BadHistory, normalize_history
 from ptune.io.errors import UserError
 
 
@@ -27,15 +28,18 @@ class Alpaca(Format):
         messages: list[dict] = []
         if row.get(names["system"]):
             messages.append({"role": "system", "content": text(row[names["system"]], where, names["system"])})
-        history = row.get(names["history"]) or []
-        if not isinstance(history, list):
-            raise UserError(f"{where}: {names['history']}: must be a list of [question, answer] pairs")
-        for i, pair in enumerate(history):
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+        try:
+            history = normalize_history(row.get(names["history"]) or [])
+        except BadHistory as e:
+            if e.turn is None:
                 raise UserError(
-                    f"{where}: {names['history']}[{i}]: must be a [question, answer] pair of strings"
-                )
-            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+                    f"{where}: {names['history']}: must be a list of [question, answer] pairs"
+                ) from None
+            raise UserError(
+                f"{where}: {names['history']}[{e.turn}]: must be a [question, answer] pair of strings"
+            ) from None
+        for question, answer in history:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         instruction = text(row.get(names["prompt"]), where, names["prompt"])
         query = text(row.get(names["query"]), where, names["query"], required=False)
         messages.append({"role": "user", "content": f"{instruction}\n{query}" if query else instruction})

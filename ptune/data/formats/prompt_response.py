@@ -14,6 +14,7 @@ from typing import Any
 
 from ptune.data.conversation import Conversation
 from ptune.data.formats.base import Format, Names
+from ptune.families.base import BadHistory, normalize_history
 from ptune.io.errors import UserError
 
 
@@ -78,13 +79,10 @@ class PromptResponse(Format):
 
 
 def _history(value, where: str) -> list[list[str]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(
-        isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in value
-    ):
-        raise UserError(f"{where}: history must be a list of [question, answer] string pairs")
-    return [list(t) for t in value]
+    try:
+        return [list(t) for t in normalize_history(value)]
+    except BadHistory:
+        raise UserError(f"{where}: history must be a list of [question, answer] string pairs") from None
 
 
 def _text(value, where: str, column: str) -> str | None:
