@@ -72,8 +72,8 @@ def check_same_format(
     """A row of another format than the file's is an error naming both. A row that can be read as `fmt`
     (with `names`, by default its --data_columns names) is fine even when detection would say otherwise
     (--data_columns can give messages and conversations the same key; a message may carry both role tags)."""
-    format = get(fmt)
-    if format.fits(row, format.names(data_columns) if names is None else names):
+    data_format = get(fmt)
+    if data_format.fits(row, data_format.names(data_columns) if names is None else names):
         return
     found = row_format(row, data_columns)
     if found is not None and found != fmt:
@@ -84,8 +84,8 @@ def parse_row(
     row: dict, fmt: str, where: str, data_columns: dict | None, require_answer: bool
 ) -> Conversation:
     """One row of format `fmt` as a Conversation; UserError naming `where` (file:line) and the field."""
-    format = get(fmt)
-    return format.parse(row, format.names(data_columns), where, require_answer)
+    data_format = get(fmt)
+    return data_format.parse(row, data_format.names(data_columns), where, require_answer)
 
 
 def resolve_format(path, data_args: Any) -> Format:
@@ -114,11 +114,11 @@ def read_conversations(
 ) -> Iterator[tuple[int, Conversation]]:
     """(file line, Conversation) of each row of `path` (ptune.data.rows.read_rows), every row checked to be of
     format `fmt` (read with `names`, `Format.reading_names`), then the file's columns (`Format.check_columns`)."""
-    format = get(fmt)
+    data_format = get(fmt)
     seen: dict[str, None] = {}  # every key, in order of appearance
     for line, row in read_rows(path):
         where = f"{path}:{line}"
         seen.update(dict.fromkeys(row))
         check_same_format(fmt, row, where, data_columns, names)
-        yield line, format.parse(row, names, where, require_answer)
-    format.check_columns(path, seen, names, require_answer)
+        yield line, data_format.parse(row, names, where, require_answer)
+    data_format.check_columns(path, seen, names, require_answer)
