@@ -12,7 +12,6 @@ import pytest
 
 from ptune.data.chat_format import (
     chat_messages,
-    chatglm2_prompt_text,
     decode_response,
     encode_example,
     encode_prompt,
@@ -20,7 +19,7 @@ from ptune.data.chat_format import (
     prompt_ids,
     target_ids,
 )
-from ptune.families.chatglm2 import ChatGLMTokenizer
+from ptune.families.chatglm2 import ChatGLMTokenizer, chatglm2_prompt_text
 from ptune.io.errors import UserError
 from tools.tiny_tokenizers import train_tiny_sentencepiece
 
@@ -60,7 +59,7 @@ GLM4 = FakeTok(
 class FakeNative(FakeTok):
     has_chat_template: bool = True
 
-    def render_chat(self, messages) -> str:
+    def render_chat(self, messages, add_generation_prompt=True, tools=None) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
 
