@@ -240,6 +240,13 @@ class Family:
     # -- prompts: the one builder of each family (the module docstring) ---------------------------------
 
     source_prefix_first: ClassVar[bool] = False  # THUDM's source_prefix in front of it all (ChatGLM2)
+    # How an answer writes a tool call (ptune.infer.tool_calls reads it back): "name+python" (the tool's name
+    # on the first line, then ChatGLM3's tool_call(...) code), "name+json" (GLM-4: then JSON arguments),
+    # "template" (what the chat template writes for a tool_calls entry), None (the family has no tools).
+    call_format: ClassVar[str | None] = None
+    bare_tools: ClassVar[bool] = (
+        False  # its data holds tools as bare functions, not OpenAI's {"function": ...}
+    )
 
     def family_messages(self, conversation: Any) -> list[Message]:
         """The conversation as this family's chat format takes it: the system message (with the tools, as

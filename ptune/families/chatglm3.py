@@ -112,6 +112,8 @@ class ChatGLM3(OriginalFamily):
     """ChatGLM3-6B (module docstring); GLM-4 (glm4.py) reuses its role-token prompt."""
 
     name = "chatglm3"
+    call_format = "name+python"
+    bare_tools = True
     title = "ChatGLM3"
     tokenizer_format = "sentencepiece"
     tokenizer_description = "a SentencePiece model"

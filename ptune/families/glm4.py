@@ -227,6 +227,8 @@ class GLM4(ChatGLM3):
     """GLM-4-9B-chat (module docstring): ChatGLM3's prompt mechanics with its own tokenizer and pieces."""
 
     name = "glm4"
+    call_format = "name+json"
+    bare_tools = False
     title = "GLM-4"
     tokenizer_format = "tiktoken"
     tokenizer_description = "a GLM-4 (tiktoken) tokenizer"

@@ -98,6 +98,7 @@ class Native(Family):
     """Models transformers loads natively (module docstring)."""
 
     name = "native"
+    call_format = "template"
     title = "native"
     tokenizer_format = "transformers"
     tokenizer_files = NATIVE_TOKENIZER_FILES
