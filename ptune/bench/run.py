@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     """`ptune bench [...]`: print the table. Bad input raises UserError (`ptune VERB: error: ...`, exit 2).
     `ptune bench --serve ...` benchmarks a live `ptune serve` instead (ptune/bench/serve.py)."""
     if argv is not None and "--serve" in argv:
-        from ptune.serve import bench as serve_bench
+        from ptune.bench import serve as serve_bench
 
         return serve_bench.main([a for a in argv if a != "--serve"])
     args = build_parser().parse_args(argv)
