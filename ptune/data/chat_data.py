@@ -25,14 +25,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from ptune.data.chat_format import (
-    Encoded,
-    encode_conversation,
-    encode_last_answer,
-    encode_thudm,
-    last_span,
-    prompt_ids,
-)
+from ptune.data.chat_format import Encoded, encode_split_example, encode_thudm, last_span, prompt_ids
 from ptune.data.conversations import (
     CONVERSATION_FORMATS,
     Conversation,
@@ -147,10 +140,10 @@ def make_conversation_encoder(tok, path: str, max_source: int, max_target: int, 
                     raise UserError(TRAILING_CALL)
                 if split != "predict" and empty_answer(conversation):
                     encoded = Encoded(dropped="an empty assistant message")
-                elif split == "train":
-                    encoded = encode_conversation(tok, conversation, max_source + max_target + 1)
                 else:
-                    encoded = encode_last_answer(tok, conversation, max_source, max_target)
+                    encoded = encode_split_example(
+                        tok, conversation, split, max_source, max_target, "conversation"
+                    )
             except UserError as e:
                 raise UserError(f"{path}:{line}: {e}") from None
             for name, value in _row(encoded, source_len, target_len).items():

@@ -18,6 +18,7 @@ length is decided once, in ptune.data.truncation.  Here, the same for every fami
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ptune.data.conversations import Conversation
@@ -48,6 +49,8 @@ __all__ = [
     "encode_last_answer",
     "encode_messages",
     "encode_prompt",
+    "encode_split_example",
+    "encode_thudm",
     "end_as_in_full",
     "first_fit",
     "fit_prompt",
@@ -57,6 +60,7 @@ __all__ = [
     "strip_answer",
     "target_ids",
     "thudm_conversation",
+    "with_source_prefix",
 ]
 
 
@@ -86,14 +90,28 @@ def chat_messages(
 def thudm_conversation(
     tok: Any, query: str, history: Any = (), source_prefix: str = "", system: str = ""
 ) -> Conversation:
-    """THUDM's (query, history, source_prefix) as a conversation ending with the question: `source_prefix`
-    in front of the question, or, for a family whose format has no system role (ChatGLM2: its
-    ``source_prefix_first``), after `system` in a leading system message, where THUDM put it."""
+    """THUDM's (query, history, source_prefix) as a conversation ending with the question (`source_prefix`
+    placed by `with_source_prefix`)."""
     turns = normalize_history(history)
+    return with_source_prefix(
+        tok, Conversation(tuple(chat_messages(query, turns, "", system))), source_prefix
+    )
+
+
+def with_source_prefix(tok: Any, conversation: Conversation, source_prefix: str) -> Conversation:
+    """THUDM's `source_prefix` put into the conversation: in front of its last question, or, for a family
+    whose format has no system role (ChatGLM2: ``source_prefix_first``), after the system prompt in a leading
+    system message, in front of it all, where THUDM put it."""
+    if not source_prefix:
+        return conversation
+    messages = list(conversation.messages)
     if family_of(tok).source_prefix_first:
-        front = system + source_prefix
-        return Conversation(tuple(chat_messages(query, turns, "", front)))
-    return Conversation(tuple(chat_messages(query, turns, source_prefix, system)))
+        system = conversation.system
+        front = {"role": "system", "content": (system[0]["content"] if system else "") + source_prefix}
+        return replace(conversation, messages=(front, *messages[len(system) :]))
+    last = max(k for k, m in enumerate(messages) if m["role"] == "user")
+    messages[last] = {**messages[last], "content": source_prefix + messages[last]["content"]}
+    return replace(conversation, messages=tuple(messages))
 
 
 def prompt_ids(
@@ -167,8 +185,42 @@ def encode_thudm(
     """`encode_example` with what truncation did (`Encoded.lost_turns`: history turns dropped, all of them
     when the question was cut)."""
     conversation = thudm_conversation(tok, prompt, history, source_prefix)
-    fitted = fit_prompt(tok, conversation, max_source_length, cut_question=True, history=True)
-    target = target_ids(tok, response, max_target_length)
+    answered = replace(
+        conversation, messages=(*conversation.messages, {"role": "assistant", "content": response})
+    )
+    return encode_split_example(
+        tok, answered, "train", max_source_length, max_target_length, "prompt_response"
+    )
+
+
+TRUNCATION_POLICIES = ("conversation", "prompt_response")
+
+
+def encode_split_example(
+    tok: Any, conversation: Conversation, split: str, max_source: int, max_target: int, policy: str
+) -> Encoded:
+    """One example of `conversation` for `split` ("train", "eval" or "predict"), fitted to the lengths by
+    the data format's truncation `policy` (every verb's examples come from here):
+
+    - "conversation" (the conversation formats): training learns every assistant turn, at most
+      ``max_source + max_target + 1`` ids (`encode_conversation`); eval/predict, the last answer after the
+      rest (`encode_last_answer`: oldest turns dropped, else the row);
+    - "prompt_response" (THUDM's columns, any split): the prompt is everything before the last assistant
+      message (a row without one asks for a new answer), fitted by `fit_prompt` (oldest history turns, then
+      the question cut, as THUDM's `history_prompt`), the target that message's `target_ids`.
+    """
+    if policy == "conversation":
+        if split == "train":
+            return encode_conversation(tok, conversation, max_source + max_target + 1)
+        return encode_last_answer(tok, conversation, max_source, max_target)
+    if policy != "prompt_response":
+        raise ValueError(f"truncation policy must be one of {', '.join(TRUNCATION_POLICIES)}, not {policy!r}")
+    response = ""
+    if conversation.ends_with_answer():
+        response = conversation.messages[-1]["content"]
+        conversation = replace(conversation, messages=conversation.messages[:-1])
+    fitted = fit_prompt(tok, conversation, max_source, cut_question=True, history=True)
+    target = target_ids(tok, response, max_target)
     return Encoded(fitted.ids + target, [IGNORE_INDEX] * len(fitted.ids) + target, lost_turns=fitted.lost)
 
 
