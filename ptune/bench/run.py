@@ -31,7 +31,7 @@ from ptune.bench.workload import (  # noqa: F401 (make_samples, ... are part of 
 )
 from ptune.config.parse import Parser
 from ptune.io.errors import UserError
-from ptune.io.files import dumps_json
+from ptune.io.files import write_json
 from ptune.model.load import matmul_params
 
 
@@ -207,5 +207,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
-        Path(args.json).write_text(dumps_json(payload) + "\n", encoding="utf-8")  # a NaN as null
+        write_json(Path(args.json), payload)  # atomically, a NaN as null
     return 0

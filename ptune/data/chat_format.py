@@ -22,8 +22,8 @@ from dataclasses import replace
 from typing import Any
 
 from ptune.data.conversations import Conversation
+from ptune.data.labels import IGNORE_INDEX
 from ptune.data.truncation import (
-    IGNORE_INDEX,
     Encoded,
     encode_conversation,
     encode_last_answer,
@@ -163,7 +163,7 @@ def encode_example(
 ) -> tuple[list[int], list[int]]:
     """One training example of THUDM's columns: ``(input_ids, labels)``, no padding.
 
-    ``input_ids = prompt_ids + target_ids`` and ``labels = [-100] * len(prompt_ids) + target_ids``, where
+    ``input_ids = prompt_ids + target_ids`` and ``labels = [IGNORE_INDEX] * len(prompt_ids) + target_ids``, where
     prompt_ids = `encode_prompt` (at most `max_source_length` ids, history dropped oldest first, then the
     question cut) and target_ids = `target_ids` (answer cut to `max_target_length`, then eos).
     """

@@ -21,9 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.families.registry import family_of
-
-IGNORE_INDEX = -100  # label value the loss ignores (prompt positions)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.plan import devices
 from ptune.plan.report import PARTS, PlanInputs, make_plan
@@ -145,7 +146,7 @@ def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, i
     )
     ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
     seq = max(len(ids) for ids in ds["input_ids"])
-    answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
+    answer = max(sum(1 for t in labels[1:] if t != IGNORE_INDEX) for labels in ds["labels"])
     return seq, answer, len(ds), sum(len(ids) for ids in ds["input_ids"])
 
 
