@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.config.parse import Parser
+from ptune.config.parser import Parser
 from ptune.io.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
