@@ -80,6 +80,7 @@ def score(argv: list[str]) -> int:
 
 VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
 # Verbs in their own modules, imported only when used: (module, function taking argv and returning the exit code).
+# Each module's COMMAND (ptune.config.parser.Command) declares the verb's arguments.
 MODULE_VERBS = {
     "chat": ("ptune.infer.chat", "main"),
     "data": ("ptune.data.report", "main"),

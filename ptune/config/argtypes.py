@@ -2,7 +2,7 @@
 
 A config key and the flag of the same name must accept and refuse the same values with the same words
 ("must be an integer, got '64x'"), so both go through one `Converter`, built from the argparse action that
-transformers' HfArgumentParser makes for the field (ptune.config.parse builds them). `BadArgument` is the error the
+transformers' HfArgumentParser makes for the field (ptune.config.parser builds them). `BadArgument` is the error the
 argument dataclasses (ptune.config.args, ptune.config.compat) raise: it carries the names it is about, so that parse_args can
 say "cfg.json: 'name' ..." when the config file, not a flag, set them.
 """

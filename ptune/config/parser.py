@@ -158,7 +158,6 @@ def fields(command: Command) -> Fields:
     for cls in command.classes:
         hints.update(typing.get_type_hints(cls))
         defaults.update({f.name: f.default for f in dataclasses.fields(cls) if f.init})
-    defaults.update(command.defaults)
     converters: dict[str, Converter] = {}
     dest_of_option: dict[str, str] = {}
     for action in parser._actions:  # argparse keeps no public list of its actions

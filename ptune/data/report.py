@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptune.config.args import ARGUMENT_CLASSES
 from ptune.config.parse import parse_args
 from ptune.config.parser import Command, print_help
 from ptune.io.errors import UserError
@@ -201,21 +202,17 @@ class DataReportArguments:
     )
 
 
-def command() -> Command:
-    """`ptune data`'s Command: train's dataclasses and DataReportArguments, under data's usage."""
-    from ptune.config.args import ARGUMENT_CLASSES
-
-    return Command(
-        "ptune data",
-        (*ARGUMENT_CLASSES, DataReportArguments),
-        "Look at the data before training: reads the tokenizer and the config (never the weights), encodes "
-        "each of train_file / validation_file / test_file as ptune train / eval / predict would, prints rows "
-        "kept and dropped (and why), lengths and the first examples decoded, and draws "
-        "OUTPUT_DIR/data_lengths.png. It reads the same arguments as ptune train; a CONFIG (.json or .yaml), "
-        "if given first, supplies values by name and flags after it override them.",
-        "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]",
-        config=True,
-    )
+COMMAND = Command(
+    "ptune data",
+    (*ARGUMENT_CLASSES, DataReportArguments),
+    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each of "
+    "train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
+    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It reads "
+    "the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by name and "
+    "flags after it override them.",
+    "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]",
+    config=True,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -226,9 +223,9 @@ def main(argv: list[str]) -> int:
     from ptune.train.recipe import setup_logging
 
     if "-h" in argv or "--help" in argv:
-        print_help(command())
+        print_help(COMMAND)
         return 0
-    model_args, data_args, training_args, _, own = parse_args("data", argv, command())
+    model_args, data_args, training_args, _, own = parse_args("data", argv, COMMAND)
     write_to = None if own.write_encoded is None else Path(own.write_encoded)
     config = argv[0] if argv and not argv[0].startswith("-") else None
     check_outputs(model_args, data_args, training_args, write_to, config)

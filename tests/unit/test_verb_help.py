@@ -9,30 +9,19 @@ import re
 
 import pytest
 
-from ptune.cli import MODULE_VERBS, VERBS, main
+from ptune.cli import MODULE_VERBS, SCORE, VERBS, main
+from ptune.config.parse import run_command
 from ptune.config.parser import OWN_METADATA, Command
 
-# Where each verb's Command is: (module, attribute; a function is called).
-COMMANDS = {
-    "train": ("ptune.config.parse", "run_command"),
-    "eval": ("ptune.config.parse", "run_command"),
-    "predict": ("ptune.config.parse", "run_command"),
-    "score": ("ptune.cli", "SCORE"),
-    "data": ("ptune.data.report", "command"),
-    "plan": ("ptune.plan.cli", "COMMAND"),
-    "chat": ("ptune.infer.chat", "COMMAND"),
-    "serve": ("ptune.serve.cli", "COMMAND"),
-    "bench": ("ptune.bench.run", "COMMAND"),
-    "bench --serve": ("ptune.bench.serve", "COMMAND"),
-    "export": ("ptune.model.export", "COMMAND"),
-    "plot": ("ptune.train.plot", "COMMAND"),
-}
 
-
-def command_of(verb: str) -> Command:
-    module, name = COMMANDS[verb]
-    found = getattr(importlib.import_module(module), name)
-    return found(verb) if name == "run_command" else found() if callable(found) else found
+def commands() -> dict[str, Command]:
+    """Every verb's Command: train/eval/predict's, score's, and the COMMAND of each verb module in cli's table."""
+    found = {verb: run_command(verb) for verb in ("train", "eval", "predict")}
+    found["score"] = SCORE
+    for verb, (module, _) in MODULE_VERBS.items():
+        found[verb] = importlib.import_module(module).COMMAND
+    found["bench --serve"] = importlib.import_module("ptune.bench.serve").COMMAND
+    return found
 
 
 def declared(command: Command) -> set[str]:
@@ -70,12 +59,12 @@ def listed(out: str) -> set[str]:
 
 
 def test_every_verb_has_a_command():
-    assert {v.split()[0] for v in COMMANDS} == set(VERBS) | set(MODULE_VERBS)
+    assert {v.split()[0] for v in commands()} == set(VERBS) | set(MODULE_VERBS)
 
 
-@pytest.mark.parametrize("verb", list(COMMANDS))
+@pytest.mark.parametrize("verb", ["train", "eval", "predict", "score", *MODULE_VERBS, "bench --serve"])
 def test_help_lists_exactly_the_dataclass_flags(capsys, verb):
-    command = command_of(verb)
+    command = commands()[verb]
     assert command.prog == f"ptune {verb}"
     try:
         assert main([*verb.split(), "--help"]) == 0  # ptune data returns; the others exit
@@ -87,5 +76,6 @@ def test_help_lists_exactly_the_dataclass_flags(capsys, verb):
 
 
 def test_data_help_shows_write_encoded_and_bench_help_points_to_serve(capsys):
-    assert "--write_encoded" in declared(command_of("data"))
-    assert "--url" in declared(command_of("bench --serve")) and "--serve" in declared(command_of("bench"))
+    found = commands()
+    assert "--write_encoded" in declared(found["data"])
+    assert "--url" in declared(found["bench --serve"]) and "--serve" in declared(found["bench"])
