@@ -13,6 +13,11 @@ usage dump. Verbs with a CONFIG (train, eval, predict, data, plan) word their er
 must be an integer, got '64x'", "unknown flag '--x' (did you mean ...)"): a config key and the flag of the same
 name go through one `Converter` (ptune.config.argtypes). The other verbs keep argparse's wording, ending with
 "(see ptune VERB --help)". Importing this module is cheap: transformers is imported when a parser is built.
+
+A new verb: a dataclass of its arguments (shared flags from ptune.config.fields, checks in __post_init__ raising
+BadArgument), `COMMAND = Command("ptune VERB", (TheArguments,), "what it does")` and `main(argv)` calling
+`parse_command(COMMAND, argv)` in its module, and one line in ptune.cli's verb table
+(tests/unit/test_verb_arguments.py then checks its --help).
 """
 
 from __future__ import annotations
