@@ -22,13 +22,11 @@ from ptune.config.compat import check_renamed_pairs, refuse_unimplemented
 from ptune.config.files import CONFIG_SUFFIXES, ConfigFile, read_config
 from ptune.config.parser import (
     Command,
+    config_fields,
     construct,
     flag_dests,
     parse_flags,
     values_from_config,
-)
-from ptune.config.parser import (
-    fields as parser_fields,
 )
 from ptune.io.errors import UserError
 
@@ -167,7 +165,7 @@ def parse_args(verb: str, argv: list[str], command: Command | None = None) -> tu
     from ptune.train.sharding import check_arguments as check_fsdp_arguments
 
     command = command or run_command(verb)
-    fields = parser_fields(command)
+    fields = config_fields(command)
     if "-h" in argv or "--help" in argv:
         fields.parser.print_help()
         sys.exit(0)

@@ -155,7 +155,7 @@ class Fields:
 
 
 @cache
-def fields(command: Command) -> Fields:
+def config_fields(command: Command) -> Fields:
     """The parser of a config verb with ptune's type checking on every field (built once per command)."""
     parser = build_parser(command)
     hints: dict[str, Any] = {}
