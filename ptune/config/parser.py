@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from ptune.config.argtypes import BadValue, Converter, show
+from ptune.config.argtypes import BadValue, Converter, int_list, show
 from ptune.config.files import CONFIG_SUFFIXES, ConfigFile
 from ptune.io.errors import UserError
 
@@ -109,6 +109,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if action.default in (None, "", [], argparse.SUPPRESS) or "default" in text.lower():
             return text
+        if action.type is int_list:  # as it is written on the command line: 1,8,32
+            return f"{text} (default: {','.join(map(str, action.default))})"
         return super()._get_help_string(action)
 
 
