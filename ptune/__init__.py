@@ -5,8 +5,17 @@ model = ptune.load_model("/models/chatglm3-6b", ptuning_checkpoint="output/run")
 tokenizer = ptune.load_tokenizer("/models/chatglm3-6b")
 """
 
+import logging
+
 __version__ = "0.1.0"
 __all__ = ["load_model", "load_tokenizer", "__version__"]
+
+# transformers imports peft when it is installed, and peft imports bitsandbytes, whose CPU backend then warns on
+# stderr (once per op, or on an avx512_bf16 CPU that an optional kernel for its repacked 4-bit path is missing:
+# "pip install kernels") where ptune never takes that path. That is noise in every verb's output (and breaks
+# "bad input is one line") and in the Python API's; bitsandbytes falls back to its own code. Set here, before any
+# of them is imported, for the CLI and `ptune.load_model(..., quantization_bit=4)` alike.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def __getattr__(name: str):

@@ -98,10 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    # transformers imports peft when it is installed, and peft imports bitsandbytes, whose CPU backend then
-    # warns on stderr (once per op) that it could not fetch an optional kernel from the Hub. That is noise in
-    # every verb's output (and breaks "bad input is one line"); bitsandbytes falls back to its own code.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ptune.model.convert import chatglm_config
+from ptune.bench.workload import chatglm_config
 from ptune.model.load import load_model
 from tools import tiny
 

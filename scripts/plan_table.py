@@ -32,21 +32,16 @@ def _gib(parts: dict) -> str:
 def rows_for(folder: Path) -> list[str]:
     """One markdown row per quantization for the model in `folder`; the traces are shared between them."""
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    base = PlanInputs(
-        cfg=cfg,
-        folder=str(folder),
-        dtype=torch.bfloat16,
+    base = PlanInputs.of_model(
+        cfg,
+        folder,
+        torch.bfloat16,
         pre_seq_len=128,
-        projection=False,
-        bits=None,
-        train_batch=1,
-        eval_batch=16,
         seq=192,
         answer=128,
         prompt=64,
         new_tokens=128,
-        checkpointing=False,
-        device="cuda",
+        eval_batch=16,
     )
     rows = []
     for bits, name in BITS:
@@ -60,21 +55,8 @@ def rows_for(folder: Path) -> list[str]:
 
 def thudm_setting(folder: Path) -> str:
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    inputs = PlanInputs(
-        cfg=cfg,
-        folder=str(folder),
-        dtype=torch.float16,
-        pre_seq_len=128,
-        projection=False,
-        bits=4,
-        train_batch=1,
-        eval_batch=1,
-        seq=128,
-        answer=64,
-        prompt=64,
-        new_tokens=64,
-        checkpointing=False,
-        device="cuda",
+    inputs = PlanInputs.of_model(
+        cfg, folder, torch.float16, pre_seq_len=128, seq=128, answer=64, prompt=64, new_tokens=64, bits=4
     )
     parts = train_parts(inputs, 1, False)
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())

@@ -1,7 +1,9 @@
-"""Test support for the argument parser: a minimal training command line, and the one-line error a command
-line gets."""
+"""Test support for the argument parser: a minimal training command line (to parse, and to run on the demo
+data), and the one-line error a command line gets."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +11,22 @@ from ptune.config.parse import parse_args
 from ptune.io.errors import UserError
 
 BASE = ["--model_name_or_path", "m", "--output_dir", "out", "--train_file", "train.json"]
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def demo_train_argv(model: Path, out: Path, *flags: str) -> list[str]:
+    """`ptune train` argv of `model` on the demo data (data/demo/train.json) into `out`, then `flags` (a flag
+    given again wins): the minimal training command line, runnable."""
+    return [
+        "train",
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        str(DEMO / "train.json"),
+        "--output_dir",
+        str(out),
+        *flags,
+    ]
 
 
 def error_of(verb: str, argv: list[str]) -> str:

@@ -252,7 +252,7 @@ def _save(model, folder: Path, family: str) -> None:
         model.save_pretrained(folder)
         return
     from ptune.io.files import read_json
-    from ptune.model.convert import to_chatglm_state_dict
+    from tools.tiny import to_chatglm_state_dict
 
     cfg = read_json(folder / "config.json")
     state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})

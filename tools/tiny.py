@@ -15,12 +15,14 @@ The demo's base (`make_demo_base`, `python -m scripts.make_demo_base`) is the ch
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ptune.model.convert import chatglm_config
+from ptune.bench.workload import chatglm_config
+from ptune.model.convert import LAYER_MAP, TOP_MAP
 from tools.tiny_tokenizers import CORPUS_PATH
 
 FAMILIES = ("chatglm2", "chatglm3", "glm4", "llama")
@@ -34,6 +36,34 @@ TINY_DIMS = {
     "kv_channels": 16,
     "num_attention_heads": 4,
 }
+
+
+def to_chatglm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `ptune.model.convert.convert_tensor`: Glm weights back to the original key names (q/k/v
+    fused again).
+
+    Used by the tiny-checkpoint maker to write a briefly pretrained demo model in the original format."""
+    top = {v: k for k, v in TOP_MAP.items()}
+    layer = {v: k for k, v in LAYER_MAP.items()}
+    out = {}
+    for name, tensor in state.items():
+        if name in top:
+            out[top[name]] = tensor
+            continue
+        m = re.match(r"^model\.layers\.(\d+)\.(.+)$", name)
+        if not m:
+            raise KeyError(name)
+        idx, rest = m.groups()
+        prefix = f"transformer.encoder.layers.{idx}."
+        if rest in layer:
+            out[prefix + layer[rest]] = tensor
+        elif rest.startswith("self_attn.q_proj."):
+            kind = rest.rsplit(".", 1)[1]
+            parts = [state[f"model.layers.{idx}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"{prefix}self_attention.query_key_value.{kind}"] = torch.cat(parts, dim=0)
+        elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+            raise KeyError(name)
+    return out
 
 
 def random_chatglm_weights(cfg: dict, seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
@@ -134,8 +164,8 @@ def _pretrain(
     the weights settle rather than stop mid-stride) for `steps` batches from
     `draw` (given a generator seeded with `seed`), then rewrite its shards in place, still in the original
     format. `log` gets a progress line every 100 steps."""
+    from ptune.families.glm4 import is_glm4_checkpoint
     from ptune.io.files import read_json
-    from ptune.model.convert import is_glm4, to_chatglm_state_dict
     from ptune.model.load import answer_loss, load_model
 
     torch.manual_seed(seed)
@@ -163,7 +193,7 @@ def _pretrain(
     state = to_chatglm_state_dict({k: v.detach() for k, v in model.state_dict().items()})
     for old in list(folder.glob("pytorch_model*")) + list(folder.glob("model-*.safetensors")):
         old.unlink()
-    glm4 = is_glm4(cfg)  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
+    glm4 = is_glm4_checkpoint(cfg)  # GLM-4 ships safetensors shards, ChatGLM2/3 .bin shards
     write_sharded(folder, state, cfg["num_layers"], glm4, torch.bfloat16 if glm4 else torch.float16)
 
 

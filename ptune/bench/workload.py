@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ptune.io.errors import UserError
-from ptune.model.convert import chatglm_config, glm_config
+from ptune.model.convert import glm_config
 
 # The real ChatGLM2/3 vocabulary and special ids (docs/workload.md). Smaller vocabularies keep each special id
 # at the same distance from the top, so the tiny shape has the same layout: content ids, then [MASK], [gMASK]...
@@ -24,7 +24,7 @@ SOURCE_LEN = (20, 63)  # uniform, inclusive
 TARGET_LEN = (40, 126)
 PROMPT_LEN = (40, 64)  # generation prompts: [gMASK, sop] + this many tokens
 
-# The dimensions of each shape; the other config.json fields are ChatGLM3's (`convert.chatglm_config`).
+# The dimensions of each shape; the other config.json fields are ChatGLM3's (`chatglm_config`).
 SHAPES = {
     # The test suite's tiny models' dimensions (tools/tiny.py TINY_DIMS; tests/e2e/test_bench.py checks).
     "tiny": {
@@ -46,6 +46,62 @@ SHAPES = {
         "padded_vocab_size": REAL_VOCAB,
     },
 }
+
+_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
+
+
+def chatglm_config(family: str, vocab: int, dims: dict) -> dict:
+    """A `chatglm` folder's config.json with every field the real ChatGLM2/3 / GLM-4 one has (docs/checkpoints.md),
+    at the given dimensions (`num_layers`, `hidden_size`, `ffn_hidden_size`, `kv_channels`,
+    `num_attention_heads`): what the benchmark's random model and the tiny test models (tools/tiny.py) carry."""
+    glm4 = family == "glm4"
+    cfg = {
+        "_name_or_path": f"ptune/tiny-{family}",
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "auto_map": dict(_AUTO_MAP),
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "apply_query_key_layer_scaling": True,
+        "apply_residual_connection_post_layernorm": False,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": True,
+        "bias_dropout_fusion": True,
+        "ffn_hidden_size": dims["ffn_hidden_size"],
+        "fp32_residual_connection": False,
+        "hidden_dropout": 0.0,
+        "hidden_size": dims["hidden_size"],
+        "kv_channels": dims["kv_channels"],
+        "layernorm_epsilon": 1.5625e-07 if glm4 else 1e-05,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_layers": dims["num_layers"],
+        "original_rope": True,
+        "padded_vocab_size": vocab,
+        "post_layer_norm": True,
+        "rmsnorm": True,
+        "seq_length": 8192 if family == "chatglm3" else (131072 if glm4 else 32768),
+        "use_cache": True,
+        "torch_dtype": "bfloat16" if glm4 else "float16",
+        "transformers_version": "4.44.0" if glm4 else "4.30.2",
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    if glm4:
+        cfg["attn_implementation"] = "sdpa"
+        cfg["num_hidden_layers"] = cfg["num_layers"]
+        cfg["rope_ratio"] = 500
+    cfg.update(dims)  # any other field given (multi_query_group_num, padded_vocab_size, ...)
+    return cfg
+
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, matched on the CUDA device name, first hit wins.
 

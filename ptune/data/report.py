@@ -112,8 +112,7 @@ def check_outputs(
     writable, space), and --write_encoded never replaces, whatever the flags: the config file or a data file
     it reads, a file of the model folders, a checkpoint or prefix file (`protected_file`); nor (without
     --overwrite_output_dir) any existing file."""
-    from ptune.train.recipe import model_folders
-    from ptune.train.rundir import check_output_dir
+    from ptune.train.rundir import check_output_dir, model_folders
 
     folders = model_folders(model_args)
     check_output_dir(training_args.output_dir, folders)
@@ -219,8 +218,8 @@ def main(argv: list[str]) -> int:
     """`ptune data`: report on every split of a config, draw the histograms, optionally write the ids."""
     from ptune.data.chat_data import encode_split
     from ptune.families.registry import load_tokenizer
+    from ptune.io.logs import setup_logging
     from ptune.train.plot import save_png
-    from ptune.train.recipe import setup_logging
 
     if "-h" in argv or "--help" in argv:
         print_help(COMMAND)

@@ -19,10 +19,7 @@ result asked for (ptune.infer.tool_chat).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-
-import torch
 
 from ptune.config.fields import (
     ChatFormat,
@@ -36,37 +33,12 @@ from ptune.config.fields import (
 from ptune.config.generation import GenerationArguments
 from ptune.config.parser import Command, parse_command
 from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
-from ptune.infer.generate import GenerationSettings, iter_tokens
+from ptune.infer.generate import GenerationSettings, stream_generate
 from ptune.io.errors import UserError
-from ptune.model.load import PrefixTunedLM
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
-GREEDY = GenerationSettings()
-
-
-def stream_generate(
-    model: PrefixTunedLM,
-    prompt: Sequence[int],
-    stop_ids: Sequence[int],
-    settings: GenerationSettings = GREEDY,
-    generator: torch.Generator | None = None,
-) -> Iterator[int]:
-    """Yield the answer to one prompt token by token: `ptune.infer.generate.iter_tokens` for a batch of one.
-
-    Greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop id that ends
-    the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the iterator early
-    (Ctrl-C) simply drops the cache.
-    """
-    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)  # [1, S]
-    stops = set(stop_ids)
-    for token in iter_tokens(
-        model, input_ids, torch.ones_like(input_ids), list(stop_ids), settings, generator
-    ):
-        yield int(token)
-        if int(token) in stops:
-            return
 
 
 class TextStream:
@@ -238,20 +210,11 @@ def _settings(args: ChatArguments, gen: GenerationArguments) -> GenerationSettin
     return GenerationSettings.from_arguments(gen)
 
 
-def _device(name: str | None) -> torch.device | None:
-    if name is None:
-        return None
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
-
-
 def main(argv: list[str]) -> int:
     """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
     from ptune.config.parse import base_from_checkpoint
     from ptune.families.registry import load_tokenizer
-    from ptune.model.load import load_model
+    from ptune.model.load import device_named, load_model
 
     args, gen = parse_command(COMMAND, argv)
     if args.model_name_or_path is None:
@@ -276,7 +239,7 @@ def main(argv: list[str]) -> int:
         args.model_name_or_path,
         dtype=args.dtype,
         ptuning_checkpoint=args.ptuning_checkpoint,
-        device=_device(args.device),
+        device=device_named(args.device),
         family=tok.family,
     )
     from ptune.families.registry import family_of

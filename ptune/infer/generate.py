@@ -10,7 +10,7 @@ range(n)`, as the ChatGLM tokenizers give them, plus P for a prefix recorded "af
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +111,31 @@ def iter_tokens(
             use_cache=True,
         ).last_hidden_state[:, -1]
         next_pos = next_pos + 1
+
+
+def stream_generate(
+    model: PrefixTunedLM,
+    prompt: Sequence[int],
+    stop_ids: Sequence[int],
+    settings: GenerationSettings | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield the answer to one prompt token by token (`ptune chat`): `iter_tokens` for a batch of one, greedy
+    unless `settings` say otherwise.
+
+    Greedy decoding yields exactly the tokens of `generate(...)[0]`. Like `generate`, the stop id that ends
+    the answer is yielded last; at most `settings.max_new_tokens` ids in all. Closing the iterator early
+    (Ctrl-C) simply drops the cache.
+    """
+    settings = settings or GenerationSettings()
+    input_ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)  # [1, S]
+    stops = set(stop_ids)
+    for token in iter_tokens(
+        model, input_ids, torch.ones_like(input_ids), list(stop_ids), settings, generator
+    ):
+        yield int(token)
+        if int(token) in stops:
+            return
 
 
 def generate(

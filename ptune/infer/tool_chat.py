@@ -130,7 +130,8 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str
     """Generate and print one answer: (its text, whether Ctrl-C stopped it). Text that may still become a
     call is held until it cannot, and a call is not printed as text (the caller shows it)."""
     from ptune.data.chat_format import decode_response
-    from ptune.infer.chat import TextStream, stream_generate
+    from ptune.infer.chat import TextStream
+    from ptune.infer.generate import stream_generate
 
     tok = chat.tokenizer
     stream, tokens, held, holding = TextStream(tok), [], "", True

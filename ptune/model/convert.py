@@ -32,74 +32,20 @@ _UNREPRESENTABLE = {
 }
 
 _LAYER_RE = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.(.+)$")
-_LAYER_MAP = {
+# Original key → GlmForCausalLM key: per layer (after `transformer.encoder.layers.N.` / `model.layers.N.`), and
+# outside the layers; the fused query_key_value is split by `convert_tensor` (tools/tiny.py fuses it back).
+LAYER_MAP = {
     "input_layernorm.weight": "input_layernorm.weight",
     "post_attention_layernorm.weight": "post_attention_layernorm.weight",
     "self_attention.dense.weight": "self_attn.o_proj.weight",
     "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",  # as is: the first half is the gate in both
     "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
 }
-_TOP_MAP = {
+TOP_MAP = {
     "transformer.embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "transformer.encoder.final_layernorm.weight": "model.norm.weight",
     "transformer.output_layer.weight": "lm_head.weight",
 }
-
-
-_AUTO_MAP = {
-    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
-    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
-}
-
-
-def chatglm_config(family: str, vocab: int, dims: dict) -> dict:
-    """A `chatglm` folder's config.json with every field the real ChatGLM2/3 / GLM-4 one has (docs/checkpoints.md),
-    at the given dimensions (`num_layers`, `hidden_size`, `ffn_hidden_size`, `kv_channels`,
-    `num_attention_heads`): what the tiny test models (tools/tiny.py) and the benchmark's random model carry."""
-    glm4 = family == "glm4"
-    cfg = {
-        "_name_or_path": f"ptune/tiny-{family}",
-        "model_type": "chatglm",
-        "architectures": ["ChatGLMModel"],
-        "auto_map": dict(_AUTO_MAP),
-        "add_bias_linear": False,
-        "add_qkv_bias": True,
-        "apply_query_key_layer_scaling": True,
-        "apply_residual_connection_post_layernorm": False,
-        "attention_dropout": 0.0,
-        "attention_softmax_in_fp32": True,
-        "bias_dropout_fusion": True,
-        "ffn_hidden_size": dims["ffn_hidden_size"],
-        "fp32_residual_connection": False,
-        "hidden_dropout": 0.0,
-        "hidden_size": dims["hidden_size"],
-        "kv_channels": dims["kv_channels"],
-        "layernorm_epsilon": 1.5625e-07 if glm4 else 1e-05,
-        "multi_query_attention": True,
-        "multi_query_group_num": 2,
-        "num_attention_heads": dims["num_attention_heads"],
-        "num_layers": dims["num_layers"],
-        "original_rope": True,
-        "padded_vocab_size": vocab,
-        "post_layer_norm": True,
-        "rmsnorm": True,
-        "seq_length": 8192 if family == "chatglm3" else (131072 if glm4 else 32768),
-        "use_cache": True,
-        "torch_dtype": "bfloat16" if glm4 else "float16",
-        "transformers_version": "4.44.0" if glm4 else "4.30.2",
-        "tie_word_embeddings": False,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
-    if glm4:
-        cfg["attn_implementation"] = "sdpa"
-        cfg["num_hidden_layers"] = cfg["num_layers"]
-        cfg["rope_ratio"] = 500
-    cfg.update(dims)  # any other field given (multi_query_group_num, padded_vocab_size, ...)
-    return cfg
 
 
 def _tokenizer_config(folder: Path | None) -> dict:
@@ -110,14 +56,6 @@ def _tokenizer_config(folder: Path | None) -> dict:
         return read_json(folder / "tokenizer_config.json", missing_ok=True)
     except UserError:
         return {}
-
-
-def is_glm4(cfg: dict, folder: Path | None = None) -> bool:
-    """Whether a chatglm config.json (and the folder's tokenizer_config.json) is GLM-4's: the GLM-4 family's
-    rule, `ptune.families.glm4.is_glm4_checkpoint`."""
-    from ptune.families.glm4 import is_glm4_checkpoint
-
-    return is_glm4_checkpoint(cfg, _tokenizer_config(folder))
 
 
 def _rope_parameters(cfg: dict, folder: Path) -> dict:
@@ -190,8 +128,8 @@ def convert_tensor(name: str, tensor: torch.Tensor, config: GlmConfig) -> list[t
     `query_key_value` [(np + 2g)·hn, h] is a plain row split into q [np·hn], k [g·hn], v [g·hn]
     (multi-query layout `[all q heads | all k groups | all v groups]`). Raises KeyError for unknown names.
     """
-    if name in _TOP_MAP:
-        return [(_TOP_MAP[name], tensor)]
+    if name in TOP_MAP:
+        return [(TOP_MAP[name], tensor)]
     if name == "transformer.rotary_pos_emb.inv_freq":
         return []
     m = _LAYER_RE.match(name)
@@ -199,8 +137,8 @@ def convert_tensor(name: str, tensor: torch.Tensor, config: GlmConfig) -> list[t
         raise KeyError(name)
     idx, rest = m.groups()
     prefix = f"model.layers.{idx}."
-    if rest in _LAYER_MAP:
-        return [(prefix + _LAYER_MAP[rest], tensor)]
+    if rest in LAYER_MAP:
+        return [(prefix + LAYER_MAP[rest], tensor)]
     if rest in ("self_attention.query_key_value.weight", "self_attention.query_key_value.bias"):
         kind = rest.rsplit(".", 1)[1]
         q = config.num_attention_heads * config.head_dim
@@ -213,33 +151,6 @@ def convert_tensor(name: str, tensor: torch.Tensor, config: GlmConfig) -> list[t
             for p, t in zip("qkv", (q_t, k_t, v_t), strict=True)
         ]
     raise KeyError(name)
-
-
-def to_chatglm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of `convert_tensor`: Glm weights back to the original key names (q/k/v fused again).
-
-    Used by the tiny-checkpoint maker to write a briefly pretrained demo model in the original format."""
-    top = {v: k for k, v in _TOP_MAP.items()}
-    layer = {v: k for k, v in _LAYER_MAP.items()}
-    out = {}
-    for name, tensor in state.items():
-        if name in top:
-            out[top[name]] = tensor
-            continue
-        m = re.match(r"^model\.layers\.(\d+)\.(.+)$", name)
-        if not m:
-            raise KeyError(name)
-        idx, rest = m.groups()
-        prefix = f"transformer.encoder.layers.{idx}."
-        if rest in layer:
-            out[prefix + layer[rest]] = tensor
-        elif rest.startswith("self_attn.q_proj."):
-            kind = rest.rsplit(".", 1)[1]
-            parts = [state[f"model.layers.{idx}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            out[f"{prefix}self_attention.query_key_value.{kind}"] = torch.cat(parts, dim=0)
-        elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
-            raise KeyError(name)
-    return out
 
 
 def load_glm(

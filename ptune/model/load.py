@@ -37,7 +37,7 @@ from ptune.model.prefix import (
 )
 from ptune.model.weight_files import check_native_weights
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, device) -> torch.Tensor:
@@ -54,9 +54,9 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name != "auto":
-        if name not in _DTYPES:
-            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(_DTYPES)}")
-        return _DTYPES[name]
+        if name not in DTYPES:
+            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}")
+        return DTYPES[name]
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -68,6 +68,17 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_named(name: str | None) -> torch.device | None:
+    """`--device NAME` (chat, serve) as a torch.device, one line for a name torch does not know; None: the
+    default device (`default_device`)."""
+    if name is None:
+        return None
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
 
 
 @dataclass

@@ -9,8 +9,6 @@ encoder stays float32.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
@@ -57,9 +55,6 @@ def quantize_decoder(model: nn.Module, bits: int, device: torch.device) -> int:
     one layer at a time (so a full-precision copy never sits on `device`). Returns how many were replaced."""
     if bits not in (4, 8):
         raise UserError(f"--quantization_bit {bits}: use 4 or 8")
-    # On an avx512_bf16 CPU, importing bitsandbytes logs that an optional kernel for its repacked 4-bit path
-    # is missing ("pip install kernels"): ptune never takes that path (see _quantized_linear).
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

@@ -18,19 +18,16 @@ from ptune.plan.trace import trace_generate, trace_train
 
 def bench_inputs(cfg: dict, shape: str, model, args) -> PlanInputs:
     """PlanInputs for the benchmark's random model (its chatglm config.json dict) and flags."""
-    return PlanInputs(
-        cfg=cfg,
-        folder=str(Path(f"<random {shape}>")),
-        dtype=model.dtype,
+    return PlanInputs.of_model(
+        cfg,
+        Path(f"<random {shape}>"),
+        model.dtype,
         pre_seq_len=model.pre_seq_len,
-        projection=False,
-        bits=args.quantization_bit,
-        train_batch=1,
-        eval_batch=1,
         seq=1,
         answer=1,
         prompt=1,
         new_tokens=args.new_tokens,
+        bits=args.quantization_bit,
         checkpointing=args.activation_checkpointing == "on",
         device=model.device.type,
     )

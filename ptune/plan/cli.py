@@ -101,11 +101,11 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
-    from ptune.model.load import _DTYPES
+    from ptune.model.load import DTYPES
 
     if name == "auto":  # as resolve_dtype decides on a bf16-capable GPU / on the CPU
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
+    return DTYPES[name]
 
 
 def _memory(text: str | None, device_name: str | None) -> int | None:

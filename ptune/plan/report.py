@@ -15,6 +15,7 @@ Split of a phase's peak (bytes alive at the traced peak, `trace.Footprint`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -52,6 +53,46 @@ class PlanInputs:
     lengths_from: str = "max_source_length + max_target_length"
     phases: tuple[str, ...] = ("train", "eval", "predict", "serve")
     cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def of_model(
+        cls,
+        cfg: dict,
+        folder: str | Path,
+        dtype: torch.dtype,
+        *,
+        pre_seq_len: int,
+        seq: int,
+        answer: int,
+        prompt: int,
+        new_tokens: int,
+        batch: int = 1,
+        eval_batch: int | None = None,
+        bits: int | None = None,
+        checkpointing: bool = False,
+        device: str = "cuda",
+    ) -> PlanInputs:
+        """The inputs for one model and setting given directly rather than by a `ptune` command line (the
+        tables of scripts/plan_table.py, the benchmark's check, the tests): `batch` sequences of `seq` tokens
+        (`answer` of them supervised) per training step, `eval_batch` (default: `batch`) per evaluation one,
+        generation of `new_tokens` after a `prompt`-token prompt; no prefix projection (`dataclasses.replace`
+        changes any field, sharing the traces already made)."""
+        return cls(
+            cfg=cfg,
+            folder=str(folder),
+            dtype=dtype,
+            pre_seq_len=pre_seq_len,
+            projection=False,
+            bits=bits,
+            train_batch=batch,
+            eval_batch=batch if eval_batch is None else eval_batch,
+            seq=seq,
+            answer=answer,
+            prompt=prompt,
+            new_tokens=new_tokens,
+            checkpointing=checkpointing,
+            device=device,
+        )
 
     @property
     def layers(self) -> int:

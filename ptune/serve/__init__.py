@@ -8,5 +8,5 @@
 - protocol.py   the OpenAI request/response shapes, checked; error bodies
 - app.py        the FastAPI app (routes, API key, server-sent events, the page)
 - cli.py        `ptune serve ...`: loading, uvicorn, SIGTERM
-- bench.py      `ptune bench --serve`: concurrent streaming clients against a live server
+(`ptune bench --serve`, concurrent streaming clients against a live server: ptune/bench/serve.py.)
 """

@@ -161,13 +161,12 @@ def load(
     """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base and
     read with its position convention as `ptune predict` reads it (`ptune.model.prefix.load_prefix`)."""
     from ptune.families.registry import load_tokenizer
-    from ptune.infer.chat import _device
-    from ptune.model.load import load_model
+    from ptune.model.load import device_named, load_model
     from ptune.model.prefix import load_prefix
 
     tok = load_tokenizer(base, chat_format)
     model = load_model(
-        base, dtype=dtype, device=_device(device), quantization_bit=quantization_bit, family=tok.family
+        base, dtype=dtype, device=device_named(device), quantization_bit=quantization_bit, family=tok.family
     )
     encoders = {}
     for name, path in prefixes.items():

@@ -1,5 +1,6 @@
-"""A run's final files, from its last checkpoint: what `--resume_from_checkpoint` does when that checkpoint is
-already at `max_steps`.
+"""The end of a training run: `run_training` (trainer.train, a clean stop on SIGTERM/SIGHUP, then the final
+prefix, metrics and curves), and a run's final files from its last checkpoint: what `--resume_from_checkpoint`
+does when that checkpoint is already at `max_steps`.
 
 A run killed (kill -9, OOM, power loss) right after `checkpoint-<max_steps>` is renamed into place has trained
 every step but holds none of its final files (`model.safetensors`, `prefix_config.json`, `trainer_state.json`,
@@ -16,6 +17,8 @@ Leftovers of atomic writes killed half-way (`.NAME.tmp`, see `ptune.io.files.rep
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from pathlib import Path
 
 from ptune.io.errors import UserError
@@ -26,6 +29,66 @@ logger = logging.getLogger("ptune")
 
 STATE_NAME = "trainer_state.json"
 FINAL_FILES = (WEIGHTS_NAME, PREFIX_CONFIG_NAME, STATE_NAME, "train_results.json", "all_results.json")
+
+
+def run_training(trainer, resume: str | None, train_samples: int) -> int:
+    """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
+    from ptune.train.callbacks import StopOnSignal
+    from ptune.train.checkpoint import checkpoint_global_step
+
+    if trainer.args.should_save:
+        remove_stale_temporaries(trainer.args.output_dir, output_names(trainer))
+    if resume is not None and checkpoint_global_step(resume) >= trainer.args.max_steps > 0:
+        # The Trainer would run one more step past max_steps (and change the prefix): nothing to train, but
+        # the run may have been killed before writing its final files.
+        finish_run(trainer, resume, train_samples)
+        return 0
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    stop.install()
+    logger.info(
+        "training into %s; SIGTERM or SIGHUP stops after the current step, saving a checkpoint",
+        trainer.args.output_dir,
+    )
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.uninstall()
+    trainer.save_model()
+    metrics = {**result.metrics, "train_samples": train_samples}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    plot(trainer.args)
+    if stop.received:
+        step = trainer.state.global_step
+        print(
+            f"ptune train: stopped by {signal.Signals(stop.received).name} after step {step}; checkpoint-{step} "
+            "is saved: continue with --resume_from_checkpoint true",
+            file=sys.stderr,
+        )
+        return 128 + stop.received
+    return 0
+
+
+def output_names(trainer) -> list[str]:
+    """The names of the files ptune writes directly into output_dir."""
+    from ptune.train.plot import PLOT_NAME
+
+    results = ["eval_results.json", "predict_results.json", "generated_predictions.txt"]
+    return [*FINAL_FILES, PLOT_NAME, *results, *(f.name for f in trainer.tokenizer_files)]
+
+
+def plot(training_args) -> None:
+    """training_curves.png in output_dir, from the writer rank; a warning, not a failure, when it cannot."""
+    if not training_args.should_save:
+        return
+    from ptune.train.plot import plot_run
+
+    try:
+        plot_run(training_args.output_dir)
+    except UserError as e:  # a finished run must not fail over its picture
+        logger.warning("no training_curves.png: %s", e)
 
 
 def is_finished(output_dir: str | Path, step: int) -> bool:
@@ -56,7 +119,6 @@ def finish_run(trainer, checkpoint: str, train_samples: int) -> None:
     from transformers import TrainerState
 
     from ptune.train.plot import PLOT_NAME
-    from ptune.train.recipe import plot
 
     args = trainer.args
     state = TrainerState.load_from_json(str(Path(checkpoint) / STATE_NAME))

@@ -20,10 +20,15 @@ from ptune.train.checkpoint import CHECKPOINT_RE, missing_resume_files
 logger = logging.getLogger("ptune")
 
 
-def _min_over_ranks(value: int) -> int:
-    from ptune.train.trainer import _collective_device
+def collective_device() -> torch.device:
+    """Where a collective's tensor must live: the current GPU under NCCL, the CPU under Gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    tensor = torch.tensor([value], device=_collective_device())
+
+def _min_over_ranks(value: int) -> int:
+    tensor = torch.tensor([value], device=collective_device())
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
     return int(tensor.item())
 

@@ -8,11 +8,11 @@
         dataset           rows read and checked, then tokenized and cached              (ptune.data.rows)
         trainer_arguments every TrainingArguments value ptune decides, in one place
         trainer           the stock Seq2SeqTrainer, subclassed for prefix-only checkpoints (ptune.train.trainer)
-        train             trainer.train, a clean stop on SIGTERM/SIGHUP, final prefix, metrics, plot
+        train             trainer.train, a clean stop on SIGTERM/SIGHUP, the final files  (ptune.train.finish)
 
 A config value's path to disk: `--pre_seq_len 128` → `ModelArguments.pre_seq_len` (ptune.config.args) →
 `load_model(pre_seq_len=128)` builds a `PrefixEncoder` [128, L·2·G·hn] → the Trainer optimizes it →
-`PrefixTrainer._save` → `checkpoint.write_prefix_files` writes `model.safetensors` and `prefix_config.json`
+`PrefixTrainer.save_model` → `checkpoint.write_prefix_files` writes `model.safetensors` and `prefix_config.json`
 (`"pre_seq_len": 128`), which eval / predict / chat / export read back.
 """
 
@@ -20,21 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import sys
 from pathlib import Path
 
 from ptune.io.errors import UserError
 
 logger = logging.getLogger("ptune")
-
-
-def model_folders(model_args) -> dict[str, str | None]:
-    """The folders a run reads its model from, by flag: nothing ptune writes may land in them."""
-    return {
-        "--model_name_or_path": model_args.model_name_or_path,
-        "--tokenizer_name": model_args.tokenizer_name,
-    }
 
 
 class PTuningRecipe:
@@ -49,6 +39,7 @@ class PTuningRecipe:
     @classmethod
     def from_argv(cls, verb: str, argv: list[str]) -> PTuningRecipe:
         from ptune.config.parse import parse_args
+        from ptune.io.logs import setup_logging
 
         recipe = cls(verb, *parse_args(verb, argv))
         setup_logging(recipe.training_args)
@@ -65,7 +56,7 @@ class PTuningRecipe:
     # ------------------------------------------------------------------------------------------ setup
     def check_output(self) -> None:
         """output_dir may not be the model or tokenizer folder, a file, read-only or full."""
-        from ptune.train.rundir import check_output_dir
+        from ptune.train.rundir import check_output_dir, model_folders
 
         check_output_dir(self.training_args.output_dir, model_folders(self.model_args))
 
@@ -171,12 +162,8 @@ class PTuningRecipe:
 
         from ptune.data.rows import Collator
         from ptune.infer.generate import GenerationSettings
-        from ptune.train.trainer import (
-            PrefixTrainer,
-            SaveWhenStopping,
-            StopOnNonFiniteLoss,
-            make_compute_metrics,
-        )
+        from ptune.train.callbacks import SaveWhenStopping, StopOnNonFiniteLoss
+        from ptune.train.trainer import PrefixTrainer, make_compute_metrics
 
         args = self.trainer_arguments(training=train_ds is not None)
         callbacks = [StopOnNonFiniteLoss(), SaveWhenStopping()]
@@ -203,14 +190,14 @@ class PTuningRecipe:
         Exit code 0, or 128 + N when signal N (SIGTERM, SIGHUP) stopped the run after saving a checkpoint."""
         from transformers import set_seed
 
+        from ptune.plan.gate import check_training_plan
+        from ptune.train.finish import run_training
         from ptune.train.rundir import check_overwrite, set_aside_results
 
         args, d = self.training_args, self.data_args
         resume = self.resume_target()
         check_overwrite(args.output_dir, args.overwrite_output_dir, resume is not None)
         set_seed(args.seed)
-        from ptune.plan.gate import check_training_plan
-
         plan_line = check_training_plan(self.model_args, self.data_args, args)
         self.load()
         if resume is not None:
@@ -332,82 +319,7 @@ class PTuningRecipe:
             print(format_comparison(comparison_rows(metrics, split), split), flush=True)
 
 
-def run_training(trainer, resume: str | None, train_samples: int) -> int:
-    """trainer.train with SIGTERM/SIGHUP turned into a clean stop; then the final prefix, metrics and plot."""
-    from ptune.train.checkpoint import checkpoint_global_step
-    from ptune.train.finish import finish_run, remove_stale_temporaries
-    from ptune.train.trainer import StopOnSignal
-
-    if trainer.args.should_save:
-        remove_stale_temporaries(trainer.args.output_dir, output_names(trainer))
-    if resume is not None and checkpoint_global_step(resume) >= trainer.args.max_steps > 0:
-        # The Trainer would run one more step past max_steps (and change the prefix): nothing to train, but
-        # the run may have been killed before writing its final files.
-        finish_run(trainer, resume, train_samples)
-        return 0
-    stop = StopOnSignal()
-    trainer.add_callback(stop)
-    stop.install()
-    logger.info(
-        "training into %s; SIGTERM or SIGHUP stops after the current step, saving a checkpoint",
-        trainer.args.output_dir,
-    )
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    finally:
-        stop.uninstall()
-    trainer.save_model()
-    metrics = {**result.metrics, "train_samples": train_samples}
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    plot(trainer.args)
-    if stop.received:
-        step = trainer.state.global_step
-        print(
-            f"ptune train: stopped by {signal.Signals(stop.received).name} after step {step}; checkpoint-{step} "
-            "is saved: continue with --resume_from_checkpoint true",
-            file=sys.stderr,
-        )
-        return 128 + stop.received
-    return 0
-
-
-def output_names(trainer) -> list[str]:
-    """The names of the files ptune writes directly into output_dir."""
-    from ptune.train.finish import FINAL_FILES
-    from ptune.train.plot import PLOT_NAME
-
-    results = ["eval_results.json", "predict_results.json", "generated_predictions.txt"]
-    return [*FINAL_FILES, PLOT_NAME, *results, *(f.name for f in trainer.tokenizer_files)]
-
-
-def plot(training_args) -> None:
-    if not training_args.should_save:
-        return
-    from ptune.train.plot import plot_run
-
-    try:
-        plot_run(training_args.output_dir)
-    except UserError as e:  # a finished run must not fail over its picture
-        logger.warning("no training_curves.png: %s", e)
-
-
 def refuse_overwrite(training_args, name: str) -> None:
     path = Path(training_args.output_dir) / name
     if path.exists() and not training_args.overwrite_output_dir:
         raise UserError(f"{path}: already exists; pass --overwrite_output_dir to replace it")
-
-
-def setup_logging(training_args=None) -> None:
-    level = logging.INFO
-    if training_args is not None and not training_args.should_log:
-        level = logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_warning()
-    # ptune checks data files before datasets reads them and reports problems in one line of its own; datasets'
-    # ERROR lines would only print the same cause above it, less precisely.
-    datasets.utils.logging.set_verbosity(logging.CRITICAL)

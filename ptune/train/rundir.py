@@ -43,6 +43,14 @@ WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.in
 MIN_FREE_BYTES = 64 * 2**20  # a prefix checkpoint of a 9B model with its Adam state is ~45 MB
 
 
+def model_folders(model_args) -> dict[str, str | None]:
+    """The folders a run reads its model from, by flag: nothing ptune writes may land in them."""
+    return {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--tokenizer_name": model_args.tokenizer_name,
+    }
+
+
 def holds_model_weights(folder: Path) -> bool:
     """A base model folder: config.json beside weight files, and not a ptune checkpoint (prefix_config.json)."""
     if not (folder / "config.json").is_file() or (folder / PREFIX_CONFIG_NAME).is_file():

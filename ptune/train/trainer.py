@@ -1,18 +1,24 @@
 """`PrefixTrainer`: the real `Seq2SeqTrainer`, narrowly subclassed for prefix-only checkpoints.
 
-What changes, and why:
-- `_save` writes only the prefix (+ its config and the tokenizer files): a checkpoint holds no base weights.
-- `_save_checkpoint` stages the whole checkpoint (prefix, optimizer, scheduler, RNG, trainer state) in a
-  temporary folder and renames it into place, so a crash never leaves a half-written `checkpoint-N`; it
-  refuses to save a non-finite prefix and rotates only exact `checkpoint-<step>` folders, never the newest
-  nor the best one.
-- `_load_from_checkpoint` / `_load_best_model` read the prefix back (resume, `load_best_model_at_end`).
-- `prediction_step` computes the teacher-forced loss on prompt + answer and, with generation, generates
-  from the left-padded prompts (the stock step compares prompt-length outputs with answer-length labels
-  on decoder-only models and fails).
-Logged lines carry their step (`StepPrinter`, `StepProgress`: ``step 20/100 {'loss': ...}``).
-Callbacks: `SaveWhenStopping` saves the last step inside the loop (before the best prefix is loaded back),
-`StopOnSignal` turns SIGTERM/SIGHUP into a clean stop with a checkpoint, `StopOnNonFiniteLoss` ends a NaN run.
+What changes, and why — through public hooks where transformers has one:
+- `save_model` (public) writes only the prefix (+ its config and the tokenizer files), under FSDP gathered
+  from every rank: a checkpoint or a finished run holds no base weights.
+- `prediction_step` (public) computes the teacher-forced loss on prompt + answer and, with generation,
+  generates from the left-padded prompts (the stock step compares prompt-length outputs with answer-length
+  labels on decoder-only models and fails).
+- `save_metrics` / `save_state` (public) write atomically and as strict JSON; `floating_point_ops` (public)
+  counts the frozen base's FLOPs; callbacks (`ptune.train.callbacks`) stop on NaN or a signal, save the last
+  step, print each logged line with its step and, under FSDP, report each process's share of the decoder.
+Where no public hook exists, a private method is overridden and pinned, by name and signature, on the
+installed transformers (tests/unit/test_trainer_private_api.py):
+- `_save_checkpoint` + `_get_output_dir`: the Trainer writes a checkpoint straight into `checkpoint-N` and only
+  then calls `on_save`; ptune has it written into a staging folder instead (`_get_output_dir`) and renames it
+  into place, so a crash never leaves a half-written `checkpoint-N`. It refuses to save a non-finite prefix
+  and rotates only exact `checkpoint-<step>` folders, never the newest nor the best one.
+- `_load_from_checkpoint` / `_load_best_model`: the stock ones load a whole model's weights; ptune reads the
+  prefix back (resume, `load_best_model_at_end`).
+- `_save_optimizer_and_scheduler` / `_load_optimizer_and_scheduler`, under FSDP only: the prefix's Adam state
+  gathered whole into `optimizer.pt` (the stock ones write FSDP's own sharded files).
 Everything else — optimizer, schedules, accumulation, logging, evaluation loop, early stopping, distributed
 training — is the stock Trainer.
 """
@@ -21,16 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import PrinterCallback, ProgressCallback, Seq2SeqTrainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.data.chat_format import decode_response
@@ -38,6 +42,7 @@ from ptune.infer.generate import GenerationSettings, generate
 from ptune.io.errors import UserError
 from ptune.io.files import fsync_dir, read_json, write_json
 from ptune.score.metrics import compute_metrics
+from ptune.train.callbacks import ReportDecoderShare, StepPrinter, StepProgress, nonfinite_message
 from ptune.train.checkpoint import read_prefix_state, rotate_checkpoints, write_prefix_files
 from ptune.train.sharding import (
     enable_on_cpu,
@@ -46,95 +51,9 @@ from ptune.train.sharding import (
     gathered_prefix,
     load_into,
     load_optimizer_state,
-    report_decoder_share,
 )
 
 STAGING = ".staging"
-
-
-def _nonfinite_message(what: str, step: int, run_dir: str) -> str:
-    from ptune.train.checkpoint import step_checkpoints
-
-    kept = [folder.name for _, folder in step_checkpoints(run_dir)]
-    last = (
-        f"the checkpoints kept ({', '.join(kept[-3:])}) were saved before it"
-        if kept
-        else "no checkpoint was saved"
-    )
-    return (
-        f"{what} by step {step}: lower --learning_rate, prefer bf16 to fp16 (fp16 with "
-        f"--prefix_projection overflows), or check the data; {last}"
-    )
-
-
-class StopOnNonFiniteLoss(TrainerCallback):
-    """End the run with a one-line error when the logged training loss is NaN or infinite.
-
-    Checked at logging steps (no per-step device sync); the CLI turns off the Trainer's NaN filter so a NaN
-    reaches the log instead of being averaged away. `PrefixTrainer` also checks the prefix itself before every
-    save, so whatever the logging and saving intervals, no checkpoint ever holds a non-finite prefix.
-    """
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, float) and not math.isfinite(loss):
-            raise UserError(
-                _nonfinite_message(f"training loss became {loss}", state.global_step, args.output_dir)
-            )
-
-
-class StopOnSignal(TrainerCallback):
-    """SIGTERM (what schedulers send before killing a job) and SIGHUP end the run cleanly: the current step
-    finishes, a checkpoint is saved as at the last step, and `ptune train` exits with 128 + the signal number.
-
-    Under several processes each rank may see the signal at a different step; the flag is all-reduced at every
-    step (one scalar) so that all ranks stop, and save, at the same step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    def _any_rank_received(self) -> int:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self.received or 0
-        flag = torch.tensor([self.received or 0], device=_collective_device())
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.received = int(flag.item()) or None
-        return self.received or 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._any_rank_received():
-            control.should_training_stop = True
-            control.should_save = True
-
-
-class SaveWhenStopping(TrainerCallback):
-    """Whatever ends training (max_steps, early stopping, a signal), its last step is saved inside the training
-    loop, before `load_best_model_at_end` swaps the best prefix in: `checkpoint-<last step>` always holds the
-    last step's prefix with its optimizer state (THUDM never saved after the last step)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_training_stop:
-            control.should_save = True
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if control.should_training_stop:  # EarlyStoppingCallback decides in on_evaluate, before the save
-            control.should_save = True
 
 
 @contextlib.contextmanager
@@ -148,35 +67,6 @@ def write_errors_as_user_errors(what: str):
             raise
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
         raise UserError(f"{what} ({reason}); the checkpoints already saved are kept") from None
-
-
-def _collective_device() -> torch.device:
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def log_line(state, logs: dict) -> str:
-    """A logged dict as the stock Trainer prints it (floats to 4 digits, no total_flos), after the step it
-    was logged at while training: ``step 20/100 {'loss': '2.31', 'grad_norm': '0.52', ...}``."""
-    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
-    return f"step {state.global_step}/{state.max_steps} {shown}" if state.max_steps else str(shown)
-
-
-class StepPrinter(PrinterCallback):
-    """The stock printer (used without a progress bar), each line with its step."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_local_process_zero and logs is not None:
-            print(log_line(state, logs), flush=True)
-
-
-class StepProgress(ProgressCallback):
-    """The stock progress bar, each logged line written above it with its step."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs is not None:
-            self.training_bar.write(log_line(state, logs))
 
 
 class PrefixTrainer(Seq2SeqTrainer):
@@ -193,6 +83,8 @@ class PrefixTrainer(Seq2SeqTrainer):
         # Rotation is ptune's (`checkpoint.rotate_checkpoints`): the Trainer's own would count exports named
         # `checkpoint-N-*` as checkpoints and, with save_total_limit 1, delete the newest complete checkpoint.
         self.save_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        if self.is_fsdp_enabled:
+            self.add_callback(ReportDecoderShare())
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -201,36 +93,27 @@ class PrefixTrainer(Seq2SeqTrainer):
         ):  # ptune.train.sharding: CPU tests of FSDP
             self.is_fsdp_enabled = True
 
-    def _prepare_for_training(self, *args, **kwargs):
-        prepared = super()._prepare_for_training(*args, **kwargs)
-        if self.is_fsdp_enabled:
-            report_decoder_share(self.accelerator.unwrap_model(self.model))
-        return prepared
-
     def floating_point_ops(self, inputs: dict) -> int:
         """The stock count is 6·N·tokens over every parameter, or 0 for a model that is no PreTrainedModel
         (it printed `total_flos = 0GF`); `PrefixTunedLM` counts 4·N per real token (frozen base)."""
         return self.accelerator.unwrap_model(self.model).floating_point_ops(inputs)
 
     # ---------------------------------------------------------------------------------------- saving
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        if not self.args.should_save:  # the Trainer calls this on every rank; only the writer rank writes
-            return
-        folder = Path(output_dir or self.args.output_dir)
-        what = f"{folder}: could not write the prefix"
-        # Inside a checkpoint save, _save_checkpoint reports the error under the checkpoint's own name.
-        with contextlib.nullcontext() if self._staging_dir else write_errors_as_user_errors(what):
-            folder.mkdir(parents=True, exist_ok=True)
-            model = self.accelerator.unwrap_model(self.model)
-            prefix = state_dict if self.is_fsdp_enabled else None  # else: the Trainer's, not a prefix
-            write_prefix_files(model, folder, self.tokenizer_files, prefix)
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Under FSDP every rank gathers the prefix (not the base, as the Trainer would), rank 0 writes it."""
-        if not self.is_fsdp_enabled:
-            return super().save_model(output_dir, _internal_call)
-        state = gathered_prefix(self.accelerator.unwrap_model(self.model))
-        self._save(output_dir, state_dict=state)
+        """The prefix alone into `output_dir` (default: the run's): `model.safetensors`, `prefix_config.json`
+        and the tokenizer files, never the base. Every rank calls it; under FSDP every rank gathers the
+        prefix (not the base, as the Trainer would), and only the writer rank writes."""
+        model = self.accelerator.unwrap_model(self.model)
+        prefix = gathered_prefix(model) if self.is_fsdp_enabled else None
+        if self.args.should_save:  # two ranks writing the same files into the staging folder would race
+            folder = Path(output_dir or self.args.output_dir)
+            what = f"{folder}: could not write the prefix"
+            # Inside a checkpoint save, _save_checkpoint reports the error under the checkpoint's own name.
+            with contextlib.nullcontext() if self._staging_dir else write_errors_as_user_errors(what):
+                folder.mkdir(parents=True, exist_ok=True)
+                write_prefix_files(model, folder, self.tokenizer_files, prefix)
+        if self.args.push_to_hub and not _internal_call:  # as the stock save_model
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         """Under FSDP: the prefix's Adam state gathered whole into `optimizer.pt` (no FSDP/DCP files)."""
@@ -258,7 +141,7 @@ class PrefixTrainer(Seq2SeqTrainer):
         # full(): a sharded (FSDP) prefix is gathered, on every rank, so that all ranks decide alike
         if encoder is not None and not all(bool(torch.isfinite(full(p)).all()) for p in encoder.parameters()):
             raise UserError(
-                _nonfinite_message("the prefix became non-finite", self.state.global_step, run_dir)
+                nonfinite_message("the prefix became non-finite", self.state.global_step, run_dir)
             )
 
     def _save_checkpoint(self, model, trial) -> None:

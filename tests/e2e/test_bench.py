@@ -67,7 +67,8 @@ def test_matmul_params_of_the_6b_shape():
     import torch
     from transformers import GlmForCausalLM
 
-    from ptune.model.convert import chatglm_config, glm_config
+    from ptune.bench.workload import chatglm_config
+    from ptune.model.convert import glm_config
 
     cfg = chatglm_config("chatglm3", 65024, bench.SHAPES["6b"])
     with torch.device("meta"):

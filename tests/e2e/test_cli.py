@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 from ptune.score.metrics import compute_metrics
+from tests.parsing import demo_train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -32,14 +33,9 @@ COMMON = [
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    argv = [
-        "train",
-        "--model_name_or_path",
-        str(tiny),
-        "--train_file",
-        str(DEMO / "train.json"),
-        "--output_dir",
-        str(out),
+    argv = demo_train_argv(
+        tiny,
+        out,
         "--overwrite_output_dir",
         "--max_target_length",
         "32",
@@ -56,7 +52,7 @@ def trained(tiny, tmp_path_factory):
         "--logging_steps",
         "2",
         *COMMON,
-    ]
+    )
     assert main(argv) == 0
     return out
 
@@ -208,20 +204,15 @@ def test_eval_reports_loss_and_generation_metrics(trained, tiny, tmp_path):
 
 def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
-    argv = [
-        "train",
-        "--model_name_or_path",
-        str(tiny),
-        "--train_file",
-        str(DEMO / "train.json"),
-        "--output_dir",
-        str(trained),
+    argv = demo_train_argv(
+        tiny,
+        trained,
         "--pre_seq_len",
         "4",
         "--max_steps",
         "1",
         *COMMON,
-    ]
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "already holds a run" in err and "\n" not in err
@@ -230,18 +221,13 @@ def test_refuses_output_dir_holding_a_run(trained, tiny, capsys):
 
 def test_bad_model_folder_and_unknown_verb(tmp_path, capsys):
     assert main(["frobnicate"]) == 2
-    argv = [
-        "train",
-        "--model_name_or_path",
-        str(tmp_path / "missing"),
-        "--train_file",
-        str(DEMO / "train.json"),
-        "--output_dir",
-        str(tmp_path / "o"),
+    argv = demo_train_argv(
+        tmp_path / "missing",
+        tmp_path / "o",
         "--pre_seq_len",
         "4",
         *COMMON,
-    ]
+    )
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -294,14 +280,9 @@ def test_thudm_train_and_evaluate_scripts_run_unchanged(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_one_line(tiny, tmp_path, capsys):
-    argv = [
-        "train",
-        "--model_name_or_path",
-        str(tiny),
-        "--train_file",
-        str(DEMO / "train.json"),
-        "--output_dir",
-        str(tmp_path / "o"),
+    argv = demo_train_argv(
+        tiny,
+        tmp_path / "o",
         "--pre_seq_len",
         "4",
         "--max_steps",
@@ -311,7 +292,7 @@ def test_nan_loss_stops_with_one_line(tiny, tmp_path, capsys):
         "--learning_rate",
         "1e38",
         *COMMON,
-    ]
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ptune train: error: training loss became nan by step 2")

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 from ptune.train.checkpoint import step_checkpoints
+from tests.parsing import demo_train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -56,18 +57,13 @@ RTOL_LOGS = 1e-5
 
 
 def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:
-    return [
-        "train",
-        "--model_name_or_path",
-        str(tiny),
-        "--train_file",
-        str(DEMO / "train.json"),
+    return demo_train_argv(
+        tiny,
+        out,
         "--prompt_column",
         "content",
         "--response_column",
         "summary",
-        "--output_dir",
-        str(out),
         "--max_source_length",
         "32",
         "--max_target_length",
@@ -98,7 +94,7 @@ def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:
         "true",
         "--report_to",
         "none",
-    ]
+    )
 
 
 def prefix(folder: Path) -> torch.Tensor:

@@ -106,20 +106,15 @@ def test_6b_shape_two_layers_bf16_prediction_matches_measurement():
         base, cfg = build_model("6b-2", torch.bfloat16, torch.device("cpu"), 0)
     finally:
         del SHAPES["6b-2"]
-    inputs = PlanInputs(
-        cfg=cfg,
-        folder="<random>",
-        dtype=torch.bfloat16,
+    inputs = PlanInputs.of_model(
+        cfg,
+        "<random>",
+        torch.bfloat16,
         pre_seq_len=128,
-        projection=False,
-        bits=None,
-        train_batch=1,
-        eval_batch=1,
         seq=192,
         answer=128,
         prompt=64,
         new_tokens=2,
-        checkpointing=False,
         device="cpu",
     )
     predicted = sum(train_parts(inputs, 1, False).values())

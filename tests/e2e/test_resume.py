@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ptune.cli import main
+from tests.parsing import demo_train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -56,18 +57,13 @@ def train_argv(
     tiny: Path, out: Path, *extra: str, steps: int = STEPS, save_steps: int = SAVE_STEPS
 ) -> list[str]:
     """`ptune train` flags shared by every run here; `extra` flags come last and win."""
-    return [
-        "train",
-        "--model_name_or_path",
-        str(tiny),
-        "--train_file",
-        str(DEMO / "train.json"),
+    return demo_train_argv(
+        tiny,
+        out,
         "--prompt_column",
         "content",
         "--response_column",
         "summary",
-        "--output_dir",
-        str(out),
         "--max_source_length",
         "32",
         "--max_target_length",
@@ -97,7 +93,7 @@ def train_argv(
         "--report_to",
         "none",
         *extra,
-    ]
+    )
 
 
 def prefix(folder: Path) -> torch.Tensor:

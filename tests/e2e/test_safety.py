@@ -16,24 +16,20 @@ import pytest
 
 from ptune.cli import main
 from ptune.train.rundir import RunLock
+from tests.parsing import demo_train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
 
 def train_argv(model: Path, out: Path, *extra: str, steps: int = 4) -> list[str]:
-    return [
-        "train",
-        "--model_name_or_path",
-        str(model),
-        "--train_file",
-        str(DEMO / "train.json"),
+    return demo_train_argv(
+        model,
+        out,
         "--prompt_column",
         "content",
         "--response_column",
         "summary",
-        "--output_dir",
-        str(out),
         "--max_source_length",
         "32",
         "--max_target_length",
@@ -61,7 +57,7 @@ def train_argv(model: Path, out: Path, *extra: str, steps: int = 4) -> list[str]
         "--report_to",
         "none",
         *extra,
-    ]
+    )
 
 
 def snapshot(*folders: Path) -> dict[str, str]:

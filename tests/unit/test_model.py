@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
+from ptune.bench.workload import chatglm_config
 from ptune.io.errors import UserError
-from ptune.model.convert import PREFIX_KEY, chatglm_config
+from ptune.model.convert import PREFIX_KEY
 from ptune.model.load import load_model
 from tests.reference.chatglm_reference import make_random_prefix_state_dict, reference_forward
 from tools import tiny

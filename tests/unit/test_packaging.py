@@ -4,7 +4,6 @@ README says, the shipped configs need nothing more, and ptune calls transformers
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import inspect
 import re
@@ -20,6 +19,7 @@ from torch import nn
 
 from ptune.infer.generate import GenerationSettings, generate
 from ptune.model.load import load_model
+from tests.imports import top_level_names
 
 try:
     import tomllib
@@ -40,13 +40,7 @@ def _declared(extra: str | None = None) -> set[str]:
 
 def _imported_distributions(folder: Path) -> set[str]:
     """The distributions providing every third-party module imported anywhere (lazily too) under `folder`."""
-    modules = set()
-    for path in folder.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules.add(node.module.split(".")[0])
+    modules = set().union(*(top_level_names(path) for path in folder.rglob("*.py")))
     modules -= set(sys.stdlib_module_names) | LOCAL | {"__future__"}
     provided = importlib.metadata.packages_distributions()
     # A module that is not installed here (tomli on Python >= 3.11) is named as its distribution.
@@ -72,13 +66,7 @@ def test_readme_install_line_installs_what_the_tests_import():
 
 def _local_imports(path: Path) -> set[str]:
     """Top-level names of the repository's own non-runtime folders that `path` imports (lazily too)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & {"tools", "tests", "scripts"}
+    return top_level_names(path) & {"tools", "tests", "scripts"}
 
 
 def test_the_runtime_never_imports_dev_tooling():

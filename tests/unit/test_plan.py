@@ -28,24 +28,20 @@ def planned(tiny, cfg):
     return _inputs(tiny, cfg)
 
 
-def _inputs(tiny, cfg, bits=None, **kw) -> PlanInputs:
-    values = dict(
-        cfg=cfg,
-        folder=str(tiny),
-        dtype=torch.float32,
+def _inputs(tiny, cfg, bits=None) -> PlanInputs:
+    return PlanInputs.of_model(
+        cfg,
+        tiny,
+        torch.float32,
         pre_seq_len=8,
-        projection=False,
-        bits=bits,
-        train_batch=4,
-        eval_batch=4,
         seq=40,
         answer=20,
         prompt=20,
         new_tokens=2,
-        checkpointing=False,
+        batch=4,
+        bits=bits,
         device="cpu",
     )
-    return PlanInputs(**{**values, **kw})
 
 
 def _real(tiny, bits=None):

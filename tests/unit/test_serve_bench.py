@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from ptune.bench.serve import Timing, gains, percentile, summarize, table
+from ptune.bench.clients import Timing, percentile, summarize
+from ptune.bench.serve import gains, table
 
 
 def test_percentile_interpolates_between_order_statistics():

@@ -13,14 +13,19 @@ from transformers import Seq2SeqTrainer, Trainer
 
 from ptune.train.trainer import PrefixTrainer
 
-# what each override does for ptune
+# What each override does for ptune, and why no public hook does it. Gone to public hooks: `_save` (the
+# prefix is written by the public `save_model`), `_prepare_for_training` (the FSDP report is a callback's
+# `on_train_begin`).
 PRIVATE_OVERRIDES = {
-    "_save": "save_model writes the prefix alone",
-    "_get_output_dir": "checkpoints go to output_dir whatever the trial",
+    # The Trainer writes checkpoint-N in place and calls `on_save` only after: no hook runs before the
+    # writing, so the staging folder (atomic publish) needs `_get_output_dir`, the rename `_save_checkpoint`.
+    "_get_output_dir": "checkpoints are written into the staging folder, then renamed into place",
     "_save_checkpoint": "prefix-only checkpoints, staged and renamed (atomic), rotation",
+    # The stock loaders read a whole model's weights (model.safetensors into the whole model, or FSDP's own
+    # files); no callback runs between them and the first step.
     "_load_from_checkpoint": "resume loads the prefix back (weights_only / safetensors)",
     "_load_best_model": "load_best_model_at_end loads the best prefix",
-    "_prepare_for_training": "under FSDP, report the share of decoder weights each process holds",
+    # Under FSDP the stock ones write / read FSDP's sharded optimizer files, not optimizer.pt.
     "_save_optimizer_and_scheduler": "under FSDP, the prefix's Adam state gathered whole into optimizer.pt",
     "_load_optimizer_and_scheduler": "under FSDP, that state scattered back on resume",
 }
@@ -53,3 +58,10 @@ def test_the_trainer_still_calls_the_override(name):
     assert f"self.{name}(" in source, (
         f"transformers' Trainer no longer calls self.{name}: {PRIVATE_OVERRIDES[name]}"
     )
+
+
+def test_the_checkpoint_writes_the_model_through_the_public_save_model():
+    """A checkpoint's `model.safetensors` is the prefix alone only because the stock `_save_checkpoint` writes
+    the model through `save_model`, which PrefixTrainer overrides (it once went through `_save`)."""
+    assert "self.save_model(" in inspect.getsource(Trainer._save_checkpoint)
+    assert "save_model" in vars(PrefixTrainer) and "_save" not in vars(PrefixTrainer)
