@@ -40,7 +40,7 @@ from ptune.config.fields import (
 )
 from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
-from ptune.io.files import dumps_json
+from ptune.io.files import write_json
 from ptune.model.load import matmul_params
 
 
@@ -196,5 +196,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
-        Path(args.json).write_text(dumps_json(payload) + "\n", encoding="utf-8")  # a NaN as null
+        write_json(Path(args.json), payload)  # atomically, a NaN as null
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from ptune.config.args import ARGUMENT_CLASSES
 from ptune.config.parse import parse_args
 from ptune.config.parser import Command, print_help
-from ptune.io.errors import UserError
+from ptune.data.labels import IGNORE_INDEX
 
 logger = logging.getLogger("ptune")
 
@@ -38,9 +38,9 @@ def marked(tok, ids: list[int], labels: list[int]) -> str:
     parts: list[str] = []
     start = 0
     for k in range(1, len(ids) + 1):
-        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
             text = tok.decode(ids[start:k], skip_special_tokens=False)
-            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != -100 else text)
+            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != IGNORE_INDEX else text)
             start = k
     return "".join(parts)
 
@@ -101,64 +101,31 @@ def _splits(data_args):
     return [c for c in candidates if c[1] is not None]
 
 
-# Suffixes of weights and Trainer state files (a prefix, a model shard, optimizer.pt, rng_state.pth, ...).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
-
-
 def check_outputs(
     model_args, data_args, training_args, write_to: Path | None, config: str | None = None
 ) -> None:
     """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
     writable, space), and --write_encoded never replaces, whatever the flags: the config file or a data file
-    it reads, a file of the model folders, a checkpoint or prefix file (`protected_file`); nor (without
-    --overwrite_output_dir) any existing file."""
-    from ptune.train.rundir import check_output_dir, model_folders
+    it reads, a file of the model folders, a checkpoint or prefix file; nor (without --overwrite_output_dir)
+    any existing file (`ptune.io.paths.check_output_file`)."""
+    from ptune.families.registry import tokenizer_files
+    from ptune.io.paths import check_output_file, protected_file
+    from ptune.train.checkpoint import CHECKPOINT_RE
+    from ptune.train.rundir import RESULT_FILES, check_output_dir, model_folders
 
     folders = model_folders(model_args)
     check_output_dir(training_args.output_dir, folders)
     if write_to is None:
         return
-    target = write_to.resolve()
-    if config is not None and Path(config).resolve() == target:
-        raise UserError(f"--write_encoded {write_to} is the config file ptune data reads; write it elsewhere")
+    reads = {"the config file ptune data reads; write it elsewhere": config}
     for flag in ("train_file", "validation_file", "test_file"):
         path = getattr(data_args, flag)
-        if path and Path(data_args.data_file(path)).resolve() == target:
-            raise UserError(f"--write_encoded {write_to} is the --{flag}: it would replace your data")
-    for flag, folder in folders.items():
-        if folder and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
-            raise UserError(f"--write_encoded {write_to} is inside the {flag} folder; write it elsewhere")
-    why = protected_file(target)
-    if why:
-        raise UserError(
-            f"--write_encoded {write_to} is {why}: ptune data never writes over one; write elsewhere"
-        )
-    if write_to.is_dir():
-        raise UserError(f"--write_encoded {write_to}: is a folder; give a file name (FILE.jsonl)")
-    if write_to.exists() and not training_args.overwrite_output_dir:
-        raise UserError(
-            f"--write_encoded {write_to}: exists; pass --overwrite_output_dir true to replace it, or another name"
-        )
-    if not write_to.parent.is_dir():
-        raise UserError(f"--write_encoded {write_to}: folder {write_to.parent} does not exist")
-
-
-def protected_file(target: Path) -> str | None:
-    """What `target` (a resolved path) is if it belongs to a run or a prefix, None otherwise: a file inside a
-    `checkpoint-N` folder, weights or Trainer state by suffix, or one of the files a run or a prefix folder
-    holds by name (model.safetensors, prefix_config.json, trainer_state.json, *_results.json, tokenizer files)."""
-    from ptune.families.registry import tokenizer_files
-    from ptune.train.checkpoint import CHECKPOINT_RE
-    from ptune.train.rundir import RESULT_FILES
-
-    checkpoint = next((p for p in target.parents if CHECKPOINT_RE.match(p.name)), None)
-    if checkpoint is not None:
-        return f"inside the checkpoint folder {checkpoint}"
-    if target.suffix in WEIGHT_SUFFIXES:
-        return f"a weights or checkpoint file ({target.suffix})"
-    if target.name in (*RESULT_FILES, *tokenizer_files(), "config.json"):
-        return f"a file of a run or prefix folder ({target.name})"
-    return None
+        reads[f"the --{flag}: it would replace your data"] = data_args.data_file(path) if path else None
+    run_files = (*RESULT_FILES, *tokenizer_files(), "config.json")
+    protected = protected_file(write_to.resolve(), run_files, CHECKPOINT_RE.match)
+    check_output_file(
+        write_to, "--write_encoded", reads, folders, protected, training_args.overwrite_output_dir
+    )
 
 
 def _write_encoded(path: Path, rows: list[dict]) -> None:

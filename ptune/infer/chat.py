@@ -34,46 +34,11 @@ from ptune.config.generation import GenerationArguments
 from ptune.config.parser import Command, parse_command
 from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
 from ptune.infer.generate import GenerationSettings, stream_generate
+from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
-REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
-
-
-class TextStream:
-    """Turns a growing list of answer ids into the text to print next.
-
-    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
-    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
-    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
-    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
-    not printed.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.printed = ""
-
-    def push(self, token: int) -> str:
-        """Add one answer id; return the new text to print (possibly empty)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        if text.endswith(REPLACEMENT_CHAR):
-            return ""
-        return self._advance(text)
-
-    def flush(self) -> str:
-        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
-
-    def _advance(self, text: str) -> str:
-        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
-        # offset on, which at worst repeats or skips a character of spacing.
-        new = text[len(self.printed) :]
-        self.printed += new
-        return new
 
 
 @dataclass
@@ -136,19 +101,8 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     for note in notes:
         _write(note + "\n")
     _write(f"\n{name}: ")
-    stream, tokens, stopped = TextStream(tok), [], False
-    stops = set(tok.stop_token_ids)
     pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            _write(stream.push(token))
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        pieces.close()
+    tokens, stream, stopped = stream_answer(tok, pieces, _write)
     _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
     text = decode_response(tok, tokens)
     session.history.append((query, text))

@@ -28,9 +28,10 @@ import torch
 from ptune.config.parser import Command, parse_command
 from ptune.families.registry import checkpoint_family, tokenizer_files
 from ptune.io.errors import UserError
-from ptune.io.files import atomic_dir, dumps_json
+from ptune.io.files import atomic_dir, read_json, write_json
+from ptune.io.paths import check_replaced_folder
 from ptune.model import peft_adapter
-from ptune.model.convert import PREFIX_KEY, read_json
+from ptune.model.convert import PREFIX_KEY
 from ptune.train.checkpoint import (
     CHECKPOINT_RE,
     PREFIX_CONFIG_NAME,
@@ -214,10 +215,10 @@ def export_checkpoint(
         if fmt == "thudm":
             torch.save({PREFIX_KEY + k: v for k, v in state.items()}, tmp / THUDM_WEIGHTS_NAME)
             config = thudm_config(base_config, prefix_config, pre_seq_len, projection)
-            _write_json(tmp / "config.json", config)
+            write_json(tmp / "config.json", config)
             copied = _copy_files(tok_names, folder, base, into=tmp)
             if base is not None:
-                tokenizer_config = _json_or_empty(base / "tokenizer_config.json")
+                tokenizer_config = read_json(base / "tokenizer_config.json", missing_ok=True)
                 extra = [n for n in remote_code_files(config, tokenizer_config) if n not in copied]
                 _copy_files(extra, base, into=tmp)
         elif fmt == "peft":
@@ -232,7 +233,7 @@ def export_checkpoint(
                 metadata={"format": "pt", "producer": "ptune"},
             )
             config = ptune_prefix_config(prefix_config, own_config, pre_seq_len, projection, width)
-            _write_json(tmp / PREFIX_CONFIG_NAME, config)
+            write_json(tmp / PREFIX_CONFIG_NAME, config)
             copied = _copy_files(tok_names, folder, base, into=tmp)
 
     if fmt == "thudm":
@@ -260,7 +261,7 @@ def _write_peft(tmp: Path, state: dict[str, torch.Tensor], prefix_config: dict, 
     save_file(
         {peft_adapter.PROMPT_KEY: rows}, str(tmp / peft_adapter.WEIGHTS_NAMES[0]), metadata={"format": "pt"}
     )
-    _write_json(
+    write_json(
         tmp / peft_adapter.CONFIG_NAME, peft_adapter.adapter_config(prefix_config, pre_seq_len, hidden)
     )
 
@@ -276,42 +277,23 @@ def default_out(folder: Path, fmt: str) -> Path:
 
 
 def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: bool) -> None:
-    """Refuse an output folder whose replacement would destroy something: the checkpoint, the base model or
-    a folder holding either; with --overwrite, anything but an earlier export (a run, a model, other files)."""
-    resolved = target.resolve()
-    for what, folder in (("the checkpoint", checkpoint), ("the base model", base)):
-        if folder is None:
-            continue
-        inner = folder.resolve()
-        if resolved == inner or resolved in inner.parents:
-            raise UserError(f"--out {target}: is or holds {what} ({folder}); choose another folder")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out {target}: exists and is not a folder")
-    if not target.exists():
-        return
-    if not overwrite:
-        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    """Refuse an output folder whose replacement would destroy something (`ptune.io.paths.check_replaced_folder`):
+    the checkpoint, the base model or a folder holding either; with --overwrite, anything but an earlier
+    export (a run, a model, other files)."""
     allowed = {THUDM_WEIGHTS_NAME, WEIGHTS_NAME, PREFIX_CONFIG_NAME, "config.json", *tokenizer_file_names()}
     allowed |= {peft_adapter.CONFIG_NAME, *peft_adapter.WEIGHTS_NAMES}
-    for entry in sorted(target.iterdir()):
-        if not entry.is_file() or not (entry.name in allowed or entry.suffix == ".py"):
-            raise UserError(
-                f"--out {target}: holds {entry.name}, which ptune export does not write; --overwrite only "
-                "replaces an earlier export"
-            )
-    config = _json_or_empty(target / "config.json") if (target / "config.json").is_file() else {}
-    if config and "pre_seq_len" not in config and not (target / PREFIX_CONFIG_NAME).is_file():
-        raise UserError(
-            f"--out {target}: holds a model's config.json; --overwrite only replaces an earlier export"
-        )
 
+    def holds_model(folder: Path) -> bool:  # a config.json that no export wrote: no pre_seq_len, no prefix
+        config = read_json(folder / "config.json", missing_ok=True)
+        return bool(config) and "pre_seq_len" not in config and not (folder / PREFIX_CONFIG_NAME).is_file()
 
-def _json_or_empty(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(dumps_json(data) + "\n", encoding="utf-8")
+    check_replaced_folder(
+        target,
+        {"the checkpoint": checkpoint, "the base model": base},
+        overwrite,
+        own_file=lambda entry: entry.name in allowed or entry.suffix == ".py",
+        holds_model=holds_model,
+    )
 
 
 @dataclass

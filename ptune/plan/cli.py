@@ -17,6 +17,7 @@ from ptune.config.args import ARGUMENT_CLASSES
 from ptune.config.argtypes import check_at_least, check_choices
 from ptune.config.parse import parse_args
 from ptune.config.parser import Command
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.plan import devices
 from ptune.plan.report import PARTS, PlanInputs, make_plan
@@ -138,7 +139,7 @@ def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, i
     )
     ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
     seq = max(len(ids) for ids in ds["input_ids"])
-    answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
+    answer = max(sum(1 for t in labels[1:] if t != IGNORE_INDEX) for labels in ds["labels"])
     return seq, answer, len(ds), sum(len(ids) for ids in ds["input_ids"])
 
 
