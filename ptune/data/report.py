@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptune.config.args import ARGUMENT_CLASSES
+from ptune.config.parse import parse_args
+from ptune.config.parser import Command, print_help
 from ptune.data.labels import IGNORE_INDEX
-from ptune.io.errors import UserError
 
 logger = logging.getLogger("ptune")
 
@@ -98,21 +101,6 @@ def _splits(data_args):
     return [c for c in candidates if c[1] is not None]
 
 
-def _parse(argv: list[str]):
-    """The config as train / eval / predict read it: the first verb whose data file the config names."""
-    from ptune.config.argtypes import BadArgument
-    from ptune.config.parse import parse_args
-
-    needed = {"train": "train_file", "eval": "validation_file", "predict": "test_file"}
-    for verb, name in needed.items():
-        try:
-            return parse_args(verb, argv)
-        except BadArgument as e:
-            if tuple(e.names) != (name,):
-                raise
-    raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
-
-
 def check_outputs(
     model_args, data_args, training_args, write_to: Path | None, config: str | None = None
 ) -> None:
@@ -165,29 +153,32 @@ def _encoded_rows(split: str, encoded) -> list[dict]:
     return rows
 
 
-USAGE = "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
-DESCRIPTION = (
-    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each "
-    "of train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
-    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It "
-    "reads the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by "
-    "name and flags after it override them."
-)
+@dataclass
+class DataReportArguments:
+    """`ptune data`'s own flag; the rest are ptune train's (ptune.config.args)."""
 
-
-def print_help() -> None:
-    """data's own --help: its usage and --write_encoded, then the arguments it shares with ptune train."""
-    from ptune.config.parse import help_parser
-
-    parser = help_parser("ptune data", USAGE, DESCRIPTION)
-    parser.add_argument(
-        "--write_encoded",
-        metavar="FILE.jsonl",
-        help="Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
-        "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
-        "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+    write_encoded: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE.jsonl",
+            "help": "Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
+            "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
+            "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+        },
     )
-    parser.print_help()
+
+
+COMMAND = Command(
+    "ptune data",
+    (*ARGUMENT_CLASSES, DataReportArguments),
+    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each of "
+    "train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
+    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It reads "
+    "the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by name and "
+    "flags after it override them.",
+    "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]",
+    config=True,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -198,16 +189,10 @@ def main(argv: list[str]) -> int:
     from ptune.train.plot import save_png
 
     if "-h" in argv or "--help" in argv:
-        print_help()
+        print_help(COMMAND)
         return 0
-    write_to = None
-    if "--write_encoded" in argv:
-        at = argv.index("--write_encoded")
-        if at + 1 >= len(argv):
-            raise UserError("--write_encoded needs a file name (FILE.jsonl)")
-        write_to = Path(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
-    model_args, data_args, training_args, _ = _parse(argv)
+    model_args, data_args, training_args, _, own = parse_args("data", argv, COMMAND)
+    write_to = None if own.write_encoded is None else Path(own.write_encoded)
     config = argv[0] if argv and not argv[0].startswith("-") else None
     check_outputs(model_args, data_args, training_args, write_to, config)
     setup_logging(training_args)

@@ -11,13 +11,15 @@ row → `Conversation`, checked, errors naming file:line) → kept as {line, con
 never unifies tool schemas (THUDM's loader filled missing tool keys with null) and a family's refusal can still
 name the row's line → `encode(tok, conversation, policy)` (ids through ptune.data.chat_format and the family).
 
-`split` is "train", "eval" or "predict"; the policy (`truncation`):
-- `SourceTarget`: prompt_response (THUDM's lengths, every split): the prompt cut to `max_source_length` and
-  the answer to `max_target_length` separately, so its ids are THUDM's ptuning's;
-- `WholeConversation`: training on the other formats: every assistant turn learned, at most
-  `max_source_length + max_target_length + 1` ids, oldest turns dropped;
-- `LastAnswer`: eval / predict on the other formats: the last assistant turn is the answer (predict keeps rows
-  without one).
+`split` is "train", "eval" or "predict"; the format's truncation policy (`Format.truncation`, one of
+chat_format.TRUNCATION_POLICIES; `truncation` below) decides the example, through
+chat_format.encode_split_example, and what is dropped and counted:
+- `ConversationTurns` ("conversation": every format but prompt_response): training learns every assistant turn,
+  at most `max_source_length + max_target_length + 1` ids, oldest turns dropped; eval / predict, the last
+  assistant turn is the answer (predict keeps rows without one);
+- `SourceTarget` ("prompt_response", every split): THUDM's lengths, the prompt cut to `max_source_length` and
+  the answer to `max_target_length` separately, `--source_prefix` put where THUDM put it, so its ids are
+  THUDM's ptuning's.
 
 Both the rows and their encoding are cached by `datasets` under --cache_dir (its own cache by default):
 the cache key of the encoding is datasets' fingerprint of the rows (the file's SHA-256 and the reader) and
@@ -36,17 +38,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptune.data import formats
-from ptune.data.chat_format import (
-    Encoded,
-    encode_conversation,
-    encode_last_answer,
-    encode_prompt,
-    last_span,
-    target_ids,
-)
+from ptune.data.chat_format import Encoded, encode_split_example, last_span, with_source_prefix
+from ptune.data.collate import prompt_length
 from ptune.data.conversation import Conversation, empty_answer, is_tool_call
 from ptune.data.formats.base import Format
-from ptune.data.labels import IGNORE_INDEX
 from ptune.data.rows import file_kind, generated_dataset, progress_bars
 from ptune.families.registry import family_of
 from ptune.io.errors import UserError
@@ -56,25 +51,24 @@ logger = logging.getLogger("ptune")
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
-def _code_digest(*names: str) -> str:
-    """SHA-256 of ptune's own files `names` (a folder: its *.py): part of a datasets cache key, so that a change
-    to that code invalidates what older code cached (datasets hashes a generator's or an encoder's own code,
-    not the functions it calls)."""
+def _code_digest(*patterns: str) -> str:
+    """SHA-256 of ptune's own files matching `patterns` (globs under ptune/): part of a datasets cache key, so
+    that a change to that code invalidates what older code cached (datasets hashes a generator's or an
+    encoder's own code, not the functions it calls).  A pattern matching nothing is an error: a moved module
+    must not silently leave the key (after the folder move ptune/families was once hashed as nothing)."""
     digest = hashlib.sha256()
-    for name in names:
-        path = _PACKAGE / name
-        files = [path] if name.endswith(".py") else sorted(path.glob("*.py"))
-        if (
-            not files
-        ):  # a moved folder must not silently leave the key (ptune/data/families was hashed as nothing)
-            raise FileNotFoundError(f"{path}: no Python files to key the datasets cache with")
+    for pattern in patterns:
+        files = sorted(_PACKAGE.glob(pattern))
+        if not files:
+            raise FileNotFoundError(f"{_PACKAGE / pattern}: no file to key the datasets cache with")
         for file in files:
             digest.update(file.read_bytes())
     return digest.hexdigest()
 
 
-READER_DIGEST = _code_digest("data/rows.py", "data/conversation.py", "data/formats")
-ENCODING_DIGEST = _code_digest("data/splits.py", "data/chat_format.py", "data/conversation.py", "families")
+# The rows: reading and the formats. The encoding: every module of ptune/data and the family prompt builders.
+READER_DIGEST = _code_digest("data/rows.py", "data/conversation.py", "data/formats/*.py")
+ENCODING_DIGEST = _code_digest("data/**/*.py", "families/*.py")
 TRAILING_CALL = (
     "the last message is a tool call without its observation: training would learn to end a call with "
     "the end of the conversation"
@@ -86,99 +80,83 @@ STAT_COLUMNS = ("drop", "lost_turns", "cut", "source_len", "target_len")
 
 
 @dataclass(frozen=True)
-class SourceTarget:
-    """THUDM's ptuning lengths (prompt_response): the prompt (history dropped oldest first, then the question
-    cut: chat_format.encode_prompt) at most `max_source` ids, the answer at most `max_target` ids then eos,
-    each cut on its own.  For a conversation of (user, assistant) turns, as a prompt_response row is; a row
-    with an empty question (or, with `require_answer`, an empty answer) is dropped."""
+class ConversationTurns:
+    """The "conversation" policy: `encode_split_example`'s turns dropped from the oldest; a row with an empty
+    assistant message is dropped (but in predict), a training row ending with a tool call refused."""
 
+    split: str
+    max_source: int
+    max_target: int
+    source_prefix: str = ""  # never set: `truncation` refuses it
+    takes_source_prefix: ClassVar[bool] = False
+    names_the_row: ClassVar[bool] = True  # its errors (a family's refusal, a trailing call) are the row's
+
+    def encode(self, tok: Any, conversation: Conversation) -> tuple[Encoded, int, int]:
+        source_len, target_len = _lengths(tok, conversation)
+        if self.split == "train" and is_tool_call(conversation.messages[-1]):
+            raise UserError(TRAILING_CALL)
+        if self.split != "predict" and empty_answer(conversation):
+            return Encoded(dropped="an empty assistant message"), source_len, target_len
+        encoded = encode_split_example(
+            tok, conversation, self.split, self.max_source, self.max_target, "conversation"
+        )
+        return encoded, source_len, target_len
+
+
+@dataclass(frozen=True)
+class SourceTarget:
+    """The "prompt_response" policy, for THUDM's rows (history pairs, a question, its answer): `source_prefix`
+    put in (`with_source_prefix`), the prompt fitted to `max_source` ids (oldest history, then the question
+    cut), the answer to `max_target` ids, separately.  A row with an empty question (or, but in predict, an
+    empty answer) is dropped."""
+
+    split: str
     max_source: int
     max_target: int
     source_prefix: str = ""
-    require_answer: bool = True
+    takes_source_prefix: ClassVar[bool] = True
     # Its one error (--max_source_length too small for the template) is about the flags, not a row.
     names_the_row: ClassVar[bool] = False
 
     def encode(self, tok: Any, conversation: Conversation) -> tuple[Encoded, int, int]:
-        family = family_of(tok)
-        turns = conversation.turns()
-        history = [(t[0]["content"], t[1]["content"]) for t in turns[:-1]]
-        prompt, response = turns[-1][0]["content"], turns[-1][-1]["content"] if len(turns[-1]) > 1 else ""
-        if not prompt.strip() or (self.require_answer and not response.strip()):
+        messages = conversation.messages
+        answered = conversation.ends_with_answer()
+        question = messages[-2 if answered else -1]["content"]
+        response = messages[-1]["content"] if answered else ""
+        if not question.strip() or (self.split != "predict" and not response.strip()):
             return Encoded(dropped="an empty prompt or response"), 0, 0
-        source = encode_prompt(tok, prompt, history, self.max_source, self.source_prefix)
-        target = target_ids(tok, response, self.max_target)
-        source_len, lost = len(source), 0
-        if source_len >= self.max_source:  # perhaps cut: the untruncated length and the turns lost
-            source_len = len(family.prompt_ids(tok, prompt, history, self.source_prefix))
-            lost = len(history) - self._history_kept(tok, prompt, history, len(source))
-        encoded = Encoded(source + target, [IGNORE_INDEX] * len(source) + target, lost_turns=lost)
-        return encoded, source_len, len(family.answer_ids(tok, response))
-
-    def _history_kept(self, tok: Any, prompt: str, history: list, length: int) -> int:
-        """How many (latest) history turns a prompt of `length` ids holds (encode_prompt drops oldest first)."""
-        family = family_of(tok)
-        for kept in range(len(history), 0, -1):
-            if (
-                len(family.prompt_ids(tok, prompt, history[len(history) - kept :], self.source_prefix))
-                == length
-            ):
-                return kept
-        return 0
+        encoded = encode_split_example(
+            tok,
+            with_source_prefix(tok, conversation, self.source_prefix),
+            self.split,
+            self.max_source,
+            self.max_target,
+            "prompt_response",
+        )
+        source_len = prompt_length(encoded.labels)
+        if encoded.lost_turns or source_len >= self.max_source:  # cut: the untruncated length
+            context = Conversation(messages[:-1] if answered else messages, conversation.tools)
+            source_len = len(
+                family_of(tok).history_prompt(tok, with_source_prefix(tok, context, self.source_prefix))
+            )
+        return encoded, source_len, len(family_of(tok).answer_ids(tok, response))
 
 
-@dataclass(frozen=True)
-class WholeConversation:
-    """Training on a conversation: every assistant turn learned, at most `max_length` ids
-    (chat_format.encode_conversation); a row with an empty assistant message is dropped, one ending with a
-    tool call refused."""
-
-    max_length: int
-    names_the_row: ClassVar[bool] = True
-
-    def encode(self, tok: Any, conversation: Conversation) -> tuple[Encoded, int, int]:
-        source_len, target_len = _lengths(tok, conversation)
-        if is_tool_call(conversation.messages[-1]):
-            raise UserError(TRAILING_CALL)
-        if empty_answer(conversation):
-            return Encoded(dropped="an empty assistant message"), source_len, target_len
-        return encode_conversation(tok, conversation, self.max_length), source_len, target_len
+Truncation = ConversationTurns | SourceTarget
+POLICIES: dict[str, type[Truncation]] = {"conversation": ConversationTurns, "prompt_response": SourceTarget}
 
 
-@dataclass(frozen=True)
-class LastAnswer:
-    """Eval / predict on a conversation: the last answer cut to `max_target` ids after a prompt of at most
-    `max_source` ids (chat_format.encode_last_answer); with `drop_empty`, a row with an empty assistant
-    message is dropped."""
-
-    max_source: int
-    max_target: int
-    drop_empty: bool = True
-    names_the_row: ClassVar[bool] = True
-
-    def encode(self, tok: Any, conversation: Conversation) -> tuple[Encoded, int, int]:
-        source_len, target_len = _lengths(tok, conversation)
-        if self.drop_empty and empty_answer(conversation):
-            return Encoded(dropped="an empty assistant message"), source_len, target_len
-        return encode_last_answer(tok, conversation, self.max_source, self.max_target), source_len, target_len
-
-
-Truncation = SourceTarget | WholeConversation | LastAnswer
-
-
-def truncation(fmt: Format, split: str, data_args: Any, max_target: int, path: Any) -> Truncation:
+def truncation(
+    fmt: Format, split: str, max_source: int, max_target: int, source_prefix: str = "", path: Any = None
+) -> Truncation:
     """The policy a `split` of a `fmt` file is encoded with (module docstring)."""
-    max_source = data_args.max_source_length
-    if fmt.source_and_target_cut:
-        return SourceTarget(max_source, max_target, data_args.source_prefix or "", split != "predict")
-    if data_args.source_prefix:  # never dropped silently: a conversation has its system message for it
+    policy = POLICIES[fmt.truncation]
+    if source_prefix and not policy.takes_source_prefix:  # never dropped silently
         raise UserError(
             f"--source_prefix is for prompt_response data; {path} is {fmt.name}: put the text in a system "
             "message (or ptune chat --system) instead"
         )
-    if split == "train":
-        return WholeConversation(max_source + max_target + 1)
-    return LastAnswer(max_source, max_target, drop_empty=split != "predict")
+    return policy(split, max_source, max_target, source_prefix)
 
 
 def encode(tok: Any, conversation: Conversation, policy: Truncation) -> tuple[Encoded, int, int]:
@@ -261,7 +239,9 @@ def encode_split(path, tok, data_args, max_target: int, max_samples, split: str,
     fmt = formats.resolve_format(path, data_args)
     data_columns = formats.parse_data_columns(getattr(data_args, "data_columns", None))
     names = fmt.reading_names(path, data_args, data_columns)
-    policy = truncation(fmt, split, data_args, max_target, path)
+    policy = truncation(
+        fmt, split, data_args.max_source_length, max_target, data_args.source_prefix or "", path
+    )
     rows = load_conversations(path, fmt.name, names, data_columns, split != "predict", cache_dir)
     if max_samples is not None:
         rows = rows.select(range(min(max_samples, len(rows))))

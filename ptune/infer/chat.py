@@ -4,7 +4,8 @@
                [--tools FILE.json]
 
 Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
-stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
+stdout token by token, in the family's chat format (`chat_format.conversation_prompt`, the prompt eval, predict and
+`ptune serve` build for the same conversation; turns fitted by `ptune.data.truncation.fit_prompt`). `clear` forgets the
 history, `exit` / `quit` / end of input (Ctrl-D) ends the chat (exit code 0), Ctrl-C stops the answer
 being written (Ctrl-C at the prompt ends ptune: `ptune.cli` prints "interrupted" and exits 130).
 
@@ -18,15 +19,21 @@ result asked for (ptune.infer.tool_chat).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
-from transformers.hf_argparser import string_to_bool
-
-from ptune.config.args import CHAT_FORMATS, GenerationArguments
-from ptune.config.parse import Parser
-from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
+from ptune.config.fields import (
+    ChatFormat,
+    Dtype,
+    base_model_field,
+    chat_format_field,
+    device_field,
+    dtype_field,
+    ptuning_checkpoint_field,
+)
+from ptune.config.generation import GenerationArguments
+from ptune.config.parser import Command, parse_command
+from ptune.data.chat_format import conversation_prompt, decode_response, fit_prompt, thudm_conversation
 from ptune.infer.generate import GenerationSettings, stream_generate
 from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError
@@ -53,23 +60,28 @@ class ChatSession:
     def prompt(self, query: str) -> tuple[list[int], list[str]]:
         """The prompt ids for `query` and the notes to show the user (dropped turns, a cut question).
 
-        Turns are dropped oldest first until the prompt fits, by the same rule as `encode_prompt`, and the
-        dropped ones are removed from the history for good.
+        The conversation (the system prompt, the history, the question with --source_prefix in front) loses
+        its oldest turns until it fits (`fit_prompt`, as eval and predict), and the dropped ones are removed
+        from the history for good; a question too long alone is cut.
         """
         tok, limit, notes = self.tokenizer, self.max_source_length, []
-        kept = list(self.history)
-        while kept and len(prompt_ids(tok, query, kept, self.source_prefix, self.system)) > limit:
-            kept = kept[1:]
-        if len(kept) < len(self.history) and not self.told_about_dropping:
+        conversation = thudm_conversation(tok, query, self.history, self.source_prefix, self.system)
+        fitted = fit_prompt(tok, conversation, limit, cut_question=True)
+        if fitted.lost and not self.told_about_dropping:
             notes.append(
                 f"(the conversation no longer fits in --max_length - --max_new_tokens = {limit} tokens: "
                 "the oldest turns are forgotten from now on)"
             )
             self.told_about_dropping = True
-        self.history = kept
-        if not kept and len(prompt_ids(tok, query, [], self.source_prefix, self.system)) > limit:
+        self.history = self.history[fitted.lost :]
+        if fitted.cut:
             notes.append(f"(the question is longer than {limit} tokens: only its beginning is used)")
-        return encode_prompt(tok, query, kept, limit, self.source_prefix, self.system), notes
+        return fitted.ids, notes
+
+    def bare_length(self) -> int:
+        """The length of the prompt of an empty question: the template, --system and --source_prefix."""
+        tok = self.tokenizer
+        return len(conversation_prompt(tok, thudm_conversation(tok, "", [], self.source_prefix, self.system)))
 
 
 def _write(text: str) -> None:
@@ -103,91 +115,53 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     return text
 
 
-def add_loading_flags(parser: argparse.ArgumentParser) -> None:
-    """--chat_format, --dtype, --device: how a model is loaded for chatting and serving."""
-    parser.add_argument(
-        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+@dataclass
+class ChatArguments:
+    """`ptune chat`'s own arguments (the generation settings are GenerationArguments, as in eval/predict)."""
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="ptune chat",
-        description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
-        "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    model_name_or_path: str | None = base_model_field(
+        "Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names)."
     )
-    parser.add_argument(
-        "--model_name_or_path",
-        help="Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names).",
-    )
-    parser.add_argument(
-        "--ptuning_checkpoint",
-        help="Prefix checkpoint folder (ptune, THUDM, or a PEFT prefix-tuning adapter); pre_seq_len and "
-        "prefix_projection are read from it.",
-    )
-    add_loading_flags(parser)
-    parser.add_argument(
-        "--max_length",
-        type=int,
+    ptuning_checkpoint: str | None = ptuning_checkpoint_field()
+    chat_format: ChatFormat | None = chat_format_field()
+    dtype: Dtype = dtype_field()
+    device: str | None = device_field()
+    max_length: int = field(
         default=2048,
-        help="Most tokens of prompt (question + history) plus answer; older turns are dropped to fit "
-        "(default %(default)s).",
+        metadata={
+            "help": "Most tokens of prompt (question + history) plus answer; older turns are dropped to fit."
+        },
     )
-    parser.add_argument(
-        "--max_new_tokens", type=int, default=512, help="Most tokens per answer (default %(default)s)."
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put in front of every question, as in training."}
     )
-    parser.add_argument(
-        "--do_sample",
-        nargs="?",
-        const=True,
-        default=False,
-        type=string_to_bool,
-        help="Sample answers (top_p, temperature) instead of greedy decoding.",
-    )
-    parser.add_argument(
-        "--top_p",
-        type=float,
-        default=GenerationArguments.top_p,
-        help="Nucleus sampling mass (with --do_sample; default %(default)s).",
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=GenerationArguments.temperature,
-        help="Sampling temperature (with --do_sample; default %(default)s).",
-    )
-    parser.add_argument(
-        "--source_prefix", default="", help="Text put in front of every question, as in training."
-    )
-    parser.add_argument(
-        "--system",
+    system: str = field(
         default="",
-        help="System prompt: the conversation's first message (ChatGLM2, which has no system role: plain text "
-        "in front of the first round).",
+        metadata={
+            "help": "System prompt: the conversation's first message (ChatGLM2, which has no system role: plain "
+            "text in front of the first round)."
+        },
     )
-    parser.add_argument(
-        "--tools",
-        metavar="FILE.json",
-        help="A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model whose "
-        "chat template writes tools): a call is shown and its result asked for.",
+    tools: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE.json",
+            "help": "A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model "
+            "whose chat template writes tools): a call is shown and its result asked for.",
+        },
     )
-    return parser
 
 
-def _settings(args: argparse.Namespace) -> GenerationSettings:
-    gen = GenerationArguments(  # validates top_p / temperature / max_new_tokens as eval and predict do
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        top_p=args.top_p,
-        temperature=args.temperature,
-    )
+COMMAND = Command(
+    "ptune chat",
+    (ChatArguments, GenerationArguments),
+    "Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line on stdin. Commands: "
+    "clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    defaults=(("max_new_tokens", 512),),  # chat has no val_max_target_length to default to
+)
+
+
+def _settings(args: ChatArguments, gen: GenerationArguments) -> GenerationSettings:
     if args.max_length <= gen.max_new_tokens:
         raise UserError(
             f"--max_length {args.max_length} must be larger than --max_new_tokens {gen.max_new_tokens}: "
@@ -202,10 +176,10 @@ def main(argv: list[str]) -> int:
     from ptune.families.registry import load_tokenizer
     from ptune.model.load import device_named, load_model
 
-    args = build_parser().parse_args(argv)
+    args, gen = parse_command(COMMAND, argv)
     if args.model_name_or_path is None:
         args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
-    settings = _settings(args)
+    settings = _settings(args, gen)
     tools = None
     if args.tools is not None:
         from ptune.infer.tool_chat import read_tools
@@ -214,7 +188,7 @@ def main(argv: list[str]) -> int:
     tok = load_tokenizer(args.model_name_or_path, args.chat_format)
     session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix, args.system)
     tool_chat = _tool_chat(tok, tools, session) if tools is not None else None
-    bare = len(prompt_ids(tok, "", [], args.source_prefix, args.system))
+    bare = session.bare_length()
     if bare > session.max_source_length:  # fail now, not at the first question
         raise UserError(
             f"--max_length {args.max_length} is too small: minus --max_new_tokens {settings.max_new_tokens} it "

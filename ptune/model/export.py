@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from ptune.config.parse import Parser
+from ptune.config.parser import Command, parse_command
 from ptune.families.registry import checkpoint_family, tokenizer_files
 from ptune.io.errors import UserError
 from ptune.io.files import atomic_dir, read_json, write_json
@@ -294,24 +296,38 @@ def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: b
     )
 
 
+@dataclass
+class ExportArguments:
+    """`ptune export`'s arguments."""
+
+    checkpoint: str = field(
+        metadata={
+            "positional": True,
+            "help": "a ptune, THUDM or PEFT prefix-tuning checkpoint folder, e.g. OUT/checkpoint-3000",
+        }
+    )
+    format: Literal[FORMATS] = field(default="thudm", metadata={"help": "output layout"})  # type: ignore[valid-type]
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "output folder (default: OUT/exports/checkpoint-N-<format> for a run's checkpoint-N, else "
+            "CHECKPOINT-<format> beside the checkpoint)"
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it already exists"})
+
+
+COMMAND = Command(
+    "ptune export",
+    (ExportArguments,),
+    "Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with pre_seq_len, for "
+    "ChatGLM2/3's own ptuning code and demos), in ptune's (model.safetensors), or as a PEFT prefix-tuning "
+    "adapter (adapter_config.json + adapter_model.safetensors, native bases).",
+)
+
+
 def main(argv: list[str]) -> int:
     """`ptune export CHECKPOINT [--format thudm|safetensors|peft] [--out DIR] [--overwrite]`; prints the folder."""
-    parser = Parser(
-        prog="ptune export",
-        description="Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with "
-        "pre_seq_len, for ChatGLM2/3's own ptuning code and demos), in ptune's (model.safetensors), or as a "
-        "PEFT prefix-tuning adapter (adapter_config.json + adapter_model.safetensors, native bases).",
-    )
-    parser.add_argument(
-        "checkpoint", help="a ptune, THUDM or PEFT prefix-tuning checkpoint folder, e.g. OUT/checkpoint-3000"
-    )
-    parser.add_argument("--format", choices=FORMATS, default="thudm", help="output layout (default: thudm)")
-    parser.add_argument(
-        "--out",
-        help="output folder (default: OUT/exports/checkpoint-N-<format> for a run's checkpoint-N, else "
-        "CHECKPOINT-<format> beside the checkpoint)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    args = parser.parse_args(argv)
+    (args,) = parse_command(COMMAND, argv)
     print(export_checkpoint(args.checkpoint, args.format, args.out, args.overwrite))
     return 0

@@ -438,7 +438,8 @@ def test_truncating_a_long_conversation_encodes_it_a_logarithmic_number_of_times
 def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     # It would learn </s> (ChatGLM3) or <|user|> (GLM-4) as the end of a call; eval/predict keep it (the call
     # is the reference answer).
-    from ptune.data.splits import LastAnswer, WholeConversation, make_encoder
+    from ptune.data.formats import get
+    from ptune.data.splits import make_encoder, truncation
 
     row = {
         "messages": [
@@ -448,12 +449,12 @@ def test_a_training_row_ending_with_a_tool_call_is_refused_with_its_line():
     }
     batch = {"line": [7], "conversation": [parse_row(row, "messages", "t.json:7", None, True).to_json()]}
     with pytest.raises(UserError) as error:
-        make_encoder(CHATGLM3, "t.json", WholeConversation(100 + 100 + 1))(batch)
+        make_encoder(CHATGLM3, "t.json", truncation(get("messages"), "train", 100, 100))(batch)
     assert str(error.value) == (
         "t.json:7: the last message is a tool call without its observation: training would learn to end a "
         "call with the end of the conversation"
     )
-    encoded = make_encoder(CHATGLM3, "t.json", LastAnswer(100, 100))(batch)
+    encoded = make_encoder(CHATGLM3, "t.json", truncation(get("messages"), "eval", 100, 100))(batch)
     assert encoded["labels"][0][-3:] == [*chars("{}"), EOS] and encoded["drop"] == [""]
 
 

@@ -283,7 +283,8 @@ def test_no_format_name_is_compared_outside_its_module():
     from ptune.data.formats import FORMATS
 
     names = "|".join(FORMATS)
-    compared = re.compile(rf"""(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    fmt = r"\b(fmt|format|data_format)\b"  # a format (not a truncation policy's name, chat_format's)
+    compared = re.compile(rf"""{fmt}\s*(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)\s*{fmt}""")
     root = Path(ptune.__file__).parent
     found = [
         f"{path.relative_to(root)}:{i}"

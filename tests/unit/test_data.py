@@ -273,14 +273,16 @@ def test_a_prompt_response_conversation_is_cut_as_thudm_cut_it(tok):
     """prompt_response goes through Conversation and `encode` under SourceTarget: the prompt cut to
     max_source_length (oldest history first), the answer to max_target_length, separately."""
     from ptune.data.chat_format import prompt_ids
-    from ptune.data.formats import parse_row
-    from ptune.data.splits import SourceTarget, encode
+    from ptune.data.formats import get, parse_row
+    from ptune.data.splits import encode, truncation
 
     history = [["一加一", "二"], ["二加二", "四"], ["三加三", "六"]]
     row = {"prompt": "再加一呢", "response": "这条裙子很好看。", "history": history}
     conversation = parse_row(row, "prompt_response", "f:1", None, True)
     max_source = len(prompt_ids(tok, "再加一呢", history[-1:]))  # room for the latest history turn only
-    encoded, source_len, target_len = encode(tok, conversation, SourceTarget(max_source, 3))
+    encoded, source_len, target_len = encode(
+        tok, conversation, truncation(get("prompt_response"), "train", max_source, 3)
+    )
     assert (encoded.input_ids, encoded.labels) == encode_example(
         tok, "再加一呢", "这条裙子很好看。", history, max_source, 3
     )
@@ -289,6 +291,6 @@ def test_a_prompt_response_conversation_is_cut_as_thudm_cut_it(tok):
     dropped, _, _ = encode(
         tok,
         parse_row({"prompt": " ", "response": "a"}, "prompt_response", "f:2", None, True),
-        SourceTarget(32, 8),
+        truncation(get("prompt_response"), "train", 32, 8),
     )
     assert dropped.dropped == "an empty prompt or response"

@@ -27,9 +27,9 @@ class Format:
     detect_rank: ClassVar[int]
     # Whether the first row's keys may choose it when --data_format is not given (False: named by its flags).
     detectable: ClassVar[bool] = True
-    # THUDM's lengths: the prompt cut to max_source_length and the answer to max_target_length, separately
-    # (False: whole turns dropped from the oldest; ptune.data.splits).
-    source_and_target_cut: ClassVar[bool] = False
+    # How its conversations are cut to the lengths: one of ptune.data.chat_format.TRUNCATION_POLICIES
+    # ("conversation": whole turns dropped from the oldest; ptune.data.splits).
+    truncation: ClassVar[str] = "conversation"
     select_hint: ClassVar[str] = ""  # the flags that choose it, for the "cannot tell the format" message
 
     def chosen_by(self, data_args: Any) -> bool:

@@ -4,7 +4,7 @@
 
 A row is the Conversation history's (user, assistant) pairs, the prompt as the last user message and the
 response as the last assistant message ("" for a missing value: the row is then dropped, or in predict has no
-reference).  It is encoded with THUDM's lengths (`source_and_target_cut`: ptune.data.splits.SourceTarget), so
+reference).  It is encoded with THUDM's lengths (`truncation`: ptune.data.splits.SourceTarget), so
 its ids are what THUDM's ptuning gave.  Never detected by itself: its column names come from the flags.
 """
 
@@ -22,7 +22,7 @@ class PromptResponse(Format):
     name = "prompt_response"
     detect_rank = 4
     detectable = False
-    source_and_target_cut = True
+    truncation = "prompt_response"  # THUDM's lengths: source and target cut separately
     defaults = {"prompt": "prompt", "response": "response", "history": "history"}
     select_hint = (
         "--prompt_column/--response_column"  # how a file is given this format, besides --data_format
