@@ -272,6 +272,12 @@ def test_the_registry_holds_every_format_module_once_in_the_flags_order():
     for name in formats.FORMATS:
         module = __import__(f"ptune.data.formats.{name}", fromlist=["FORMAT"])
         assert formats.get(name) is module.FORMAT and module.FORMAT.name == name
+    # each names a truncation policy that chat_format cuts by and ptune.data.splits counts by
+    from ptune.data.chat_format import TRUNCATION_POLICIES
+    from ptune.data.splits import POLICIES
+
+    assert set(POLICIES) == set(TRUNCATION_POLICIES)
+    assert {f.truncation for f in formats.REGISTRY.values()} <= set(TRUNCATION_POLICIES)
 
 
 def test_no_format_name_is_compared_outside_its_module():
