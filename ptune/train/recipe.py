@@ -5,7 +5,7 @@
         lock              one process per output_dir                                   (ptune.train.rundir)
         resume_target     the checkpoint to continue from, verified file by file        (ptune.train.checkpoint)
         load              tokenizer + frozen base + float32 prefix                      (ptune.model.load)
-        dataset           rows read and checked, then tokenized and cached              (ptune.data.rows)
+        dataset           rows -> Conversation -> ids, tokenized and cached              (ptune.data.splits)
         trainer_arguments every TrainingArguments value ptune decides, in one place
         trainer           the stock Seq2SeqTrainer, subclassed for prefix-only checkpoints (ptune.train.trainer)
         train             trainer.train, a clean stop on SIGTERM/SIGHUP, the final files  (ptune.train.finish)
