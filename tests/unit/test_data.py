@@ -265,8 +265,12 @@ def test_only_the_tokenizing_bar_and_only_on_a_terminal(tmp_path, tok, hf_cache,
         if name == "log.json":
             assert shown == ""
         else:
-            assert shown.count("Tokenizing tty.json: 100%") == 1 and "Generating" not in shown, shown
-            assert "Filter" not in shown and "Dropping" not in shown, shown
+            # Every redraw is the tokenizing bar's, and it ends at 100% (how often tqdm redraws depends on the
+            # machine's speed: a slow row adds a redraw, so the count of "100%" is not the thing to check).
+            draws = [d for d in shown.replace("\n", "\r").split("\r") if d.strip()]
+            assert draws and all(d.startswith("Tokenizing tty.json: ") for d in draws), shown
+            assert "Tokenizing tty.json: 100%" in draws[-1], shown
+            assert "Generating" not in shown and "Filter" not in shown and "Dropping" not in shown, shown
 
 
 def test_a_prompt_response_conversation_is_cut_as_thudm_cut_it(tok):
