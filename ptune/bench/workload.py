@@ -57,7 +57,7 @@ _AUTO_MAP = {
 
 
 def chatglm_config(family: str, vocab: int, dims: dict) -> dict:
-    """A `chatglm` folder's config.json with every field the real ChatGLM2/3 / GLM-4 one has (docs/architecture.md),
+    """A `chatglm` folder's config.json with every field the real ChatGLM2/3 / GLM-4 one has (docs/checkpoints.md),
     at the given dimensions (`num_layers`, `hidden_size`, `ffn_hidden_size`, `kv_channels`,
     `num_attention_heads`): what the benchmark's random model and the tiny test models (tools/tiny.py) carry."""
     glm4 = family == "glm4"

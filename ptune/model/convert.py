@@ -3,7 +3,7 @@
 The remote code those folders ship no longer runs on transformers 5.x, so ptune reads them itself:
 `glm_config` maps config.json field by field, `convert_tensor` maps weights key by key, and `load_glm`
 streams the shards one at a time onto a meta-initialised model, so a 12.5 GB checkpoint never exists twice
-in host memory. The mapping is documented in docs/architecture.md §2-§4 (tests/unit/test_model.py checks it).
+in host memory. The mapping is documented in docs/checkpoints.md §2-§4 (tests/unit/test_model.py checks it).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _rope_parameters(cfg: dict, folder: Path) -> dict:
 
 
 def glm_config(cfg: dict, folder: Path) -> GlmConfig:
-    """Map an original `chatglm` config.json dict onto a `GlmConfig` (docs/architecture.md §2)."""
+    """Map an original `chatglm` config.json dict onto a `GlmConfig` (docs/checkpoints.md §2)."""
     where = folder / "config.json"
     if "position_encoding_2d" in cfg or "num_layers" not in cfg or "padded_vocab_size" not in cfg:
         raise UserError(

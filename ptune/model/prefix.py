@@ -13,7 +13,7 @@ wider. Where the real tokens' positions start is part of what a prefix learned, 
   families' convention, and that of every prefix saved before the field existed);
 - "after_prefix": it is at position P, as transformers numbers tokens after P cached slots, and so PEFT's
   prefix tuning on a native model (the default for native families, so that their prefixes are PEFT's).
-See docs/architecture.md §6.
+See docs/checkpoints.md §6.
 """
 
 from __future__ import annotations

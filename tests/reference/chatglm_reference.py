@@ -3,7 +3,7 @@
 ptune loads `chatglm` checkpoints onto transformers' `GlmForCausalLM` (q/k/v split, renamed keys, its own
 PrefixEncoder outside the model).  To check that mapping we need what THUDM's remote `modeling_chatglm.py`
 computes, but that code no longer runs on transformers 5.x.  This module re-derives it from the written
-description (docs/architecture.md §4-§6), independently of transformers' Glm code, and works
+description (docs/checkpoints.md §4-§6), independently of transformers' Glm code, and works
 directly on the ORIGINAL state-dict key names and the ORIGINAL config.json dict.
 
 Layout: batch-first `[B, S, ...]` throughout (chatglm2/3 run seq-first; that is numerically irrelevant).

@@ -1,7 +1,7 @@
 """ptune.load_model on original-format folders against the independent re-implementation of the original
 ChatGLM forward (tests/reference/chatglm_reference.py): logits and losses within 1e-5 in float32, with and
 without a prefix (projection on and off), left padding, gradient checkpointing, freezing and strict loading.
-The mapping under test is described in docs/architecture.md."""
+The mapping under test is described in docs/checkpoints.md."""
 
 from __future__ import annotations
 
