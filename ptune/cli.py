@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
 from ptune.io.files import dumps_json
 
@@ -50,17 +52,27 @@ def predict(argv: list[str]) -> int:
     return PTuningRecipe.from_argv("predict", argv).run()
 
 
+@dataclass
+class ScoreArguments:
+    """`ptune score`'s arguments."""
+
+    file: str = field(
+        metadata={
+            "positional": True,
+            "help": "generated_predictions.txt: one JSON object per line with labels and predict",
+        }
+    )
+
+
+SCORE = Command("ptune score", (ScoreArguments,), "Re-score a predictions file.")
+
+
 def score(argv: list[str]) -> int:
     """Re-score a generated_predictions.txt: prints the metrics as JSON."""
-    from ptune.config.parse import Parser
     from ptune.score.metrics import compute_metrics
     from ptune.score.predictions import read_predictions
 
-    parser = Parser(prog="ptune score", description="Re-score a predictions file.")
-    parser.add_argument(
-        "file", help="generated_predictions.txt: one JSON object per line with labels and predict"
-    )
-    args = parser.parse_args(argv)
+    (args,) = parse_command(SCORE, argv)
     preds, labels = read_predictions(Path(args.file))
     print(dumps_json(compute_metrics(preds, labels)))
     return 0
@@ -68,6 +80,7 @@ def score(argv: list[str]) -> int:
 
 VERBS = {"train": train, "eval": evaluate, "predict": predict, "score": score}
 # Verbs in their own modules, imported only when used: (module, function taking argv and returning the exit code).
+# Each module's COMMAND (ptune.config.parser.Command) declares the verb's arguments.
 MODULE_VERBS = {
     "chat": ("ptune.infer.chat", "main"),
     "data": ("ptune.data.report", "main"),

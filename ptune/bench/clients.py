@@ -180,7 +180,7 @@ def run_in_process(scheduler, tok, models: list[str], clients: int, requests: in
     """The same closed loop as `run_clients` without HTTP: `clients` requests in flight on the scheduler
     (stepped here), each finished one replaced by the next until clients x requests are done."""
     from ptune.data.chat_format import encode_messages
-    from ptune.serve.engine import Sampling
+    from ptune.infer.generate import GenerationSettings
     from ptune.serve.scheduler import Job
 
     timings: list[Timing] = []
@@ -200,7 +200,9 @@ def run_in_process(scheduler, tok, models: list[str], clients: int, requests: in
                 if sent[0] < clients * requests:
                     submit(c)
 
-        scheduler.submit(Job(prompt, models[(c + k) % len(models)], max_tokens, Sampling(0.0), (), sink))
+        scheduler.submit(
+            Job(prompt, models[(c + k) % len(models)], max_tokens, GenerationSettings(), (), sink)
+        )
 
     start = time.perf_counter()
     for c in range(clients):

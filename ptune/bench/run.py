@@ -13,9 +13,9 @@ Usage: `python scripts/bench.py --shape tiny` (CPU, seconds) or `--shape 6b --mi
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -29,87 +29,76 @@ from ptune.bench.workload import (  # noqa: F401 (make_samples, ... are part of 
     special_ids,
     wrap,
 )
-from ptune.config.parse import Parser
+from ptune.config.argtypes import at_least, check_choices
+from ptune.config.fields import (
+    Dtype,
+    check_quantization_bit,
+    device_field,
+    dtype_field,
+    int_list_field,
+    quantization_bit_field,
+)
+from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
-from ptune.io.files import dumps_json
+from ptune.io.files import write_json
 from ptune.model.load import matmul_params
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+@dataclass
+class BenchArguments:
+    """`ptune bench`'s arguments (`ptune bench --serve` reads ptune.bench.serve's ServeBenchArguments instead)."""
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="ptune bench",
-        description="Training and generation throughput and peak memory of ptune on the ADGEN-shaped "
-        "workload (random weights; see docs/workload.md). With --serve: the serving benchmark instead "
-        "(ptune bench --serve --help).",
+    shape: Literal[tuple(sorted(SHAPES))] = field(default="tiny", metadata={"help": "model shape"})  # type: ignore[valid-type]
+    micro_batch: list[int] = int_list_field([4], "training micro-batches, e.g. 1,4,16")
+    grad_accum: int = field(default=1, metadata={"parse": at_least(1), "help": "gradient accumulation steps"})
+    pre_seq_len: list[int] = int_list_field([128], "prefix lengths, e.g. 32,128,512")
+    steps: int = field(default=10, metadata={"parse": at_least(1), "help": "timed optimizer steps"})
+    warmup_steps: int = field(
+        default=2, metadata={"parse": at_least(0), "help": "untimed optimizer steps first"}
     )
-    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    p.add_argument("--micro_batch", type=_int_list, default=[4], help="training micro-batches, e.g. 1,4,16")
-    p.add_argument("--grad_accum", type=_positive, default=1, help="gradient accumulation steps")
-    p.add_argument("--pre_seq_len", type=_int_list, default=[128], help="prefix lengths, e.g. 32,128,512")
-    p.add_argument("--steps", type=_positive, default=10, help="timed optimizer steps")
-    p.add_argument("--warmup_steps", type=_non_negative, default=2, help="untimed optimizer steps first")
-    p.add_argument("--predict_batch", type=_int_list, default=[16], help="generation batches, e.g. 1,16")
-    p.add_argument("--predict_steps", type=_positive, default=2, help="timed generate calls per row")
-    p.add_argument("--new_tokens", type=_positive, default=64, help="tokens generated for every prompt")
-    p.add_argument(
-        "--dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        default="auto",
-        help="auto: bfloat16 on CUDA (float16 without bf16 support), float32 on the CPU",
+    predict_batch: list[int] = int_list_field([16], "generation batches, e.g. 1,16")
+    predict_steps: int = field(
+        default=2, metadata={"parse": at_least(1), "help": "timed generate calls per row"}
     )
-    p.add_argument("--activation_checkpointing", choices=("on", "off"), default="off")
-    p.add_argument("--group_by_length", action="store_true", help="train_sampling_strategy group_by_length")
-    p.add_argument("--no_train", action="store_true")
-    p.add_argument("--no_predict", action="store_true")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument(
-        "--peak_tflops",
-        type=float,
+    new_tokens: int = field(
+        default=64, metadata={"parse": at_least(1), "help": "tokens generated for every prompt"}
+    )
+    dtype: Dtype = dtype_field()
+    activation_checkpointing: Literal["on", "off"] = "off"
+    group_by_length: bool = field(default=False, metadata={"help": "train_sampling_strategy group_by_length"})
+    no_train: bool = False
+    no_predict: bool = False
+    device: str | None = device_field("cuda, cuda:N or cpu (default: cuda when available)")
+    peak_tflops: float | None = field(
         default=None,
-        help="device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)",
+        metadata={"help": "device peak for the 'of peak' column (default: 989 on H100/H200 in bf16/fp16)"},
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--quantization_bit",
-        type=int,
-        choices=(4, 8),
-        help="bitsandbytes NF4/int8 decoder linears (the tool's flag)",
+    seed: int = 0
+    quantization_bit: int | None = quantization_bit_field()
+    json: str | None = field(default=None, metadata={"help": "also write the results to this JSON file"})
+    serve: bool = field(  # read by main before the parser: the flags after it are the server benchmark's
+        default=False,
+        metadata={
+            "switch": True,
+            "help": "benchmark ptune serve instead (streaming clients); its own flags: ptune bench --serve --help",
+        },
     )
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument(  # read by main before this parser: the flags after it are the server benchmark's
-        "--serve",
-        action="store_true",
-        help="benchmark ptune serve instead (streaming clients); its own flags: ptune bench --serve --help",
-    )
-    return p
+
+    def __post_init__(self):
+        check_choices(self)
+        check_quantization_bit(self)
 
 
-def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
+COMMAND = Command(
+    "ptune bench",
+    (BenchArguments,),
+    "Training and generation throughput and peak memory of ptune on the ADGEN-shaped workload (random "
+    "weights; see docs/workload.md). With --serve: the serving benchmark instead (ptune bench --serve --help).",
+)
+
+
+def run(args: BenchArguments) -> tuple[list[Row], dict]:
     """Every requested configuration: for each pre_seq_len, a train row per micro-batch, then a predict row
     per generation batch. Returns the rows and a description of the run."""
     from ptune.model.load import resolve_dtype
@@ -180,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         from ptune.bench import serve as serve_bench
 
         return serve_bench.main([a for a in argv if a != "--serve"])
-    args = build_parser().parse_args(argv)
+    (args,) = parse_command(COMMAND, argv)
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -207,5 +196,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows]}
-        Path(args.json).write_text(dumps_json(payload) + "\n", encoding="utf-8")  # a NaN as null
+        write_json(Path(args.json), payload)  # atomically, a NaN as null
     return 0

@@ -15,15 +15,17 @@ The clients and what they measure: ptune.bench.clients.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptune.bench.clients import run_clients, run_in_process, served_models, start_server
-from ptune.config.parse import Parser
+from ptune.config.argtypes import BadArgument
+from ptune.config.fields import base_model_field, device_field, int_list_field, prefixes_field
+from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
 
 
@@ -89,7 +91,7 @@ def random_prefixes(base: str, folder: Path, count: int) -> dict[str, str]:
 
 
 def measure_in_process(
-    base: str, prefixes: dict[str, str], args: argparse.Namespace, progress: Progress
+    base: str, prefixes: dict[str, str], args: ServeBenchArguments, progress: Progress
 ) -> list[dict]:
     """`--in_process`: the scheduler and model alone, batched (--max_batch) and one at a time."""
     from ptune.serve.cli import load
@@ -120,56 +122,56 @@ def measure_in_process(
 
 
 # ---------------------------------------------------------------------------------------------- the verb
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
+@dataclass
+class ServeBenchArguments:
+    """`ptune bench --serve`'s arguments."""
+
+    url: str | None = field(
+        default=None,
+        metadata={"help": "Benchmark this running server (http://127.0.0.1:PORT) instead of starting one."},
+    )
+    model_name_or_path: str | None = base_model_field(
+        "Base model folder (required unless --url; a tiny one: python -m scripts.make_tiny DIR, from a clone)."
+    )
+    prefix: list[str] = prefixes_field("As for ptune serve.")
+    concurrency: list[int] = int_list_field([1, 8, 32], "Clients at once.")
+    prefixes: list[int] = int_list_field([1, 8], "Prefixes the requests spread over.")
+    requests: int = field(default=4, metadata={"help": "Requests per client."})
+    max_tokens: int = field(default=32, metadata={"help": "max_tokens of every request."})
+    max_batch: int = field(default=32, metadata={"help": "The batched server's --max_batch."})
+    baseline: bool = field(
+        default=False, metadata={"help": "Also run a server with --max_batch 1 and compare."}
+    )
+    device: str | None = device_field("The server's --device.")
+    in_process: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the scheduler in this process, without HTTP (batched and one at a time)."
+        },
+    )
+    json: str | None = field(default=None, metadata={"help": "Also write the rows to this JSON file."})
+
+    def __post_init__(self):
+        if self.requests < 1 or self.max_tokens < 1:
+            raise BadArgument("--requests and --max_tokens must be at least 1", "requests", "max_tokens")
+        if not self.url and not self.model_name_or_path:
+            raise BadArgument(
+                "--model_name_or_path is required (the base to serve), or --url of a running server",
+                "model_name_or_path",
+            )
+        if self.url and self.in_process:
+            raise BadArgument(
+                "--in_process loads the model here: give --model_name_or_path, not --url", "in_process"
+            )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="ptune bench --serve", description="Concurrent streaming clients against ptune serve.")
-    p.add_argument(
-        "--url", help="Benchmark this running server (http://127.0.0.1:PORT) instead of starting one."
-    )
-    p.add_argument(
-        "--model_name_or_path",
-        help="Base model folder (required unless --url; a tiny one: python -m scripts.make_tiny DIR, from a clone).",
-    )
-    p.add_argument(
-        "--prefix", action="append", default=[], metavar="NAME=CHECKPOINT", help="As for ptune serve."
-    )
-    p.add_argument(
-        "--concurrency", type=_int_list, default=[1, 8, 32], help="Clients at once (default 1,8,32)."
-    )
-    p.add_argument(
-        "--prefixes", type=_int_list, default=[1, 8], help="Prefixes the requests spread over (1,8)."
-    )
-    p.add_argument("--requests", type=int, default=4, help="Requests per client (default %(default)s).")
-    p.add_argument(
-        "--max_tokens", type=int, default=32, help="max_tokens of every request (default %(default)s)."
-    )
-    p.add_argument(
-        "--max_batch", type=int, default=32, help="The batched server's --max_batch (default %(default)s)."
-    )
-    p.add_argument(
-        "--baseline", action="store_true", help="Also run a server with --max_batch 1 and compare."
-    )
-    p.add_argument("--device", help="The server's --device.")
-    p.add_argument(
-        "--in_process",
-        action="store_true",
-        help="Also run the scheduler in this process, without HTTP (batched and one at a time).",
-    )
-    p.add_argument("--json", help="Also write the rows to this JSON file.")
-    return p
+COMMAND = Command(
+    "ptune bench --serve", (ServeBenchArguments,), "Concurrent streaming clients against ptune serve."
+)
 
 
 def measure(
-    url: str, server: str, prefixes: list[str], args: argparse.Namespace, progress: Progress
+    url: str, server: str, prefixes: list[str], args: ServeBenchArguments, progress: Progress
 ) -> list[dict]:
     """One row per (number of prefixes, clients) against the server at `url`."""
     rows = []
@@ -241,7 +243,7 @@ def gains(rows: list[dict]) -> list[str]:
     ]
 
 
-def measure_own_servers(args: argparse.Namespace, progress: Progress) -> list[dict]:
+def measure_own_servers(args: ServeBenchArguments, progress: Progress) -> list[dict]:
     """Without --url: the rows of a batched server (and --baseline's one at a time, --in_process's scheduler)
     started here on --model_name_or_path, with its --prefix checkpoints or random ones in a temporary folder."""
     from ptune.serve.cli import parse_prefixes
@@ -272,13 +274,7 @@ def measure_own_servers(args: argparse.Namespace, progress: Progress) -> list[di
 
 def main(argv: list[str]) -> int:
     """`ptune bench --serve`: start (or reach) the server(s), run the clients, print the table."""
-    args = build_parser().parse_args(argv)
-    if args.requests < 1 or args.max_tokens < 1:
-        raise UserError("--requests and --max_tokens must be at least 1")
-    if not args.url and not args.model_name_or_path:
-        raise UserError("--model_name_or_path is required (the base to serve), or --url of a running server")
-    if args.url and args.in_process:
-        raise UserError("--in_process loads the model here: give --model_name_or_path, not --url")
+    (args,) = parse_command(COMMAND, argv)
     settings = len(args.prefixes) * len(args.concurrency)
     servers = 1 if args.url else 1 + args.baseline + 2 * args.in_process
     progress = Progress(settings * servers)

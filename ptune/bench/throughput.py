@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ptune.bench.workload import PAD_ID, SpecialIds, make_prompt_samples
+from ptune.data.labels import IGNORE_INDEX
 
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0))
 
@@ -126,7 +127,7 @@ class CountingCollator:
     def __call__(self, rows):
         batch = self.collator(rows)
         self.tokens.append(int(batch["attention_mask"].sum()))
-        supervised = int((batch["labels"][:, 1:] != -100).sum())
+        supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         self.shapes.append((batch["input_ids"].shape[1], -(-supervised // batch["input_ids"].shape[0])))
         return batch
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.model.convert import glm_config
 
@@ -129,7 +130,7 @@ def make_samples(
 ) -> list[dict[str, list[int]]]:
     """`n` ADGEN-shaped training samples, deterministic in `seed` (the first k of n are the k-sample set).
 
-    input_ids = [gMASK, sop] + source + target + [eos]; labels are -100 over [gMASK, sop] + source and equal
+    input_ids = [gMASK, sop] + source + target + [eos]; labels are IGNORE_INDEX over [gMASK, sop] + source and equal
     input_ids after it, exactly as THUDM's preprocessing builds them.
     """
     rng = np.random.default_rng(seed)
@@ -140,7 +141,7 @@ def make_samples(
         tokens = rng.integers(FIRST_CONTENT_ID, ids.content_end, size=s + t).tolist()
         prompt = [ids.gmask, ids.sop] + tokens[:s]
         answer = tokens[s:] + [ids.eos]
-        samples.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+        samples.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer})
     return samples
 
 
@@ -148,7 +149,7 @@ def make_prompt_samples(n: int, seed: int, ids: SpecialIds) -> list[dict[str, li
     """Samples whose prompt is [gMASK, sop] + 40..64 tokens (the generation workload), sorted by prompt length
     so that each batch pads little."""
     samples = make_samples(n, seed, ids, source_len=PROMPT_LEN)
-    return sorted(samples, key=lambda r: r["labels"].count(-100))
+    return sorted(samples, key=lambda r: r["labels"].count(IGNORE_INDEX))
 
 
 # --------------------------------------------------------------------------------------------------- model

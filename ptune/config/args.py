@@ -1,15 +1,17 @@
-"""The argument dataclasses of `ptune train|eval|predict` (and `chat`'s generation settings): the schema.
+"""The argument dataclasses of `ptune train|eval|predict` (also read by `data` and `plan`): the schema.
 
 The names and defaults are those of THUDM's `ptuning/arguments.py` (ModelArguments, DataTrainingArguments) and
 of transformers' `Seq2SeqTrainingArguments`, so THUDM's shell scripts and JSON configs parse unchanged. On top:
-ptune-only fields (chat_format, dtype, prefix_dropout, ...) and a `GenerationArguments` dataclass. Generation
-settings get their own dataclass because `chat` uses them without any data or training arguments.
+ptune-only fields (chat_format, dtype, prefix_dropout, ...). A run reads four dataclasses, `ARGUMENT_CLASSES`:
+these two, `TrainingArguments` (ptune.config.training_args: transformers' Seq2SeqTrainingArguments with the
+transformers 4 names THUDM's scripts use) and `GenerationArguments` (ptune.config.generation, shared with
+chat). Fields other verbs declare too (chat_format, dtype, quantization_bit, ptuning_checkpoint) come from
+ptune.config.fields.
 
 Each dataclass checks its own values in `__post_init__` (also when built directly, not parsed), raising a
-one-line `BadArgument` naming the flag. `TrainingArguments` (transformers' Seq2SeqTrainingArguments with the
-transformers 4 names THUDM's scripts use) lives in ptune.config.training_args and is imported here with the others;
-the THUDM / transformers 4 names that are renamed or dead are one table in ptune.config.compat; ptune.config.parse turns a
-JSON config plus flags into these dataclasses, and `argument_reference` lists them for the README.
+one-line `BadArgument` naming the flag. The THUDM / transformers 4 names that are renamed or dead are one table
+in ptune.config.compat; ptune.config.parse turns a config plus flags into these dataclasses, and
+`argument_reference` lists them for the README.
 """
 
 import dataclasses
@@ -22,19 +24,23 @@ from transformers import Seq2SeqTrainingArguments
 
 from ptune.config.argtypes import BadArgument, check_at_least, check_choices
 from ptune.config.compat import refuse_dead
+from ptune.config.fields import (
+    ChatFormat,
+    Dtype,
+    chat_format_field,
+    check_quantization_bit,
+    dtype_field,
+    ptuning_checkpoint_field,
+    quantization_bit_field,
+)
+from ptune.config.generation import GenerationArguments
 from ptune.config.training_args import TrainingArguments
 from ptune.data.conversations import FORMATS
-from ptune.families.registry import FAMILY_NAMES
 from ptune.io.errors import UserError
 
 # The longest prefix any flag or config may ask for (GLM-4's 128K context); the model's own positions are
 # checked when it loads (ptune.model.load.load_model).
 MAX_PRE_SEQ_LEN = 131072
-
-# How prompts are built; None in ModelArguments.chat_format means "detect from the model". The one list of
-# chat formats (ptune.infer.chat's --chat_format choices too); ChatFormat, the field's type, is made from it.
-CHAT_FORMATS: tuple[str, ...] = FAMILY_NAMES  # one family list: the registry's (ptune.families)
-ChatFormat = Literal[CHAT_FORMATS]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -49,14 +55,7 @@ class ModelArguments:
             "eval/predict/chat: default the base that --ptuning_checkpoint's prefix_config.json names."
         }
     )
-    ptuning_checkpoint: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder of a ptune or THUDM P-Tuning v2 checkpoint, or of a PEFT prefix-tuning adapter (native "
-            "bases), whose prefix is loaded over the base model; its pre_seq_len and prefix_projection are read "
-            "from it."
-        },
-    )
+    ptuning_checkpoint: str | None = ptuning_checkpoint_field()
     ignore_plan: bool = field(
         default=False,
         metadata={
@@ -103,10 +102,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "THUDM flag, unused: position embeddings keep the checkpoint's size."},
     )
-    quantization_bit: int | None = field(
-        default=None,
-        metadata={"help": "Quantize the frozen base model's linear layers to 4 or 8 bits (bitsandbytes)."},
-    )
+    quantization_bit: int | None = quantization_bit_field()
     pre_seq_len: int | None = field(
         default=None,
         metadata={
@@ -130,20 +126,8 @@ class ModelArguments:
             "setting for --ptuning_checkpoint (a different value is an error)."
         },
     )
-    chat_format: ChatFormat | None = field(
-        default=None,
-        metadata={
-            "help": "How prompts are built: chatglm2 ([Round n] 问/答 text), chatglm3 (role tokens), glm4 "
-            "(chat template), native (the tokenizer's chat template). Default: detected from the model."
-        },
-    )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto",
-        metadata={
-            "help": "Weight dtype of the frozen base model (the prefix is always float32). auto: bfloat16 on "
-            "a GPU that supports it, else the checkpoint's float16; float32 on the CPU."
-        },
-    )
+    chat_format: ChatFormat | None = chat_format_field()
+    dtype: Dtype = dtype_field()
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = field(
         default="sdpa",
         metadata={"help": "Attention kernel of the base model (transformers' attn_implementation)."},
@@ -165,10 +149,7 @@ class ModelArguments:
     def __post_init__(self):
         check_choices(self)
         refuse_dead(self)  # config_name, use_fast_tokenizer, model_revision, ... (ptune.config.compat.FLAGS)
-        if self.quantization_bit not in (None, 4, 8):
-            raise BadArgument(
-                f"--quantization_bit must be 4 or 8, got {self.quantization_bit}", "quantization_bit"
-            )
+        check_quantization_bit(self)
         check_at_least(self, 1, "pre_seq_len")
         if self.random_prefix and (self.ptuning_checkpoint or not self.pre_seq_len):
             raise BadArgument(
@@ -343,56 +324,6 @@ class DataTrainingArguments:
         if self.val_max_target_length is None:
             # THUDM's rule: reference answers in eval are cut like training answers unless told otherwise.
             self.val_max_target_length = self.max_target_length
-
-
-@dataclass
-class GenerationArguments:
-    """How answers are generated in eval/predict/chat (ptune only: THUDM hard-coded sampling).
-
-    ptune generates greedily by default, so that predictions and scores are reproducible; THUDM sampled with
-    top_p 0.7 and temperature 0.95, which `--do_sample true` restores.
-    """
-
-    _argument_group_name = "generation"
-
-    max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Most tokens generated per answer (default: val_max_target_length)."},
-    )
-    do_sample: bool = field(
-        default=False,
-        metadata={"help": "Sample answers (top_p, temperature) instead of greedy decoding, as THUDM did."},
-    )
-    top_p: float = field(
-        default=0.7, metadata={"help": "Nucleus sampling: keep the smallest token set with this much mass."}
-    )
-    temperature: float = field(
-        default=0.95, metadata={"help": "Sampling temperature (lower: closer to greedy)."}
-    )
-
-    def __post_init__(self):
-        check_at_least(self, 1, "max_new_tokens")
-        from ptune.infer.generate import MIN_TEMPERATURE
-
-        if not 0 < self.top_p <= 1:
-            raise BadArgument(f"--top_p must be above 0 and at most 1, got {self.top_p}", "top_p")
-        if not (MIN_TEMPERATURE <= self.temperature < float("inf")):
-            raise BadArgument(
-                f"--temperature must be at least {MIN_TEMPERATURE} and finite, got {self.temperature} "
-                "(lower overflows; greedy decoding is --do_sample false)",
-                "temperature",
-            )
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        changed = [n for n in ("top_p", "temperature") if getattr(self, n) != defaults[n]]
-        if changed and not self.do_sample:
-            # Greedy decoding ignores both; say so rather than let a tuned value do nothing.
-            flags = " and ".join(f"--{n}" for n in changed)
-            verb = "applies" if len(changed) == 1 else "apply"
-            raise BadArgument(
-                f"{flags} only {verb} when sampling: add --do_sample true or remove {flags}",
-                *changed,
-                "do_sample",
-            )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments, GenerationArguments)

@@ -2,7 +2,7 @@
 
 A config key and the flag of the same name must accept and refuse the same values with the same words
 ("must be an integer, got '64x'"), so both go through one `Converter`, built from the argparse action that
-transformers' HfArgumentParser makes for the field (ptune.config.parse builds them). `BadArgument` is the error the
+transformers' HfArgumentParser makes for the field (ptune.config.parser builds them). `BadArgument` is the error the
 argument dataclasses (ptune.config.args, ptune.config.compat) raise: it carries the names it is about, so that parse_args can
 say "cfg.json: 'name' ..." when the config file, not a flag, set them.
 """
@@ -166,4 +166,35 @@ def check_at_least(obj: Any, minimum: float, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and value < minimum:
-            raise BadArgument(f"--{name} must be at least {minimum}, got {value}", name)
+            raise BadArgument(f"--{name} {at_least_message(minimum, value)}", name)
+
+
+def int_list(text: str) -> list[int]:
+    """A flag's comma-separated positive integers ("1,4,16"); argparse reports the error under the flag."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+@cache
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer flag of at least `minimum`, worded as `check_at_least` words it."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(at_least_message(minimum, value))
+        return value
+
+    return integer
+
+
+def at_least_message(minimum: float, value: Any) -> str:
+    return f"must be at least {minimum}, got {value}"

@@ -94,15 +94,9 @@ def _plain(value: Any) -> bool:
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8-sig") as handle:  # -sig: editors on Windows may write a BOM
-            return handle.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read it: {error.strerror}") from None
+    from ptune.io.files import read_text
+
+    return read_text(path, missing="no such config file")
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

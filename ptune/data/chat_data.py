@@ -36,6 +36,7 @@ from ptune.data.conversations import (
     parse_row,
     row_format,
 )
+from ptune.data.labels import IGNORE_INDEX
 from ptune.data.rows import Columns, _progress_bars, load_rows, read_rows
 from ptune.families.registry import family_of
 from ptune.io.errors import UserError
@@ -182,7 +183,7 @@ def make_prompt_response_encoder(tok, max_source: int, max_target: int, source_p
                 if source_len >= max_source:  # perhaps cut: the untruncated length and the turns lost
                     source_len = len(family.prompt_ids(tok, prompt, history, source_prefix))
                     lost = len(history) - _history_kept(tok, prompt, history, source_prefix, len(source))
-                encoded = Encoded(source + target, [-100] * len(source) + target, lost_turns=lost)
+                encoded = Encoded(source + target, [IGNORE_INDEX] * len(source) + target, lost_turns=lost)
                 target_len = len(family.answer_ids(tok, response))
             for name, value in _row(encoded, source_len, target_len).items():
                 out[name].append(value)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.families.base import Message, Turn, chat_messages, normalize_history
 from ptune.families.chatglm2 import chatglm2_prompt_text
 from ptune.families.registry import family_of
@@ -45,8 +46,6 @@ __all__ = [
     "strip_answer",
     "target_ids",
 ]
-
-IGNORE_INDEX = -100  # label value the loss ignores (prompt positions)
 
 
 def encode_messages(tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
@@ -102,7 +101,7 @@ def encode_example(
 ) -> tuple[list[int], list[int]]:
     """One training example: ``(input_ids, labels)``, no padding.
 
-    ``input_ids = prompt_ids + target_ids`` and ``labels = [-100] * len(prompt_ids) + target_ids``, where
+    ``input_ids = prompt_ids + target_ids`` and ``labels = [IGNORE_INDEX] * len(prompt_ids) + target_ids``, where
     prompt_ids = `encode_prompt` (at most `max_source_length` ids, history dropped oldest first, then the
     question cut) and target_ids = `target_ids` (answer cut to `max_target_length`, then eos).
     """

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptune.families.base import BadHistory, normalize_history
 from ptune.io.errors import UserError
 
 FORMATS = ("prompt_response", "conversations", "messages", "alpaca", "sharegpt")
@@ -361,13 +362,18 @@ def _alpaca(row: dict, names: Mapping, where: str, require_answer: bool) -> Conv
     messages: list[dict] = []
     if row.get(names["system"]):
         messages.append({"role": "system", "content": _text(row[names["system"]], where, names["system"])})
-    history = row.get(names["history"]) or []
-    if not isinstance(history, list):
-        raise UserError(f"{where}: {names['history']}: must be a list of [question, answer] pairs")
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
-            raise UserError(f"{where}: {names['history']}[{i}]: must be a [question, answer] pair of strings")
-        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    try:
+        history = normalize_history(row.get(names["history"]) or [])
+    except BadHistory as e:
+        if e.turn is None:
+            raise UserError(
+                f"{where}: {names['history']}: must be a list of [question, answer] pairs"
+            ) from None
+        raise UserError(
+            f"{where}: {names['history']}[{e.turn}]: must be a [question, answer] pair of strings"
+        ) from None
+    for question, answer in history:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     instruction = _text(row.get(names["prompt"]), where, names["prompt"])
     query = _text(row.get(names["query"]), where, names["query"], required=False)
     messages.append({"role": "user", "content": f"{instruction}\n{query}" if query else instruction})

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptune.io.errors import UserError
+from ptune.config.args import ARGUMENT_CLASSES
+from ptune.config.parse import parse_args
+from ptune.config.parser import Command, print_help
+from ptune.data.labels import IGNORE_INDEX
 
 logger = logging.getLogger("ptune")
 
@@ -34,9 +38,9 @@ def marked(tok, ids: list[int], labels: list[int]) -> str:
     parts: list[str] = []
     start = 0
     for k in range(1, len(ids) + 1):
-        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
             text = tok.decode(ids[start:k], skip_special_tokens=False)
-            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != -100 else text)
+            parts.append(f"{OPEN}{text}{CLOSE}" if labels[start] != IGNORE_INDEX else text)
             start = k
     return "".join(parts)
 
@@ -97,79 +101,31 @@ def _splits(data_args):
     return [c for c in candidates if c[1] is not None]
 
 
-def _parse(argv: list[str]):
-    """The config as train / eval / predict read it: the first verb whose data file the config names."""
-    from ptune.config.argtypes import BadArgument
-    from ptune.config.parse import parse_args
-
-    needed = {"train": "train_file", "eval": "validation_file", "predict": "test_file"}
-    for verb, name in needed.items():
-        try:
-            return parse_args(verb, argv)
-        except BadArgument as e:
-            if tuple(e.names) != (name,):
-                raise
-    raise UserError("ptune data needs a data file: --train_file, --validation_file or --test_file")
-
-
-# Suffixes of weights and Trainer state files (a prefix, a model shard, optimizer.pt, rng_state.pth, ...).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
-
-
 def check_outputs(
     model_args, data_args, training_args, write_to: Path | None, config: str | None = None
 ) -> None:
     """Before anything is encoded: output_dir (for the PNG) passes train's checks (no model or tokenizer folder,
     writable, space), and --write_encoded never replaces, whatever the flags: the config file or a data file
-    it reads, a file of the model folders, a checkpoint or prefix file (`protected_file`); nor (without
-    --overwrite_output_dir) any existing file."""
-    from ptune.train.rundir import check_output_dir, model_folders
+    it reads, a file of the model folders, a checkpoint or prefix file; nor (without --overwrite_output_dir)
+    any existing file (`ptune.io.paths.check_output_file`)."""
+    from ptune.families.registry import tokenizer_files
+    from ptune.io.paths import check_output_file, protected_file
+    from ptune.train.checkpoint import CHECKPOINT_RE
+    from ptune.train.rundir import RESULT_FILES, check_output_dir, model_folders
 
     folders = model_folders(model_args)
     check_output_dir(training_args.output_dir, folders)
     if write_to is None:
         return
-    target = write_to.resolve()
-    if config is not None and Path(config).resolve() == target:
-        raise UserError(f"--write_encoded {write_to} is the config file ptune data reads; write it elsewhere")
+    reads = {"the config file ptune data reads; write it elsewhere": config}
     for flag in ("train_file", "validation_file", "test_file"):
         path = getattr(data_args, flag)
-        if path and Path(data_args.data_file(path)).resolve() == target:
-            raise UserError(f"--write_encoded {write_to} is the --{flag}: it would replace your data")
-    for flag, folder in folders.items():
-        if folder and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
-            raise UserError(f"--write_encoded {write_to} is inside the {flag} folder; write it elsewhere")
-    why = protected_file(target)
-    if why:
-        raise UserError(
-            f"--write_encoded {write_to} is {why}: ptune data never writes over one; write elsewhere"
-        )
-    if write_to.is_dir():
-        raise UserError(f"--write_encoded {write_to}: is a folder; give a file name (FILE.jsonl)")
-    if write_to.exists() and not training_args.overwrite_output_dir:
-        raise UserError(
-            f"--write_encoded {write_to}: exists; pass --overwrite_output_dir true to replace it, or another name"
-        )
-    if not write_to.parent.is_dir():
-        raise UserError(f"--write_encoded {write_to}: folder {write_to.parent} does not exist")
-
-
-def protected_file(target: Path) -> str | None:
-    """What `target` (a resolved path) is if it belongs to a run or a prefix, None otherwise: a file inside a
-    `checkpoint-N` folder, weights or Trainer state by suffix, or one of the files a run or a prefix folder
-    holds by name (model.safetensors, prefix_config.json, trainer_state.json, *_results.json, tokenizer files)."""
-    from ptune.families.registry import tokenizer_files
-    from ptune.train.checkpoint import CHECKPOINT_RE
-    from ptune.train.rundir import RESULT_FILES
-
-    checkpoint = next((p for p in target.parents if CHECKPOINT_RE.match(p.name)), None)
-    if checkpoint is not None:
-        return f"inside the checkpoint folder {checkpoint}"
-    if target.suffix in WEIGHT_SUFFIXES:
-        return f"a weights or checkpoint file ({target.suffix})"
-    if target.name in (*RESULT_FILES, *tokenizer_files(), "config.json"):
-        return f"a file of a run or prefix folder ({target.name})"
-    return None
+        reads[f"the --{flag}: it would replace your data"] = data_args.data_file(path) if path else None
+    run_files = (*RESULT_FILES, *tokenizer_files(), "config.json")
+    protected = protected_file(write_to.resolve(), run_files, CHECKPOINT_RE.match)
+    check_output_file(
+        write_to, "--write_encoded", reads, folders, protected, training_args.overwrite_output_dir
+    )
 
 
 def _write_encoded(path: Path, rows: list[dict]) -> None:
@@ -197,29 +153,32 @@ def _encoded_rows(split: str, encoded) -> list[dict]:
     return rows
 
 
-USAGE = "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]"
-DESCRIPTION = (
-    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each "
-    "of train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
-    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It "
-    "reads the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by "
-    "name and flags after it override them."
-)
+@dataclass
+class DataReportArguments:
+    """`ptune data`'s own flag; the rest are ptune train's (ptune.config.args)."""
 
-
-def print_help() -> None:
-    """data's own --help: its usage and --write_encoded, then the arguments it shares with ptune train."""
-    from ptune.config.parse import help_parser
-
-    parser = help_parser("ptune data", USAGE, DESCRIPTION)
-    parser.add_argument(
-        "--write_encoded",
-        metavar="FILE.jsonl",
-        help="Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
-        "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
-        "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+    write_encoded: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE.jsonl",
+            "help": "Also write every kept example (split, row, input_ids, labels; prompt_ids and answer_ids for "
+            "eval/predict splits), one JSON object per line, to diff against another tool. Never replaces a data "
+            "file or a model folder's file, nor (without --overwrite_output_dir true) an existing file.",
+        },
     )
-    parser.print_help()
+
+
+COMMAND = Command(
+    "ptune data",
+    (*ARGUMENT_CLASSES, DataReportArguments),
+    "Look at the data before training: reads the tokenizer and the config (never the weights), encodes each of "
+    "train_file / validation_file / test_file as ptune train / eval / predict would, prints rows kept and "
+    "dropped (and why), lengths and the first examples decoded, and draws OUTPUT_DIR/data_lengths.png. It reads "
+    "the same arguments as ptune train; a CONFIG (.json or .yaml), if given first, supplies values by name and "
+    "flags after it override them.",
+    "ptune data [CONFIG.json|CONFIG.yaml] [--name value ...] [--write_encoded FILE.jsonl]",
+    config=True,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -230,16 +189,10 @@ def main(argv: list[str]) -> int:
     from ptune.train.plot import save_png
 
     if "-h" in argv or "--help" in argv:
-        print_help()
+        print_help(COMMAND)
         return 0
-    write_to = None
-    if "--write_encoded" in argv:
-        at = argv.index("--write_encoded")
-        if at + 1 >= len(argv):
-            raise UserError("--write_encoded needs a file name (FILE.jsonl)")
-        write_to = Path(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
-    model_args, data_args, training_args, _ = _parse(argv)
+    model_args, data_args, training_args, _, own = parse_args("data", argv, COMMAND)
+    write_to = None if own.write_encoded is None else Path(own.write_encoded)
     config = argv[0] if argv and not argv[0].startswith("-") else None
     check_outputs(model_args, data_args, training_args, write_to, config)
     setup_logging(training_args)

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+from ptune.data.labels import IGNORE_INDEX
+from ptune.families.base import BadHistory, normalize_history
+from ptune.io import files
 from ptune.io.errors import UserError
 from ptune.io.files import json_error
 
@@ -41,15 +44,7 @@ class Columns:
 
 def read_text(path: Path) -> str:
     """The file as text: UTF-8 (a BOM is dropped) and not empty, or a UserError at the first bad byte."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - data.rfind(b"\n", 0, e.start)
-        raise UserError(
-            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
-        ) from None
+    text = files.read_text(path, missing="data file not found", hint="; save the file as UTF-8")
     if not text.strip():
         raise UserError(f"{path}: empty data file")
     return text
@@ -162,13 +157,10 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def _history(value, where: str) -> list[list[str]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(
-        isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in value
-    ):
-        raise UserError(f"{where}: history must be a list of [question, answer] string pairs")
-    return [list(t) for t in value]
+    try:
+        return [list(t) for t in normalize_history(value)]
+    except BadHistory:
+        raise UserError(f"{where}: history must be a list of [question, answer] string pairs") from None
 
 
 def _text(value, where: str, column: str) -> str | None:
@@ -285,9 +277,9 @@ def pad_left(seqs: list[list[int]], value: int) -> list[list[int]]:
 
 
 def prompt_length(labels: list[int]) -> int:
-    """Number of leading -100 labels: the prompt part of an encoded example."""
+    """Number of leading IGNORE_INDEX labels: the prompt part of an encoded example."""
     n = 0
-    while n < len(labels) and labels[n] == -100:
+    while n < len(labels) and labels[n] == IGNORE_INDEX:
         n += 1
     return n
 
@@ -310,9 +302,9 @@ def restore_order(items: list, order: list[int]) -> list:
 class Collator:
     """Pads a batch to its longest sample.
 
-    Always: `input_ids` (pad id), `labels` (-100), `attention_mask` [B, S], right-padded (teacher-forced loss).
+    Always: `input_ids` (pad id), `labels` (IGNORE_INDEX), `attention_mask` [B, S], right-padded (teacher-forced loss).
     With `with_prompts`: also `prompt_ids` / `prompt_mask` [B, S'] left-padded for generation, and
-    `answer_ids` [B, T] (the supervised answer without its end id, -100-padded) as the metrics' references.
+    `answer_ids` [B, T] (the supervised answer without its end id, IGNORE_INDEX-padded) as the metrics' references.
     """
 
     pad_id: int
@@ -323,7 +315,7 @@ class Collator:
         labels = [list(r["labels"]) for r in rows]
         batch = {
             "input_ids": torch.tensor(pad_right(ids, self.pad_id)),
-            "labels": torch.tensor(pad_right(labels, -100)),
+            "labels": torch.tensor(pad_right(labels, IGNORE_INDEX)),
             "attention_mask": torch.tensor(pad_right([[1] * len(s) for s in ids], 0)),
         }
         if self.with_prompts:
@@ -332,5 +324,5 @@ class Collator:
             answers = [lab[n:-1] for lab, n in zip(labels, cut, strict=True)]
             batch["prompt_ids"] = torch.tensor(pad_left(prompts, self.pad_id))
             batch["prompt_mask"] = torch.tensor(pad_left([[1] * len(p) for p in prompts], 0))
-            batch["answer_ids"] = torch.tensor(pad_right(answers, -100), dtype=torch.long)
+            batch["answer_ids"] = torch.tensor(pad_right(answers, IGNORE_INDEX), dtype=torch.long)
         return batch

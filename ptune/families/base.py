@@ -59,19 +59,29 @@ class Message(_MessageFields, total=False):
 # --------------------------------------------------------------------------------------------------------
 
 
-def normalize_history(history: Any) -> list[Turn]:
-    """`history` as a list of (question, answer) string pairs; None means no history.
+class BadHistory(UserError):
+    """A history that is not a list of [question, answer] string pairs. `turn`: the 0-based index of the
+    first bad pair, None when the history is not a list at all (a data reader rewords it with file:line)."""
 
-    Raises UserError (the caller adds the file and line) when a turn is not a pair of strings.
+    def __init__(self, message: str, turn: int | None = None):
+        super().__init__(message)
+        self.turn = turn
+
+
+def normalize_history(history: Any) -> list[Turn]:
+    """`history` as a list of (question, answer) string pairs; None means no history. The one check of
+    history pairs: data rows, alpaca rows, and the prompts of eval/predict/chat all go through it.
+
+    Raises BadHistory (the caller adds the file and line) when a turn is not a pair of strings.
     """
     if history is None:
         return []
     if not isinstance(history, (list, tuple)):
-        raise UserError(f"history must be a list of [question, answer] pairs, got {type(history).__name__}")
+        raise BadHistory(f"history must be a list of [question, answer] pairs, got {type(history).__name__}")
     turns: list[Turn] = []
-    for i, turn in enumerate(history, 1):
+    for i, turn in enumerate(history):
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)):
-            raise UserError(f"history turn {i} is not a [question, answer] pair of strings: {turn!r}")
+            raise BadHistory(f"history turn {i + 1} is not a [question, answer] pair of strings: {turn!r}", i)
         turns.append((turn[0], turn[1]))
     return turns
 

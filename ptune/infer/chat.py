@@ -18,56 +18,27 @@ result asked for (ptune.infer.tool_chat).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
-from transformers.hf_argparser import string_to_bool
-
-from ptune.config.args import CHAT_FORMATS, GenerationArguments
-from ptune.config.parse import Parser
+from ptune.config.fields import (
+    ChatFormat,
+    Dtype,
+    base_model_field,
+    chat_format_field,
+    device_field,
+    dtype_field,
+    ptuning_checkpoint_field,
+)
+from ptune.config.generation import GenerationArguments
+from ptune.config.parser import Command, parse_command
 from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
 from ptune.infer.generate import GenerationSettings, stream_generate
+from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError
 
 CLEAR_COMMANDS = ("clear",)
 EXIT_COMMANDS = ("exit", "quit")
-REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for an incomplete UTF-8 sequence
-
-
-class TextStream:
-    """Turns a growing list of answer ids into the text to print next.
-
-    Decoding each token alone would break characters whose UTF-8 bytes span several tokens, and
-    SentencePiece's spacing depends on the neighbours, so the whole answer so far is decoded every time and
-    only what was not printed yet comes out. Text ending in U+FFFD (an incomplete character) is held back
-    until the next token completes it; leading whitespace (chatglm3/glm4 answers start with a newline) is
-    not printed.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.printed = ""
-
-    def push(self, token: int) -> str:
-        """Add one answer id; return the new text to print (possibly empty)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        if text.endswith(REPLACEMENT_CHAR):
-            return ""
-        return self._advance(text)
-
-    def flush(self) -> str:
-        """Whatever is still held back, once the answer is over (a dangling U+FFFD included)."""
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
-
-    def _advance(self, text: str) -> str:
-        # Printed text cannot be taken back: if a later token re-spells the end of it, print from the same
-        # offset on, which at worst repeats or skips a character of spacing.
-        new = text[len(self.printed) :]
-        self.printed += new
-        return new
 
 
 @dataclass
@@ -130,110 +101,61 @@ def answer(model, session: ChatSession, query: str, settings: GenerationSettings
     for note in notes:
         _write(note + "\n")
     _write(f"\n{name}: ")
-    stream, tokens, stopped = TextStream(tok), [], False
-    stops = set(tok.stop_token_ids)
     pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            _write(stream.push(token))
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        pieces.close()
+    tokens, stream, stopped = stream_answer(tok, pieces, _write)
     _write(stream.flush() + (" (stopped)" if stopped else "") + "\n")
     text = decode_response(tok, tokens)
     session.history.append((query, text))
     return text
 
 
-def add_loading_flags(parser: argparse.ArgumentParser) -> None:
-    """--chat_format, --dtype, --device: how a model is loaded for chatting and serving."""
-    parser.add_argument(
-        "--chat_format", choices=CHAT_FORMATS, help="Prompt format (default: detected from the model)."
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="Weight dtype (auto: bfloat16 on GPUs that have it, float32 on the CPU).",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu).")
+@dataclass
+class ChatArguments:
+    """`ptune chat`'s own arguments (the generation settings are GenerationArguments, as in eval/predict)."""
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="ptune chat",
-        description="Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line "
-        "on stdin. Commands: clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    model_name_or_path: str | None = base_model_field(
+        "Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names)."
     )
-    parser.add_argument(
-        "--model_name_or_path",
-        help="Base model folder (default: the base that --ptuning_checkpoint's prefix_config.json names).",
-    )
-    parser.add_argument(
-        "--ptuning_checkpoint",
-        help="Prefix checkpoint folder (ptune, THUDM, or a PEFT prefix-tuning adapter); pre_seq_len and "
-        "prefix_projection are read from it.",
-    )
-    add_loading_flags(parser)
-    parser.add_argument(
-        "--max_length",
-        type=int,
+    ptuning_checkpoint: str | None = ptuning_checkpoint_field()
+    chat_format: ChatFormat | None = chat_format_field()
+    dtype: Dtype = dtype_field()
+    device: str | None = device_field()
+    max_length: int = field(
         default=2048,
-        help="Most tokens of prompt (question + history) plus answer; older turns are dropped to fit "
-        "(default %(default)s).",
+        metadata={
+            "help": "Most tokens of prompt (question + history) plus answer; older turns are dropped to fit."
+        },
     )
-    parser.add_argument(
-        "--max_new_tokens", type=int, default=512, help="Most tokens per answer (default %(default)s)."
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put in front of every question, as in training."}
     )
-    parser.add_argument(
-        "--do_sample",
-        nargs="?",
-        const=True,
-        default=False,
-        type=string_to_bool,
-        help="Sample answers (top_p, temperature) instead of greedy decoding.",
-    )
-    parser.add_argument(
-        "--top_p",
-        type=float,
-        default=GenerationArguments.top_p,
-        help="Nucleus sampling mass (with --do_sample; default %(default)s).",
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=GenerationArguments.temperature,
-        help="Sampling temperature (with --do_sample; default %(default)s).",
-    )
-    parser.add_argument(
-        "--source_prefix", default="", help="Text put in front of every question, as in training."
-    )
-    parser.add_argument(
-        "--system",
+    system: str = field(
         default="",
-        help="System prompt: the conversation's first message (ChatGLM2, which has no system role: plain text "
-        "in front of the first round).",
+        metadata={
+            "help": "System prompt: the conversation's first message (ChatGLM2, which has no system role: plain "
+            "text in front of the first round)."
+        },
     )
-    parser.add_argument(
-        "--tools",
-        metavar="FILE.json",
-        help="A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model whose "
-        "chat template writes tools): a call is shown and its result asked for.",
+    tools: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE.json",
+            "help": "A JSON list of OpenAI function tools the model may call (ChatGLM3, GLM-4, a native model "
+            "whose chat template writes tools): a call is shown and its result asked for.",
+        },
     )
-    return parser
 
 
-def _settings(args: argparse.Namespace) -> GenerationSettings:
-    gen = GenerationArguments(  # validates top_p / temperature / max_new_tokens as eval and predict do
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        top_p=args.top_p,
-        temperature=args.temperature,
-    )
+COMMAND = Command(
+    "ptune chat",
+    (ChatArguments, GenerationArguments),
+    "Chat with a model (and a P-Tuning v2 prefix) in the terminal; one question per line on stdin. Commands: "
+    "clear (forget the history), exit / quit / Ctrl-D (end); Ctrl-C stops an answer.",
+    defaults=(("max_new_tokens", 512),),  # chat has no val_max_target_length to default to
+)
+
+
+def _settings(args: ChatArguments, gen: GenerationArguments) -> GenerationSettings:
     if args.max_length <= gen.max_new_tokens:
         raise UserError(
             f"--max_length {args.max_length} must be larger than --max_new_tokens {gen.max_new_tokens}: "
@@ -248,10 +170,10 @@ def main(argv: list[str]) -> int:
     from ptune.families.registry import load_tokenizer
     from ptune.model.load import device_named, load_model
 
-    args = build_parser().parse_args(argv)
+    args, gen = parse_command(COMMAND, argv)
     if args.model_name_or_path is None:
         args.model_name_or_path = base_from_checkpoint("chat", args.ptuning_checkpoint)
-    settings = _settings(args)
+    settings = _settings(args, gen)
     tools = None
     if args.tools is not None:
         from ptune.infer.tool_chat import read_tools

@@ -27,13 +27,30 @@ MIN_TEMPERATURE = 0.01
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did."""
+    """How tokens are picked, for every verb that generates (eval, predict, chat, serve, bench, plan).
+
+    Greedy by default (deterministic metrics); `do_sample` uses top-p/temperature as THUDM's evaluation did.
+    `seed`: a served request's own seed (its draws then repeat whatever else is batched with it); None: the
+    caller's generator.
+    """
 
     max_new_tokens: int = 64
     min_new_tokens: int = 0
     do_sample: bool = False
     top_p: float = 0.7
     temperature: float = 0.95
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample
+
+    @classmethod
+    def from_openai(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        """From an OpenAI request's fields (`ptune serve`): temperature 0 means greedy decoding."""
+        if temperature == 0:
+            return cls(top_p=top_p, seed=seed)
+        return cls(do_sample=True, temperature=temperature, top_p=top_p, seed=seed)
 
     @classmethod
     def from_arguments(cls, gen_args) -> GenerationSettings:
@@ -61,6 +78,19 @@ def next_tokens(logits: torch.Tensor, settings: GenerationSettings, warpers, gen
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def decoder_pass(decoder, cache_name: str, cache, input_ids, mask, positions) -> torch.Tensor:
+    """One pass of the base's decoder over input_ids [B, S] after the T slots `cache` holds (mask [B, T + S],
+    positions [B, S]); `cache` grows by S in place. The hidden state of each row's last position [B, H]:
+    what generation (`iter_tokens`) and the server (`ptune.serve.engine`) turn into the next token's logits."""
+    return decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        **{cache_name: cache},
+        use_cache=True,
+    ).last_hidden_state[:, -1]
+
+
 @torch.inference_mode()
 def iter_tokens(
     model: PrefixTunedLM,
@@ -83,14 +113,8 @@ def iter_tokens(
     if cache is None:
         cache = DynamicCache()
     mask = model.extend_mask(attention_mask)
-    cache_kw = {cache_argument(type(decoder)): cache}  # the same cache object, grown by every call
-    hidden = decoder(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        **cache_kw,
-        use_cache=True,
-    ).last_hidden_state[:, -1]
+    cache_name = cache_argument(type(decoder))  # the same cache object, grown by every call
+    hidden = decoder_pass(decoder, cache_name, cache, input_ids, mask, positions)
     next_pos = positions[:, -1:] + 1
     stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
     warpers = sampling_warpers(settings)
@@ -103,13 +127,7 @@ def iter_tokens(
         if step + 1 == settings.max_new_tokens:
             return
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
-        hidden = decoder(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            **cache_kw,
-            use_cache=True,
-        ).last_hidden_state[:, -1]
+        hidden = decoder_pass(decoder, cache_name, cache, token[:, None], mask, next_pos)
         next_pos = next_pos + 1
 
 

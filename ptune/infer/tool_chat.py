@@ -14,25 +14,25 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ptune.data.conversations import Conversation
 from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, family_tools
 from ptune.io.errors import UserError
+from ptune.io.files import json_error, read_text
 
 
 def read_tools(path: str) -> list[dict]:
     """The tools file: a JSON list of function tools, each with a name; else UserError naming the file."""
     try:
-        tools = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"--tools {path}: cannot read it ({e.strerror})") from None
+        text = read_text(path)
+    except UserError as e:  # "PATH: file not found", "PATH:LINE:COLUMN: not UTF-8 ...", as for every file
+        raise UserError(f"--tools {e}") from None
+    try:
+        tools = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"--tools {path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"--tools {path}: not UTF-8") from None
+        raise json_error(f"--tools {path}", text, e) from None
     if not isinstance(tools, list) or not tools:
         raise UserError(
             f'--tools {path}: must be a JSON list of tools, [{{"type": "function", "function": {{...}}}}]'
@@ -130,30 +130,25 @@ def _answer(model, chat: ToolChat, ids: list[int], settings, write) -> tuple[str
     """Generate and print one answer: (its text, whether Ctrl-C stopped it). Text that may still become a
     call is held until it cannot, and a call is not printed as text (the caller shows it)."""
     from ptune.data.chat_format import decode_response
-    from ptune.infer.chat import TextStream
     from ptune.infer.generate import stream_generate
+    from ptune.infer.text_stream import stream_answer
 
     tok = chat.tokenizer
-    stream, tokens, held, holding = TextStream(tok), [], "", True
-    stops = set(tok.stop_token_ids)
-    pieces, stopped = stream_generate(model, ids, tok.stop_token_ids, settings), False
-    try:
-        for token in pieces:
-            if token in stops:
-                break
-            tokens.append(token)
-            piece = stream.push(token)
-            if holding:
-                held += piece
-                if not chat.reader.may_be_call(held):
-                    write(held)
-                    holding = False
-            else:
-                write(piece)
-    except KeyboardInterrupt:  # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
-        stopped = True
-    finally:
-        pieces.close()
+    held, holding = "", True
+
+    def show(piece: str) -> None:
+        nonlocal held, holding
+        if holding:
+            held += piece
+            if not chat.reader.may_be_call(held):
+                write(held)
+                holding = False
+        else:
+            write(piece)
+
+    # Ctrl-C stops the answer, as in `ptune chat`; what was written stays
+    pieces = stream_generate(model, ids, tok.stop_token_ids, settings)
+    tokens, stream, stopped = stream_answer(tok, pieces, show)
     text = decode_response(tok, tokens)
     call = not stopped and chat.reader.read(text)
     if holding and not call:

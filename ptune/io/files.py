@@ -1,9 +1,12 @@
 """The one JSON reader and the atomic writers every module uses (no torch import: `ptune plot` stays fast).
 
+- `read_text`: a UTF-8 text file (a BOM dropped) → str; a byte that is not UTF-8 is one `UserError` naming
+  `file:line:column` (what data files, config files and JSON files all say).
 - `read_json`: a JSON object file → dict, every failure one `UserError` naming `file:line:column` (a trailing
   comma is named at the comma, where json itself points at the next line).
 - `replacing` (one file) and `atomic_dir` (a folder): write under a temporary name, rename into place on
   success; a crash or kill -9 never leaves a half-written file or folder where a complete one was.
+  `publish_dir` is that rename for a folder staged elsewhere (the Trainer's checkpoints).
 - `write_json`: a JSON file written through `replacing`; `dumps_json`: the text. Both write a non-finite float
   (a NaN loss, an infinite perplexity) as `null`: a bare `NaN` / `Infinity` is not JSON, and strict readers
   (JavaScript's JSON.parse, jq, Go) refuse the whole file over it.
@@ -35,23 +38,33 @@ def json_error(path, text: str, error: json.JSONDecodeError, what="invalid JSON"
     return UserError(f"{path}:{first_line + error.lineno - 1}:{error.colno}: {what} ({error.msg})")
 
 
+def read_text(path: str | Path, missing: str = "file not found", hint: str = "") -> str:
+    """The text of `path`, decoded as UTF-8 (-sig: editors on Windows may write a BOM).
+
+    A one-line UserError otherwise: `path: {missing}`, `path: cannot read (reason)`, or
+    `path:LINE:COLUMN: not UTF-8 (byte 0xNN){hint}` at the first byte that is not UTF-8 (the column counts
+    bytes from 1, as an editor's byte offset does).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise UserError(f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x}){hint}") from None
+
+
 def read_json(path: str | Path, missing_ok: bool = False, object_pairs_hook=None) -> dict[str, Any]:
     """The JSON object in `path` ({} if it is absent and `missing_ok`); a one-line UserError otherwise."""
     path = Path(path)
     if missing_ok and not path.is_file():
         return {}
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - data.rfind(b"\n", 0, e.start)
-        raise UserError(f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[e.start]:02x})") from None
+    text = read_text(path)
     try:
         value = json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
@@ -125,18 +138,25 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        fsync_dir(self.tmp)
-        if self.target.exists():
-            # Replace an older copy (same step re-saved): move it aside first so a crash keeps one of them.
-            old = self.target.with_name(f".old-{self.target.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
-        fsync_dir(self.target.parent)
+        publish_dir(self.tmp, self.target, self.target.with_name(f".old-{self.target.name}"))
         return False
+
+
+def publish_dir(staged: Path, target: Path, aside: Path) -> None:
+    """Rename the complete folder `staged` to `target` (same file system), its files flushed first.
+
+    An existing `target` (an export replaced, a step re-saved) is first moved to `aside` and deleted only once
+    the new folder is in place, so a crash at any point keeps one complete copy under one of the names.
+    """
+    fsync_dir(staged)
+    if target.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        os.replace(staged, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    fsync_dir(target.parent)
 
 
 def _umask() -> int:

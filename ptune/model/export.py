@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from ptune.config.parse import Parser
+from ptune.config.parser import Command, parse_command
 from ptune.families.registry import checkpoint_family, tokenizer_files
 from ptune.io.errors import UserError
-from ptune.io.files import atomic_dir, dumps_json
+from ptune.io.files import atomic_dir, read_json, write_json
+from ptune.io.paths import check_replaced_folder
 from ptune.model import peft_adapter
-from ptune.model.convert import PREFIX_KEY, read_json
+from ptune.model.convert import PREFIX_KEY
 from ptune.train.checkpoint import (
     CHECKPOINT_RE,
     PREFIX_CONFIG_NAME,
@@ -212,10 +215,10 @@ def export_checkpoint(
         if fmt == "thudm":
             torch.save({PREFIX_KEY + k: v for k, v in state.items()}, tmp / THUDM_WEIGHTS_NAME)
             config = thudm_config(base_config, prefix_config, pre_seq_len, projection)
-            _write_json(tmp / "config.json", config)
+            write_json(tmp / "config.json", config)
             copied = _copy_files(tok_names, folder, base, into=tmp)
             if base is not None:
-                tokenizer_config = _json_or_empty(base / "tokenizer_config.json")
+                tokenizer_config = read_json(base / "tokenizer_config.json", missing_ok=True)
                 extra = [n for n in remote_code_files(config, tokenizer_config) if n not in copied]
                 _copy_files(extra, base, into=tmp)
         elif fmt == "peft":
@@ -230,7 +233,7 @@ def export_checkpoint(
                 metadata={"format": "pt", "producer": "ptune"},
             )
             config = ptune_prefix_config(prefix_config, own_config, pre_seq_len, projection, width)
-            _write_json(tmp / PREFIX_CONFIG_NAME, config)
+            write_json(tmp / PREFIX_CONFIG_NAME, config)
             copied = _copy_files(tok_names, folder, base, into=tmp)
 
     if fmt == "thudm":
@@ -258,7 +261,7 @@ def _write_peft(tmp: Path, state: dict[str, torch.Tensor], prefix_config: dict, 
     save_file(
         {peft_adapter.PROMPT_KEY: rows}, str(tmp / peft_adapter.WEIGHTS_NAMES[0]), metadata={"format": "pt"}
     )
-    _write_json(
+    write_json(
         tmp / peft_adapter.CONFIG_NAME, peft_adapter.adapter_config(prefix_config, pre_seq_len, hidden)
     )
 
@@ -274,62 +277,57 @@ def default_out(folder: Path, fmt: str) -> Path:
 
 
 def check_target(target: Path, checkpoint: Path, base: Path | None, overwrite: bool) -> None:
-    """Refuse an output folder whose replacement would destroy something: the checkpoint, the base model or
-    a folder holding either; with --overwrite, anything but an earlier export (a run, a model, other files)."""
-    resolved = target.resolve()
-    for what, folder in (("the checkpoint", checkpoint), ("the base model", base)):
-        if folder is None:
-            continue
-        inner = folder.resolve()
-        if resolved == inner or resolved in inner.parents:
-            raise UserError(f"--out {target}: is or holds {what} ({folder}); choose another folder")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out {target}: exists and is not a folder")
-    if not target.exists():
-        return
-    if not overwrite:
-        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    """Refuse an output folder whose replacement would destroy something (`ptune.io.paths.check_replaced_folder`):
+    the checkpoint, the base model or a folder holding either; with --overwrite, anything but an earlier
+    export (a run, a model, other files)."""
     allowed = {THUDM_WEIGHTS_NAME, WEIGHTS_NAME, PREFIX_CONFIG_NAME, "config.json", *tokenizer_file_names()}
     allowed |= {peft_adapter.CONFIG_NAME, *peft_adapter.WEIGHTS_NAMES}
-    for entry in sorted(target.iterdir()):
-        if not entry.is_file() or not (entry.name in allowed or entry.suffix == ".py"):
-            raise UserError(
-                f"--out {target}: holds {entry.name}, which ptune export does not write; --overwrite only "
-                "replaces an earlier export"
-            )
-    config = _json_or_empty(target / "config.json") if (target / "config.json").is_file() else {}
-    if config and "pre_seq_len" not in config and not (target / PREFIX_CONFIG_NAME).is_file():
-        raise UserError(
-            f"--out {target}: holds a model's config.json; --overwrite only replaces an earlier export"
-        )
+
+    def holds_model(folder: Path) -> bool:  # a config.json that no export wrote: no pre_seq_len, no prefix
+        config = read_json(folder / "config.json", missing_ok=True)
+        return bool(config) and "pre_seq_len" not in config and not (folder / PREFIX_CONFIG_NAME).is_file()
+
+    check_replaced_folder(
+        target,
+        {"the checkpoint": checkpoint, "the base model": base},
+        overwrite,
+        own_file=lambda entry: entry.name in allowed or entry.suffix == ".py",
+        holds_model=holds_model,
+    )
 
 
-def _json_or_empty(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
+@dataclass
+class ExportArguments:
+    """`ptune export`'s arguments."""
+
+    checkpoint: str = field(
+        metadata={
+            "positional": True,
+            "help": "a ptune, THUDM or PEFT prefix-tuning checkpoint folder, e.g. OUT/checkpoint-3000",
+        }
+    )
+    format: Literal[FORMATS] = field(default="thudm", metadata={"help": "output layout"})  # type: ignore[valid-type]
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "output folder (default: OUT/exports/checkpoint-N-<format> for a run's checkpoint-N, else "
+            "CHECKPOINT-<format> beside the checkpoint)"
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it already exists"})
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(dumps_json(data) + "\n", encoding="utf-8")
+COMMAND = Command(
+    "ptune export",
+    (ExportArguments,),
+    "Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with pre_seq_len, for "
+    "ChatGLM2/3's own ptuning code and demos), in ptune's (model.safetensors), or as a PEFT prefix-tuning "
+    "adapter (adapter_config.json + adapter_model.safetensors, native bases).",
+)
 
 
 def main(argv: list[str]) -> int:
     """`ptune export CHECKPOINT [--format thudm|safetensors|peft] [--out DIR] [--overwrite]`; prints the folder."""
-    parser = Parser(
-        prog="ptune export",
-        description="Write a prefix checkpoint in THUDM's layout (pytorch_model.bin + config.json with "
-        "pre_seq_len, for ChatGLM2/3's own ptuning code and demos), in ptune's (model.safetensors), or as a "
-        "PEFT prefix-tuning adapter (adapter_config.json + adapter_model.safetensors, native bases).",
-    )
-    parser.add_argument(
-        "checkpoint", help="a ptune, THUDM or PEFT prefix-tuning checkpoint folder, e.g. OUT/checkpoint-3000"
-    )
-    parser.add_argument("--format", choices=FORMATS, default="thudm", help="output layout (default: thudm)")
-    parser.add_argument(
-        "--out",
-        help="output folder (default: OUT/exports/checkpoint-N-<format> for a run's checkpoint-N, else "
-        "CHECKPOINT-<format> beside the checkpoint)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    args = parser.parse_args(argv)
+    (args,) = parse_command(COMMAND, argv)
     print(export_checkpoint(args.checkpoint, args.format, args.out, args.overwrite))
     return 0

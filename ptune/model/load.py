@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.model.convert import PREFIX_KEY, load_glm, read_json
 from ptune.model.fingerprint import base_fingerprint
@@ -230,7 +231,7 @@ class PrefixTunedLM(nn.Module):
         return_logits: bool | None = None,
         **_,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, S, V] (by default only outside training) and the mean next-token loss over labels != -100.
+        """Logits [B, S, V] (by default only outside training) and the mean next-token loss over labels != IGNORE_INDEX.
 
         With `num_items_in_batch` (the Trainer passes it under gradient accumulation) the loss is the sum over
         this micro-batch divided by that count, so accumulated steps weigh every answer token equally.
@@ -264,11 +265,11 @@ def matmul_params(base: PreTrainedModel) -> int:
 def answer_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
     """Next-token cross entropy over supervised positions only.
 
-    hidden [B, S, H], labels [B, S] (-100 = ignored). Only the rows whose next label is supervised go through
+    hidden [B, S, H], labels [B, S] (IGNORE_INDEX = ignored). Only the rows whose next label is supervised go through
     the output layer, so the full [B, S, V] float32 logits (V = 65,024 or 151,552) are never materialized.
     """
     target = labels[:, 1:]
-    keep = target != -100
+    keep = target != IGNORE_INDEX
     logits = head(hidden[:, :-1][keep]).float()  # [N, V]
     total = F.cross_entropy(logits, target[keep], reduction="sum")
     count = keep.sum() if num_items is None else num_items

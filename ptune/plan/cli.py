@@ -1,68 +1,80 @@
 """`ptune plan CONFIG [--flag value ...] [--gpu_memory 24GiB] [--device_name H100] [--device cuda|cpu]
-[--max_batch 16] [--max_length 2048] [--json FILE]`: the config and flags of `ptune train`, read by ptune's own parser, plus the plan's own flags.
+[--max_batch 16] [--max_length 2048] [--json FILE]`: the config and flags of `ptune train` plus the plan's own
+(PlanArguments), read by the one parser of every verb.
 Only config.json of --model_name_or_path is read (no weights); with --train_file the lengths come from the
 real data, encoded as training encodes it (the tokenizer files are needed then)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from ptune.config.args import ARGUMENT_CLASSES
+from ptune.config.argtypes import check_at_least, check_choices
+from ptune.config.parse import parse_args
+from ptune.config.parser import Command
+from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.plan import devices
 from ptune.plan.report import PARTS, PlanInputs, make_plan
 
-PLAN_FLAGS = {
-    "--gpu_memory": None,
-    "--device_name": None,
-    "--device": "cuda",
-    "--json": None,
-    "--max_batch": "16",  # serve: ptune serve's defaults
-    "--max_length": "2048",
-}
+
+@dataclass
+class PlanArguments:
+    """`ptune plan`'s own flags; the rest are ptune train's (ptune.config.args)."""
+
+    gpu_memory: str | None = field(
+        default=None,
+        metadata={"help": "Memory of the GPU to plan for, e.g. 24GiB (default: --device_name's)."},
+    )
+    device_name: str | None = field(
+        default=None,
+        metadata={"help": f"A GPU whose memory and peak FLOP/s to plan with ({', '.join(devices.DEVICES)})."},
+    )
+    device: Literal["cuda", "cpu"] = field(default="cuda", metadata={"help": "Where the run would go."})
+    json: str | None = field(default=None, metadata={"help": "Also write the plan to this JSON file."})
+    max_batch: int = field(default=16, metadata={"help": "serve: most requests generated together."})
+    max_length: int = field(
+        default=2048, metadata={"help": "serve: most prompt + answer tokens per request."}
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+        check_at_least(self, 1, "max_batch")
+        check_at_least(self, 3, "max_length")
 
 
-def split_plan_flags(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
-    """(the train arguments, the plan-only flag values) from `ptune plan`'s argv."""
-    rest, values = [], dict(PLAN_FLAGS)
-    it = iter(argv)
-    for arg in it:
-        name, eq, inline = arg.partition("=")
-        if name in PLAN_FLAGS:
-            value = inline if eq else next(it, None)
-            if value is None:
-                raise UserError(f"{name}: expected a value")
-            values[name] = value
-        else:
-            rest.append(arg)
-    return rest, values
+COMMAND = Command(
+    "ptune plan",
+    (*ARGUMENT_CLASSES, PlanArguments),
+    "Predicted peak memory and FLOPs of the run a config describes: train, eval, predict and serve steps "
+    "traced with fake tensors (only config.json of --model_name_or_path is read; with --train_file, the "
+    "real data's lengths). Reads the config and flags of ptune train, plus the plan's own.",
+    "ptune plan [CONFIG.json|CONFIG.yaml] [--name value ...] [--gpu_memory 24GiB] [--device_name H100]",
+    config=True,
+    # Nothing is written, and without --train_file the lengths are max_source_length + max_target_length.
+    defaults=(("output_dir", "<plan: nothing is written>"), ("train_file", "<none>")),
+)
 
 
 def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
     """PlanInputs from `ptune plan`'s arguments, and the --json path."""
-    from ptune.config.parse import parse_args
     from ptune.io.files import read_json
 
-    rest, flags = split_plan_flags(argv)
-    if flags["--device"] not in ("cuda", "cpu"):
-        raise UserError(f"--device {flags['--device']}: expected cuda or cpu")
-    given = " ".join(rest)
-    if "--output_dir" not in given:
-        rest += ["--output_dir", "<plan: nothing is written>"]
-    if "--train_file" not in given and "train_file" not in _config_keys(rest):
-        rest += ["--train_file", "<none>"]
-    model, data, training, gen = parse_args("train", rest)
+    model, data, training, gen, flags = parse_args("train", argv, COMMAND)
     cfg = read_json(Path(model.model_name_or_path) / "config.json")
-    device = torch.device(flags["--device"])
+    device = torch.device(flags.device)
     dtype = _dtype(model.dtype, device)
     seq, answer = data.max_source_length + data.max_target_length, data.max_target_length
     samples = tokens = where = None
     if data.train_file not in (None, "<none>"):
         seq, answer, samples, tokens = data_lengths(model, data, training)
         where = f"the longest encoded sample of {data.train_file}"
-    memory = flags["--gpu_memory"]
+    memory = flags.gpu_memory
     inputs = PlanInputs(
         cfg=cfg,
         folder=model.model_name_or_path,
@@ -78,33 +90,15 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
         new_tokens=gen.max_new_tokens,
         checkpointing=bool(training.activation_checkpointing),
         device=device.type,
-        gpu_memory=_memory(memory, flags["--device_name"]),
-        device_name=flags["--device_name"],
+        gpu_memory=_memory(memory, flags.device_name),
+        device_name=flags.device_name,
         samples=samples,
         tokens=tokens,
-        serve_batch=_positive(flags, "--max_batch"),
-        serve_length=_positive(flags, "--max_length"),
+        serve_batch=flags.max_batch,
+        serve_length=flags.max_length,
         lengths_from=where or "max_source_length + max_target_length",
     )
-    return inputs, flags["--json"]
-
-
-def _positive(flags: dict, name: str) -> int:
-    try:
-        value = int(flags[name])
-    except ValueError:
-        value = 0
-    if value < 1 or (name == "--max_length" and value < 3):
-        raise UserError(f"{name} {flags[name]}: expected a positive whole number")
-    return value
-
-
-def _config_keys(rest: list[str]) -> set[str]:
-    if rest and not rest[0].startswith("-"):
-        from ptune.config.parse import load_config_file
-
-        return set(load_config_file(rest[0]))
-    return set()
+    return inputs, flags.json
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -145,7 +139,7 @@ def data_lengths(model_args, data_args, training_args) -> tuple[int, int, int, i
     )
     ds = recipe.dataset(data_args.train_file, data_args.max_target_length, data_args.max_train_samples)
     seq = max(len(ids) for ids in ds["input_ids"])
-    answer = max(sum(1 for t in labels[1:] if t != -100) for labels in ds["labels"])
+    answer = max(sum(1 for t in labels[1:] if t != IGNORE_INDEX) for labels in ds["labels"])
     return seq, answer, len(ds), sum(len(ids) for ids in ds["input_ids"])
 
 

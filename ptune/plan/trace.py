@@ -23,6 +23,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ptune.data.labels import IGNORE_INDEX
+
 _INDEX_OPS = {
     torch.ops.aten.index.Tensor,
     torch.ops.aten.index_put.default,
@@ -164,7 +166,7 @@ def _footprint(tracker: MemTracker, model) -> Footprint:
 def train_batch(batch: int, seq: int, answer: int) -> dict[str, torch.Tensor]:
     """A batch as the Collator pads it: `seq` tokens per row, the last `answer` of them supervised."""
     labels = torch.zeros(batch, seq, dtype=torch.long)
-    labels[:, : seq - answer] = -100
+    labels[:, : seq - answer] = IGNORE_INDEX
     ids = torch.zeros(batch, seq, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 

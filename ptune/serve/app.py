@@ -32,8 +32,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from ptune.data.chat_format import encode_messages
+from ptune.infer.generate import GenerationSettings
 from ptune.io.errors import UserError
-from ptune.serve.engine import Sampling
 from ptune.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -277,7 +277,9 @@ def _job(chat: ChatRequest, prompt: list[int], served: Served) -> tuple[Job, asy
     prefix = served.prefix_of(chat.model)
     max_tokens = answer_budget(len(prompt), chat.requested_tokens, served)
     temperature = 1.0 if chat.temperature is None else chat.temperature  # OpenAI's default
-    sampling = Sampling(temperature, 1.0 if chat.top_p is None else chat.top_p, chat.seed)
+    sampling = GenerationSettings.from_openai(
+        temperature, 1.0 if chat.top_p is None else chat.top_p, chat.seed
+    )
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
     def sink(event: Event) -> None:  # called from the scheduler thread

@@ -10,18 +10,30 @@ event), and exits with code 0.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
-from ptune.config.parse import Parser
+from ptune.config.argtypes import BadArgument, check_at_least, check_choices
+from ptune.config.fields import (
+    ChatFormat,
+    Dtype,
+    base_model_field,
+    chat_format_field,
+    check_quantization_bit,
+    device_field,
+    dtype_field,
+    prefixes_field,
+    quantization_bit_field,
+)
+from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -32,78 +44,92 @@ BYTES_PER_TOKEN, MIN_REQUEST_BYTES = 64, 65536
 API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what a Bearer header carries as sent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ptune.infer.chat import add_loading_flags
+@dataclass
+class ServeArguments:
+    """`ptune serve`'s arguments; checked when made (one-line BadArgument naming the flag)."""
 
-    p = Parser(
-        prog="ptune serve",
-        description="Serve a base model and its P-Tuning v2 prefixes over an "
-        "OpenAI-compatible HTTP API (and a chat page at /).",
+    model_name_or_path: str | None = base_model_field(
+        "Base model folder (default: the base the first --prefix names)."
     )
-    p.add_argument(
-        "--model_name_or_path", help="Base model folder (default: the base the first --prefix names)."
+    prefix: list[str] = prefixes_field()
+    name: str | None = field(
+        default=None, metadata={"help": "The base model's name in the API (default: its folder's name)."}
     )
-    p.add_argument(
-        "--prefix",
-        action="append",
-        default=[],
-        metavar="NAME=CHECKPOINT",
-        help="A prefix checkpoint served as model NAME (repeatable).",
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only)."}
     )
-    p.add_argument("--name", help="The base model's name in the API (default: its folder's name).")
-    p.add_argument(
-        "--host", default="127.0.0.1", help="Address to listen on (default %(default)s: this machine only)."
+    port: int = field(default=8000, metadata={"help": "Port (0: any free port)."})
+    allowed_host: list[str] = field(
+        default_factory=list,
+        metadata={
+            "append": True,
+            "metavar": "NAME",
+            "help": "On a loopback --host, a Host header to accept besides 127.0.0.1, localhost and [::1] "
+            "(repeatable; a reverse proxy's name; '*': any).",
+        },
     )
-    p.add_argument("--port", type=int, default=8000, help="Port (default %(default)s; 0: any free port).")
-    p.add_argument(
-        "--allowed_host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="On a loopback --host, a Host header to accept besides 127.0.0.1, localhost and [::1] (repeatable; "
-        "a reverse proxy's name; '*': any).",
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Require 'Authorization: Bearer KEY' on every path but /health (default: $PTUNE_API_KEY)."
+        },
     )
-    p.add_argument(
-        "--api_key",
-        default=os.environ.get("PTUNE_API_KEY"),
-        help="Require 'Authorization: Bearer KEY' on every path but /health (default: $PTUNE_API_KEY).",
+    max_batch: int = field(default=16, metadata={"help": "Most requests generated together."})
+    max_queue: int = field(
+        default=64, metadata={"help": "Most requests waiting for a free row; past it: 429."}
     )
-    p.add_argument(
-        "--max_batch", type=int, default=16, help="Most requests generated together (default %(default)s)."
+    max_length: int = field(
+        default=2048, metadata={"help": "Most prompt + max_tokens tokens per request; past it: 400."}
     )
-    p.add_argument(
-        "--max_queue",
-        type=int,
-        default=64,
-        help="Most requests waiting for a free row; past it: 429 (default %(default)s).",
+    max_new_tokens: int = field(default=512, metadata={"help": "max_tokens of a request that gives none."})
+    max_request_bytes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest request body; past it: 413, refused before it is read whole (default: "
+            f"{BYTES_PER_TOKEN} bytes per --max_length token, at least {MIN_REQUEST_BYTES})."
+        },
     )
-    p.add_argument(
-        "--max_length",
-        type=int,
-        default=2048,
-        help="Most prompt + max_tokens tokens per request; past it: 400 (default %(default)s).",
-    )
-    p.add_argument(
-        "--max_new_tokens",
-        type=int,
-        default=512,
-        help="max_tokens of a request that gives none (default %(default)s).",
-    )
-    p.add_argument(
-        "--max_request_bytes",
-        type=int,
-        help="Largest request body; past it: 413, refused before it is read whole (default: "
-        f"{BYTES_PER_TOKEN} bytes per --max_length token, at least {MIN_REQUEST_BYTES}).",
-    )
-    p.add_argument("--quantization_bit", type=int, choices=(4, 8), help="Quantize the base's linear layers.")
-    add_loading_flags(p)
-    p.add_argument(
-        "--shutdown_timeout",
-        type=float,
+    quantization_bit: int | None = quantization_bit_field()
+    chat_format: ChatFormat | None = chat_format_field()
+    dtype: Dtype = dtype_field()
+    device: str | None = device_field()
+    shutdown_timeout: float = field(
         default=30.0,
-        help="Seconds SIGTERM waits for accepted requests before failing them (default %(default)s).",
+        metadata={"help": "Seconds SIGTERM waits for accepted requests before failing them."},
     )
-    return p
+
+    def __post_init__(self):
+        check_choices(self)
+        check_quantization_bit(self)
+        if self.api_key is None:  # read here, not as the flag's default: --help must not print the key
+            self.api_key = os.environ.get("PTUNE_API_KEY")
+        if self.max_request_bytes is None:
+            self.max_request_bytes = max(BYTES_PER_TOKEN * self.max_length, MIN_REQUEST_BYTES)
+        check_at_least(self, 1, "max_batch", "max_queue", "max_length", "max_new_tokens", "max_request_bytes")
+        if not 0 <= self.shutdown_timeout < float("inf"):
+            raise BadArgument(
+                f"--shutdown_timeout must be a number of seconds of at least 0, got {self.shutdown_timeout}",
+                "shutdown_timeout",
+            )
+        if not 0 <= self.port <= 65535:
+            raise BadArgument(f"--port {self.port}: not a port number", "port")
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadArgument("--api_key is empty", "api_key")
+        if self.api_key is not None and not API_KEY.match(self.api_key):
+            # Starlette reads header bytes as latin-1 and the openai client refuses to send anything but ASCII,
+            # so such a key could never be given: say so at start rather than answer 401 forever (the key itself
+            # is not echoed).
+            raise BadArgument(
+                "--api_key must be printable ASCII without spaces (an HTTP header carries no other)",
+                "api_key",
+            )
+
+
+COMMAND = Command(
+    "ptune serve",
+    (ServeArguments,),
+    "Serve a base model and its P-Tuning v2 prefixes over an OpenAI-compatible HTTP API (and a chat page at /).",
+)
 
 
 def parse_prefixes(values: list[str]) -> dict[str, str]:
@@ -121,26 +147,6 @@ def parse_prefixes(values: list[str]) -> dict[str, str]:
             raise UserError(f"--prefix {value}: {path} not found")
         prefixes[name] = path
     return prefixes
-
-
-def check_limits(args: argparse.Namespace) -> None:
-    if args.max_request_bytes is None:
-        args.max_request_bytes = max(BYTES_PER_TOKEN * args.max_length, MIN_REQUEST_BYTES)
-    for flag in ("max_batch", "max_queue", "max_length", "max_new_tokens", "max_request_bytes"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if not 0 <= args.shutdown_timeout < float("inf"):
-        raise UserError(
-            f"--shutdown_timeout must be a number of seconds of at least 0, got {args.shutdown_timeout}"
-        )
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: not a port number")
-    if args.api_key is not None and not args.api_key.strip():
-        raise UserError("--api_key is empty")
-    if args.api_key is not None and not API_KEY.match(args.api_key):
-        # Starlette reads header bytes as latin-1 and the openai client refuses to send anything but ASCII,
-        # so such a key could never be given: say so at start rather than answer 401 forever (the key itself is not echoed).
-        raise UserError("--api_key must be printable ASCII without spaces (an HTTP header carries no other)")
 
 
 def load(
@@ -184,7 +190,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build(args: argparse.Namespace):
+def build(args: ServeArguments):
     """(scheduler, what is served, "family, device") from checked arguments: the models loaded."""
     from ptune.config.parse import base_from_checkpoint
     from ptune.families.registry import family_of
@@ -249,8 +255,7 @@ def main(argv: list[str]) -> int:
     """`ptune serve`: load, bind, serve until SIGTERM or Ctrl-C; 0 after a clean stop."""
     from ptune.serve.app import create_app
 
-    args = build_parser().parse_args(argv)
-    check_limits(args)
+    (args,) = parse_command(COMMAND, argv)
     sock = bind(args.host, args.port)  # before loading: a busy port is said at once, not after minutes
     try:
         scheduler, served, what = build(args)

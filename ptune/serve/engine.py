@@ -11,31 +11,14 @@ position, so greedy answers are token for token those of `ptune predict`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ptune.infer.generate import GenerationSettings, next_tokens, sampling_warpers
+from ptune.infer.generate import GenerationSettings, decoder_pass, next_tokens, sampling_warpers
 from ptune.model.load import PrefixTunedLM
 from ptune.model.prefix import PrefixEncoder, cache_argument
 from ptune.serve.batch import KV, BatchCache, prefix_block, prompt_block
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one row picks its tokens: greedy when `temperature` is 0, else temperature + top-p sampling."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def settings(self) -> GenerationSettings:
-        return GenerationSettings(do_sample=not self.greedy, temperature=self.temperature, top_p=self.top_p)
 
 
 class Engine:
@@ -64,13 +47,7 @@ class Engine:
         """One decoder pass over input_ids [B, S] after the cache `layers` ([B, G, T, hn]; mask [B, T + S]):
         (logits of each row's last position [B, V] float32, the grown cache [B, G, T + S, hn])."""
         cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
-        hidden = self.decoder(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            **{self.cache_kw: cache},
-            use_cache=True,
-        ).last_hidden_state[:, -1]
+        hidden = decoder_pass(self.decoder, self.cache_kw, cache, input_ids, mask, positions)
         return self.head(hidden).float(), [(layer.keys, layer.values) for layer in cache.layers]
 
     def first_position(self, prefix: str | None) -> int:
@@ -101,7 +78,7 @@ class Engine:
 
 
 def pick_tokens(
-    logits: torch.Tensor, sampling: Sequence[Sampling], generators: Sequence[torch.Generator | None]
+    logits: torch.Tensor, sampling: Sequence[GenerationSettings], generators: Sequence[torch.Generator | None]
 ) -> list[int | str]:
     """logits [B, V] → one token per row, each by its own rule (`ptune.infer.generate.next_tokens`): greedy rows
     by argmax over the whole batch at once, sampling rows one by one with their own generator.
@@ -114,9 +91,8 @@ def pick_tokens(
         if not finite[i]:
             tokens[i] = "the model's scores for this request are not finite (NaN or inf)"
         elif not rule.greedy:
-            settings = rule.settings()
             try:
-                row = next_tokens(logits[i : i + 1], settings, sampling_warpers(settings), generators[i])
+                row = next_tokens(logits[i : i + 1], rule, sampling_warpers(rule), generators[i])
             except Exception as e:  # e.g. multinomial on probabilities that overflowed: this row only
                 tokens[i] = f"sampling failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 continue

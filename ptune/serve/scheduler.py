@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ptune.infer.generate import GenerationSettings
+from ptune.infer.text_stream import TextStream
 from ptune.serve.batch import BatchCache, admit_count, keep_rows, merge
-from ptune.serve.engine import Engine, Sampling, pick_tokens
-from ptune.serve.text import AnswerText
+from ptune.serve.engine import Engine, pick_tokens
 
 logger = logging.getLogger("ptune.serve")
 
@@ -55,7 +56,7 @@ class Job:
     prompt: list[int]
     prefix: str | None
     max_tokens: int
-    sampling: Sampling = Sampling()
+    sampling: GenerationSettings = GenerationSettings()
     stops: Sequence[str] = ()
     sink: Callable[[Event], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -67,7 +68,7 @@ class Row:
     is at 0 or, for a prefix recorded "after_prefix", at P: `Engine.first_position`), and the answer so far."""
 
     request: Job
-    answer: AnswerText
+    answer: TextStream
     next_token: int = 0
     position: int = 0
     generated: int = 0
@@ -209,7 +210,7 @@ class Scheduler:
         generator = None
         if seed is not None:
             generator = torch.Generator(self.engine.device).manual_seed(seed)
-        answer = AnswerText(self.tokenizer, self.stop_ids, request.stops)
+        answer = TextStream(self.tokenizer, self.stop_ids, request.stops)
         position = self.engine.first_position(request.prefix) + len(request.prompt)
         return Row(request, answer, position=position, generator=generator)
 

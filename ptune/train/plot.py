@@ -12,9 +12,10 @@ to a temporary file first and renamed into place, so a crash never leaves a half
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptune.config.parse import Parser
+from ptune.config.parser import Command, parse_command
 from ptune.io.errors import UserError
 from ptune.io.files import read_json, replacing
 
@@ -146,14 +147,27 @@ def save_png(fig, target: Path) -> None:
         fig.savefig(f, format="png", dpi=100)
 
 
+@dataclass
+class PlotArguments:
+    """`ptune plot`'s arguments."""
+
+    output_dir: str = field(
+        metadata={"positional": True, "help": "a run's output_dir (or one of its checkpoint-N folders)"}
+    )
+    out: str | None = field(
+        default=None, metadata={"help": f"PNG file to write (default: OUTPUT_DIR/{PLOT_NAME})"}
+    )
+
+
+COMMAND = Command(
+    "ptune plot",
+    (PlotArguments,),
+    "Draw loss, learning rate and evaluation scores vs step from OUTPUT_DIR/trainer_state.json.",
+)
+
+
 def main(argv: list[str]) -> int:
     """`ptune plot OUTPUT_DIR [--out FILE]`: redraw the training curves of a run and print the PNG's path."""
-    parser = Parser(
-        prog="ptune plot",
-        description="Draw loss, learning rate and evaluation scores vs step from OUTPUT_DIR/trainer_state.json.",
-    )
-    parser.add_argument("output_dir", help="a run's output_dir (or one of its checkpoint-N folders)")
-    parser.add_argument("--out", help=f"PNG file to write (default: OUTPUT_DIR/{PLOT_NAME})")
-    args = parser.parse_args(argv)
+    (args,) = parse_command(COMMAND, argv)
     print(plot_run(args.output_dir, args.out))
     return 0

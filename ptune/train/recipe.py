@@ -320,6 +320,6 @@ class PTuningRecipe:
 
 
 def refuse_overwrite(training_args, name: str) -> None:
-    path = Path(training_args.output_dir) / name
-    if path.exists() and not training_args.overwrite_output_dir:
-        raise UserError(f"{path}: already exists; pass --overwrite_output_dir to replace it")
+    from ptune.io.paths import refuse_existing
+
+    refuse_existing(Path(training_args.output_dir) / name, training_args.overwrite_output_dir)

@@ -1,27 +1,24 @@
-"""The output folder of a run: what may be written there, by whom, and when ptune refuses.
+"""The output folder of a run: the files a run leaves there, setting an earlier run's aside, and the lock that
+makes it one run's.
 
-Every rule here exists because the opposite destroyed work once:
-- `output_dir` equal to the base model (or tokenizer) folder: the final save wrote the prefix over the base's
-  `model.safetensors`. A folder that holds model weights is never an output folder.
+What may be written where is `ptune.io.paths` (the one path-safety policy of every verb); this module gives
+it a run's names (checkpoints, RESULT_FILES) and adds what only a run needs:
 - `--overwrite_output_dir` over a run with checkpoints: the older run's higher-numbered checkpoints survived,
   rotation then deleted the new run's, and `--resume_from_checkpoint true` continued the old run. ptune never
-  deletes another run's checkpoints; it refuses and says what to remove.
+  deletes another run's checkpoints; it refuses and says what to remove (`check_overwrite`).
 - two processes training into one folder: they overwrote each other's checkpoints. A run holds an exclusive
   `flock` on the folder itself (no lock file to leave behind; the kernel drops it when the process dies, even
   on SIGKILL).
-- a folder that is a file, read-only or full: found out after hours of training. Checked up front.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from ptune.io import paths
 from ptune.io.errors import UserError
 from ptune.train.checkpoint import PREFIX_CONFIG_NAME, WEIGHTS_NAME, step_checkpoints
 
@@ -39,8 +36,6 @@ RESULT_FILES = (
     WEIGHTS_NAME,
     PREFIX_CONFIG_NAME,
 )
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json", "*.gguf")
-MIN_FREE_BYTES = 64 * 2**20  # a prefix checkpoint of a 9B model with its Adam state is ~45 MB
 
 
 def model_folders(model_args) -> dict[str, str | None]:
@@ -51,87 +46,23 @@ def model_folders(model_args) -> dict[str, str | None]:
     }
 
 
-def holds_model_weights(folder: Path) -> bool:
-    """A base model folder: config.json beside weight files, and not a ptune checkpoint (prefix_config.json)."""
-    if not (folder / "config.json").is_file() or (folder / PREFIX_CONFIG_NAME).is_file():
-        return False
-    return any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
-
-
 def check_output_dir(
-    output_dir: str | Path, protected: dict[str, str | None], flag: str = "--output_dir"
+    output_dir: str | Path, reads: dict[str, str | None], flag: str = "--output_dir"
 ) -> None:
-    """Refuse an output folder that would overwrite a model, is not a folder, is not writable, or is full.
-
-    `protected` maps a flag name to a folder the run reads (model, tokenizer): output_dir may not be one of them.
-    Nothing is created: writability is probed in the nearest existing ancestor.
-    """
-    out = Path(output_dir)
-    for name, folder in protected.items():
-        if folder and out.exists() and Path(folder).exists() and out.resolve() == Path(folder).resolve():
-            raise UserError(
-                f"{flag} {out} is the {name} folder: ptune would write its prefix files over the model's; "
-                "choose another output folder"
-            )
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out}: exists and is not a folder")
-    if out.is_dir() and holds_model_weights(out):
-        raise UserError(
-            f"{flag} {out}: holds a model's config.json and weights; ptune would write its prefix files over "
-            "them: choose another output folder"
-        )
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {out}: {existing} is a file, not a folder")
-    probe_writable(existing, flag, out)
-    free = shutil.disk_usage(existing).free
-    if free < MIN_FREE_BYTES:
-        raise UserError(
-            f"{flag} {out}: only {free / 2**20:.1f} MiB free on its file system; checkpoints need more "
-            f"(at least {MIN_FREE_BYTES // 2**20} MiB)"
-        )
-
-
-def probe_writable(folder: Path, flag: str, out: Path) -> None:
-    """Create and remove a temporary file in `folder` (os.access is wrong for root and read-only mounts)."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=".ptune-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        raise UserError(
-            f"{flag} {out}: cannot write in {folder} ({os.strerror(e.errno or errno.EACCES)})"
-        ) from None
+    """output_dir of train, eval, predict and data (`ptune.io.paths.check_output_dir`): not a folder `reads`
+    names (model, tokenizer), nor another model's, a file, read-only or full."""
+    paths.check_output_dir(output_dir, reads, PREFIX_CONFIG_NAME, flag)
 
 
 def check_overwrite(output_dir: str | Path, overwrite: bool, resuming: bool) -> None:
     """`ptune train` into a folder that already holds a run: continue it (resume), replace its final files
-    (--overwrite_output_dir, only when it has no checkpoints), or refuse."""
-    out = Path(output_dir)
-    checkpoints = step_checkpoints(out)
+    (--overwrite_output_dir, only when it has no checkpoints), or refuse (`ptune.io.paths.refuse_earlier_run`)."""
     if resuming:
         return
-    if checkpoints:
-        names = ", ".join(folder.name for _, folder in checkpoints[:3]) + (
-            ", ..." if len(checkpoints) > 3 else ""
-        )
-        if overwrite:
-            raise UserError(
-                f"{out}: holds checkpoints of an earlier run ({names}); --overwrite_output_dir never deletes "
-                "checkpoints (rotation and --resume_from_checkpoint true would mix the two runs): delete them "
-                "yourself, choose another --output_dir, or continue with --resume_from_checkpoint true"
-            )
-        raise UserError(
-            f"{out}: already holds a run ({names}); choose another --output_dir, or continue it with "
-            "--resume_from_checkpoint true"
-        )
-    if not overwrite and out.is_dir() and any((out / name).exists() for name in RESULT_FILES):
-        raise UserError(
-            f"{out}: already holds a run's results; pass --overwrite_output_dir to train over it (they are "
-            "moved into a previous-run-* folder), or choose another --output_dir"
-        )
+    out = Path(output_dir)
+    checkpoints = [folder.name for _, folder in step_checkpoints(out)]
+    holds_results = out.is_dir() and any((out / name).exists() for name in RESULT_FILES)
+    paths.refuse_earlier_run(out, checkpoints, holds_results, overwrite)
 
 
 def set_aside_results(output_dir: str | Path) -> Path | None:

@@ -38,9 +38,10 @@ from transformers import PrinterCallback, ProgressCallback, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ptune.data.chat_format import decode_response
+from ptune.data.labels import IGNORE_INDEX
 from ptune.infer.generate import GenerationSettings, generate
 from ptune.io.errors import UserError
-from ptune.io.files import fsync_dir, read_json, write_json
+from ptune.io.files import publish_dir, read_json, write_json
 from ptune.score.metrics import compute_metrics
 from ptune.train.callbacks import ReportDecoderShare, StepPrinter, StepProgress, nonfinite_message
 from ptune.train.checkpoint import read_prefix_state, rotate_checkpoints, write_prefix_files
@@ -183,12 +184,7 @@ class PrefixTrainer(Seq2SeqTrainer):
         if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(staging):
             self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
         write_state(self.state, Path(staging, name, "trainer_state.json"))  # strict JSON (see write_state)
-        fsync_dir(Path(staging, name))
-        final = os.path.join(run_dir, name)
-        old = os.path.join(staging, "replaced")
-        if os.path.exists(final):  # re-saved step: move the old copy aside so a crash keeps one of them
-            os.replace(final, old)
-        os.replace(os.path.join(staging, name), final)
+        publish_dir(Path(staging, name), Path(run_dir, name), aside=Path(staging, "replaced"))
         shutil.rmtree(staging, ignore_errors=True)
 
     # --------------------------------------------------------------------------------------- results
@@ -265,11 +261,11 @@ def write_state(state, path: Path) -> None:
 
 
 def decode_rows(tokenizer, rows: np.ndarray, cut_at_stop: bool) -> list[str]:
-    """Token rows (-100 = padding from the evaluation loop) → stripped text; generated rows are cut at the
+    """Token rows (IGNORE_INDEX = padding from the evaluation loop) → stripped text; generated rows are cut at the
     first stop id (`chat_format.decode_response`), reference rows are decoded whole."""
     texts = []
     for row in rows:
-        ids = [int(t) for t in row if t != -100]
+        ids = [int(t) for t in row if t != IGNORE_INDEX]
         if cut_at_stop:
             texts.append(decode_response(tokenizer, ids))
         else:

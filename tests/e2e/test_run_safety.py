@@ -239,7 +239,7 @@ def test_disk_full_during_a_save_keeps_earlier_checkpoints(tiny, hf_cache, tmp_p
 
 
 def test_output_dir_that_is_a_file_read_only_or_full_is_refused_up_front(tiny, tmp_path, capsys, monkeypatch):
-    import ptune.train.rundir
+    import ptune.io.paths
 
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -250,10 +250,10 @@ def test_output_dir_that_is_a_file_read_only_or_full_is_refused_up_front(tiny, t
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     with monkeypatch.context() as m:  # root ignores permission bits, so the probe's failure is simulated
-        m.setattr(ptune.train.rundir.tempfile, "mkstemp", read_only)
+        m.setattr(ptune.io.paths.tempfile, "mkstemp", read_only)
         refused(train_argv(tiny, tmp_path / "ro"), capsys, "cannot write in", "Read-only file system")
     with monkeypatch.context() as m:
-        m.setattr(ptune.train.rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
+        m.setattr(ptune.io.paths.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
         refused(train_argv(tiny, tmp_path / "full"), capsys, "only 0.0 MiB free")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 

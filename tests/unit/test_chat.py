@@ -14,6 +14,7 @@ from ptune.data.chat_format import answer_ids, encode_prompt, prompt_ids
 from ptune.families.registry import load_tokenizer
 from ptune.infer import chat
 from ptune.infer.generate import GenerationSettings, generate
+from ptune.infer.text_stream import TextStream
 from ptune.model.load import load_model
 from ptune.train.checkpoint import write_prefix_files
 from tools.tiny import make_tiny_checkpoint
@@ -224,10 +225,10 @@ class _BytesTokenizer:
 
 
 def test_text_stream_holds_back_incomplete_characters():
-    stream = chat.TextStream(_BytesTokenizer())
+    stream = TextStream(_BytesTokenizer())
     pieces = [stream.push(b) for b in "\n你好!".encode()]
     assert pieces == ["", "", "", "你", "", "", "好", "!"]
-    stream = chat.TextStream(_BytesTokenizer())
+    stream = TextStream(_BytesTokenizer())
     assert [stream.push(b) for b in "a\xe4".encode()[:2]] == ["a", ""]
     assert stream.flush() == "\ufffd"  # an answer cut mid-character still shows that it was
 

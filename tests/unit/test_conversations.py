@@ -255,3 +255,18 @@ def test_a_thought_then_a_tool_call_is_fine():
         "observation",
         "assistant",
     ]
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        ("q", "f:1: history: must be a list of [question, answer] pairs"),
+        ([["q", "a"], ["q2"]], "f:1: history[1]: must be a [question, answer] pair of strings"),
+        ([["q", 3]], "f:1: history[0]: must be a [question, answer] pair of strings"),
+    ],
+)
+def test_alpaca_history_pairs_are_checked_by_the_one_history_check(history, message):
+    row = {"instruction": "i", "output": "o", "history": history}
+    with pytest.raises(UserError) as error:
+        parse_row(row, "alpaca", "f:1", None, True)
+    assert str(error.value) == message

@@ -1,11 +1,11 @@
-"""ptune.io.files: the one JSON reader's messages and the atomic writers' all-or-nothing behaviour."""
+"""ptune.io.files: the one text and JSON readers' messages and the atomic writers' all-or-nothing behaviour."""
 
 from __future__ import annotations
 
 import pytest
 
 from ptune.io.errors import UserError
-from ptune.io.files import atomic_dir, read_json, replacing, write_json
+from ptune.io.files import atomic_dir, publish_dir, read_json, read_text, replacing, write_json
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,30 @@ def test_write_json_writes_non_finite_floats_as_null(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN"}
+
+
+def test_read_text_one_utf8_reader_for_data_config_and_json_files(tmp_path):
+    """A config file that is not UTF-8 is named at file:line:column like a data or JSON file."""
+    from ptune.config.files import read_config
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(UserError) as error:
+        read_config(str(path))
+    assert str(error.value) == f"{path}:2:7: not UTF-8 (byte 0xe9)"
+    path.write_bytes(b"\xef\xbb\xbfa: 1\n")  # a BOM is dropped
+    assert read_text(path) == "a: 1\n"
+    with pytest.raises(UserError) as error:
+        read_text(tmp_path / "no.yaml", missing="no such config file", hint="; save it as UTF-8")
+    assert str(error.value) == f"{tmp_path / 'no.yaml'}: no such config file"
+
+
+def test_publish_dir_replaces_an_older_copy_through_the_aside_name(tmp_path):
+    staged, target, aside = tmp_path / "staged", tmp_path / "target", tmp_path / ".aside"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staged.mkdir()
+    (staged / "new.txt").write_text("new")
+    publish_dir(staged, target, aside)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

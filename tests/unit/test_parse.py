@@ -1,7 +1,8 @@
 """One bad-input path for every verb: a mistaken command line is one line `ptune VERB: error: ...`, exit 2.
 
-train/eval/predict parse through ptune.config.parse.parse_args (tests/unit/test_config.py covers its rules); chat, export,
-plot, score and bench through ptune.config.parse.Parser. None of them prints argparse's usage dump on a mistake.
+Every verb reads its command line through ptune.config.parser: train/eval/predict (and data, plan) with a config
+and errors worded by name (ptune.config.parse.parse_args; tests/unit/test_config.py covers its rules), chat,
+export, plot, score, bench and serve with argparse's wording. None of them prints argparse's usage dump.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ptune.cli import main
-from ptune.config.parse import Parser
+from ptune.config.parser import Parser
 from ptune.io.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

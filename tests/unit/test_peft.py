@@ -224,7 +224,7 @@ def test_serve_engine_numbers_each_row_by_its_prefix(llama, tmp_path):
     """One batch, four rows: an after_prefix prefix, the same exported as a PEFT adapter, a from_zero one (an
     older record) and none; each row's greedy answer is `generate`'s for its prompt alone."""
     from ptune.serve.cli import load
-    from ptune.serve.engine import Engine, Sampling
+    from ptune.serve.engine import Engine
     from ptune.serve.scheduler import Job, Scheduler
 
     new, _ = _ptune_prefix(llama, tmp_path / "new", pre_seq_len=3, seed=1)
@@ -251,7 +251,9 @@ def test_serve_engine_numbers_each_row_by_its_prefix(llama, tmp_path):
     done = {}
     for name, prompt in prompts.items():
         sink = lambda event, name=name: done.setdefault(name, event) if event.kind == "done" else None  # noqa: E731
-        assert scheduler.submit(Job(prompt, name, 6, Sampling(temperature=0.0), (), sink))
+        assert scheduler.submit(
+            Job(prompt, name, 6, GenerationSettings.from_openai(temperature=0.0), (), sink)
+        )
     while scheduler.rows or scheduler.waiting:
         scheduler.step()
     settings = GenerationSettings(max_new_tokens=6)

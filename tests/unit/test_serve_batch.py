@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ptune.infer.text_stream import TextStream, find_stop, settled_length
 from ptune.serve.batch import (
     BatchCache,
     admit_count,
@@ -17,7 +18,6 @@ from ptune.serve.batch import (
     prompt_block,
 )
 from ptune.serve.protocol import ApiError, parse_chat_request
-from ptune.serve.text import AnswerText, find_stop, settled_length
 
 
 def kv(values: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +92,7 @@ class CharTokenizer:
 
 
 def pieces(tokens: list[int], stops=()) -> tuple[list[str], str, bool]:
-    answer = AnswerText(CharTokenizer(), stop_ids=[0], stops=stops)
+    answer = TextStream(CharTokenizer(), stop_ids=[0], stops=stops)
     out = [answer.push(t) for t in tokens] + [answer.finish()]
     return out, answer.text, answer.stopped
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from ptune.bench.serve import random_prefix
+from ptune.infer.generate import GenerationSettings
 from ptune.serve.cli import load
-from ptune.serve.engine import Engine, Sampling
+from ptune.serve.engine import Engine
 from ptune.serve.scheduler import Job, Scheduler
 from tests.serving import reference_answers
 
@@ -48,7 +49,7 @@ def job(tok, prefix, prompt, max_tokens, sink):
     from ptune.data.chat_format import encode_messages
 
     ids = encode_messages(tok, [{"role": "user", "content": prompt}])
-    return Job(ids, prefix, max_tokens, Sampling(temperature=0.0), (), sink)
+    return Job(ids, prefix, max_tokens, GenerationSettings.from_openai(temperature=0.0), (), sink)
 
 
 def test_rows_join_and_leave_with_their_own_prefix(served):
@@ -115,7 +116,9 @@ def test_seeded_sampling_repeats(served):
         scheduler = Scheduler(engine, tok, tok.stop_token_ids)
         record = Recorder()
         request = job(tok, "p5", PROMPTS[1], 8, record)
-        scheduler.submit(Job(request.prompt, "p5", 8, Sampling(1.0, 0.9, seed=7), (), record))
+        scheduler.submit(
+            Job(request.prompt, "p5", 8, GenerationSettings.from_openai(1.0, 0.9, seed=7), (), record)
+        )
         while scheduler.rows or scheduler.waiting:
             scheduler.step()
         texts.append(record.done.ids)
@@ -128,7 +131,7 @@ def test_a_quantized_base_serves_what_generate_gives_on_it(tiny, bits, tmp_path)
     what `generate` gives for each prompt alone on the same quantized base and prefix."""
     import torch
 
-    from ptune.infer.generate import GenerationSettings, generate
+    from ptune.infer.generate import generate
     from ptune.model.load import load_model
 
     prefix = random_prefix(tiny, tmp_path / "p4", 4, 21)
@@ -166,7 +169,7 @@ def run_until_idle(scheduler, steps: int = 100) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [Sampling(1e-300, 1.0, None), Sampling(1.0, 1.0, 2**70)],
+    [GenerationSettings.from_openai(1e-300, 1.0, None), GenerationSettings.from_openai(1.0, 1.0, 2**70)],
     ids=["temperature-1e-300", "seed-2**70"],
 )
 def test_a_row_whose_sampling_fails_fails_alone(served, bad):
@@ -204,7 +207,11 @@ def test_a_row_whose_logits_are_not_finite_fails_alone(served, tiny):
         for name, record in records.items():
             prefix = "nan" if name.endswith("nan") else None if name == "base" else name
             request = job(tok, prefix, PROMPTS[1], MAX, record)
-            sampling = Sampling(0.8, 0.9, 3) if name == "sampled-nan" else Sampling(0.0)
+            sampling = (
+                GenerationSettings.from_openai(0.8, 0.9, 3)
+                if name == "sampled-nan"
+                else GenerationSettings.from_openai(0.0)
+            )
             assert scheduler.submit(Job(request.prompt, prefix, MAX, sampling, (), record))
         run_until_idle(scheduler)
     finally:
