@@ -25,7 +25,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from ptune.data.chat_format import Encoded, encode_conversation, encode_last_answer, encode_prompt, target_ids
+from ptune.data.chat_format import Encoded, encode_split_example, encode_thudm, last_span, prompt_ids
 from ptune.data.conversations import (
     CONVERSATION_FORMATS,
     Conversation,
@@ -36,8 +36,7 @@ from ptune.data.conversations import (
     parse_row,
     row_format,
 )
-from ptune.data.labels import IGNORE_INDEX
-from ptune.data.rows import Columns, _progress_bars, load_rows, read_rows
+from ptune.data.rows import Columns, _progress_bars, load_rows, prompt_length, read_rows
 from ptune.families.registry import family_of
 from ptune.io.errors import UserError
 
@@ -45,19 +44,11 @@ logger = logging.getLogger("ptune")
 
 _READER_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 # Part of the encoders' datasets fingerprint: a change to ptune's encoding code invalidates cached encodings
-# (datasets hashes the encode function's own code, not the functions it calls).
-_ENCODING_FILES = ("chat_data.py", "chat_format.py", "conversations.py", "families")
-ENCODING_DIGEST = hashlib.sha256(
-    b"".join(
-        p.read_bytes()
-        for name in _ENCODING_FILES
-        for p in sorted(
-            [Path(__file__).parent / name]
-            if name.endswith(".py")
-            else (Path(__file__).parent / name).glob("*.py")
-        )
-    )
-).hexdigest()
+# (datasets hashes the encode function's own code, not the functions it calls): every module of ptune/data
+# (formats, encoding, truncation) and of ptune/families (the prompt builders).
+_PACKAGE = Path(__file__).parents[1]
+_ENCODING_FILES = sorted(_PACKAGE.glob("data/**/*.py")) + sorted(_PACKAGE.glob("families/*.py"))
+ENCODING_DIGEST = hashlib.sha256(b"".join(p.read_bytes() for p in _ENCODING_FILES)).hexdigest()
 TRAILING_CALL = (
     "the last message is a tool call without its observation: training would learn to end a call with "
     "the end of the conversation"
@@ -129,8 +120,6 @@ def _row(encoded: Encoded, source_len: int, target_len: int) -> dict:
 
 def _lengths(tok, conversation: Conversation) -> tuple[int, int]:
     """Untruncated (prompt, answer) lengths of the last answer: ids before it, and its own ids."""
-    from ptune.data.chat_format import last_span
-
     if not conversation.ends_with_answer():
         return len(family_of(tok).conversation_prompt(tok, conversation)), 0
     ids, learned = family_of(tok).conversation_ids(tok, conversation)
@@ -151,10 +140,10 @@ def make_conversation_encoder(tok, path: str, max_source: int, max_target: int, 
                     raise UserError(TRAILING_CALL)
                 if split != "predict" and empty_answer(conversation):
                     encoded = Encoded(dropped="an empty assistant message")
-                elif split == "train":
-                    encoded = encode_conversation(tok, conversation, max_source + max_target + 1)
                 else:
-                    encoded = encode_last_answer(tok, conversation, max_source, max_target)
+                    encoded = encode_split_example(
+                        tok, conversation, split, max_source, max_target, "conversation"
+                    )
             except UserError as e:
                 raise UserError(f"{path}:{line}: {e}") from None
             for name, value in _row(encoded, source_len, target_len).items():
@@ -177,28 +166,16 @@ def make_prompt_response_encoder(tok, max_source: int, max_target: int, source_p
             if not prompt.strip() or (require_response and not response.strip()):
                 encoded, source_len, target_len = Encoded(dropped="an empty prompt or response"), 0, 0
             else:
-                source = encode_prompt(tok, prompt, history, max_source, source_prefix)
-                target = target_ids(tok, response, max_target)
-                source_len, lost = len(source), 0
-                if source_len >= max_source:  # perhaps cut: the untruncated length and the turns lost
-                    source_len = len(family.prompt_ids(tok, prompt, history, source_prefix))
-                    lost = len(history) - _history_kept(tok, prompt, history, source_prefix, len(source))
-                encoded = Encoded(source + target, [IGNORE_INDEX] * len(source) + target, lost_turns=lost)
+                encoded = encode_thudm(tok, prompt, response, history, max_source, max_target, source_prefix)
+                source_len = prompt_length(encoded.labels)
+                if encoded.lost_turns or source_len >= max_source:  # cut: the untruncated length
+                    source_len = len(prompt_ids(tok, prompt, history, source_prefix))
                 target_len = len(family.answer_ids(tok, response))
             for name, value in _row(encoded, source_len, target_len).items():
                 out[name].append(value)
         return out
 
     return encode
-
-
-def _history_kept(tok, prompt, history, source_prefix, length) -> int:
-    """How many (latest) history turns a prompt of `length` ids holds (encode_prompt drops oldest first)."""
-    family = family_of(tok)
-    for kept in range(len(history), 0, -1):
-        if len(family.prompt_ids(tok, prompt, history[len(history) - kept :], source_prefix)) == length:
-            return kept
-    return 0
 
 
 def encode_split(path, tok, data_args, max_target: int, max_samples, split: str, cache_dir=None):

@@ -7,14 +7,14 @@ A family (one module of ``ptune.families`` each: chatglm2, chatglm3, glm4, nativ
   ``ptune.families.registry.detect_family`` picks among the families with these answers.
 - tokenizer: ``load_tokenizer(folder)``, the ``special_tokens`` appended after the base vocabulary,
   ``stop_token_ids(tok)`` (every id that ends a chat turn), ``tokenizer_files``.
-- prompts, as pure functions on ids: ``encode_messages(tok, messages)`` (a conversation of role/content
-  messages, ending with the generation prompt), ``conversation(query, history, source_prefix)`` (THUDM's
-  columns as messages), ``answer_ids(tok, response)`` (what the model learns to write after the prompt),
-  ``prompt_ids`` / ``encode_prompt`` (the prompt of one example, cut to a length) and ``cut_question``.
-- conversations (ptune.data.conversations.Conversation): ``conversation_ids(tok, conversation)`` (ids and, per id,
-  whether it is learned: every assistant turn and its end marker) and ``conversation_prompt`` (ending with the
-  cue for a new answer); ``conversation_pieces`` when its ids are each message's encoded alone (ChatGLM3's
-  `ConversationPieces`: truncation then costs linear time).
+- prompts, one builder per family, on a conversation (ptune.data.conversations.Conversation: system / user /
+  assistant / observation messages, tool calls, tools): ``conversation_ids(tok, conversation)`` (ids and, per
+  id, whether it is learned: every assistant turn and its end marker), ``conversation_prompt`` (the same ids up
+  to the cue for a new answer: the prompt of every verb), ``conversation_pieces`` when its ids are each
+  message's encoded alone (ChatGLM3's `ConversationPieces`: truncation then costs linear time),
+  ``history_prompt`` (THUDM's prompt_response rows: ChatGLM2 tokenizes their [Round n] text at once),
+  ``cut_question`` (a question too long alone, cut) and ``answer_ids(tok, response)`` (what the model learns
+  to write after the prompt).  Which turns fit is decided once, for every verb, in ptune.data.truncation.
 - checkpoint: ``model_type`` of its original folders (``ptune.model.convert`` converts "chatglm" ones; None: a model
   transformers loads natively), ``is_checkpoint(config, ...)`` (config.json alone shows this family),
   ``rope_ratio_scales_base`` (how convert reads rope_ratio), ``thudm_prefix_problem`` (export's warning).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict
 
@@ -84,18 +84,6 @@ def normalize_history(history: Any) -> list[Turn]:
             raise BadHistory(f"history turn {i + 1} is not a [question, answer] pair of strings: {turn!r}", i)
         turns.append((turn[0], turn[1]))
     return turns
-
-
-def chat_messages(
-    query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
-) -> list[Message]:
-    """The conversation as role/content messages (a system message first when `system` is given),
-    `source_prefix` in front of the current question."""
-    messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    for q, r in history:
-        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
-    messages.append({"role": "user", "content": source_prefix + query})
-    return messages
 
 
 def or_list(names: Sequence[str]) -> str:
@@ -157,7 +145,8 @@ class ModelFolder:
     """A model folder as detection sees it: config.json and tokenizer_config.json ({} when absent).
 
     The registry sets `original` (an original THUDM folder: its model_type or tokenizer_class is a family's,
-    or --chat_format names such a family) and `tokenizer_formats` (tokenizer_class -> tokenizer format).
+    or --chat_format names such a family), `tokenizer_formats` (tokenizer_class -> tokenizer format) and
+    `families` (all of them), so that a family judging the folder never imports the registry.
     """
 
     path: Path
@@ -165,6 +154,7 @@ class ModelFolder:
     tokenizer_config: dict[str, Any]
     original: bool = False
     tokenizer_formats: dict[str, str] = field(default_factory=dict)
+    families: tuple[Family, ...] = ()  # every family, in the registry's order (for messages naming them)
 
     @classmethod
     def read(cls, path: str | Path) -> ModelFolder:
@@ -257,7 +247,16 @@ class Family:
         """Why THUDM's own code cannot load a prefix trained on this family (None: it can)."""
         return None
 
-    # -- prompts ------------------------------------------------------------------------------------
+    # -- prompts: the one builder of each family (the module docstring) ---------------------------------
+
+    source_prefix_first: ClassVar[bool] = False  # THUDM's source_prefix in front of it all (ChatGLM2)
+    # How an answer writes a tool call (ptune.infer.tool_calls reads it back): "name+python" (the tool's name
+    # on the first line, then ChatGLM3's tool_call(...) code), "name+json" (GLM-4: then JSON arguments),
+    # "template" (what the chat template writes for a tool_calls entry), None (the family has no tools).
+    call_format: ClassVar[str | None] = None
+    bare_tools: ClassVar[bool] = (
+        False  # its data holds tools as bare functions, not OpenAI's {"function": ...}
+    )
 
     def family_messages(self, conversation: Any) -> list[Message]:
         """The conversation as this family's chat format takes it: the system message (with the tools, as
@@ -280,92 +279,58 @@ class Family:
     def tool_call_message(self, name: str, arguments: dict) -> Message:
         raise NotImplementedError(f"{type(self).__name__} writes no tool calls")
 
-    def encode_messages(
-        self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
-    ) -> list[int]:
-        """The conversation's ids, special tokens included, then (by default) the cue for the next answer."""
-        raise NotImplementedError
-
-    def conversation(
-        self, query: str, history: Sequence[Turn] = (), source_prefix: str = "", system: str = ""
-    ) -> list[Message]:
-        """THUDM's (query, history, source_prefix) as messages: `source_prefix` in front of the question,
-        a system message first when `system` is given (`ptune chat --system`)."""
-        return chat_messages(query, history, source_prefix, system)
-
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         """The answer's ids without eos: what the model writes after the generation prompt."""
         return tok.encode(response)
 
-    def prompt_ids(
-        self, tok: Any, query: str, history: Any = (), source_prefix: str = "", system: str = ""
-    ) -> list[int]:
-        """The full, untruncated prompt ids of one example."""
-        turns = normalize_history(history)
-        return self.encode_messages(tok, self.conversation(query, turns, source_prefix, system))
+    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
+        """The whole conversation as ids, and per id whether it is learned (every assistant turn's text and
+        the end marker that follows it); no truncation (ptune.data.truncation cuts)."""
+        raise UserError(f"{self.title} models cannot be trained on conversations")
 
-    def encode_prompt(
-        self,
-        tok: Any,
-        query: str,
-        history: Any,
-        max_source_length: int,
-        source_prefix: str = "",
-        system: str = "",
-    ) -> list[int]:
-        """Prompt ids of at most `max_source_length`: history turns dropped oldest first (re-encoding each
-        time), then the question cut by `cut_question`."""
-        turns = normalize_history(history)
-        while True:
-            ids = self.prompt_ids(tok, query, turns, source_prefix, system)
-            if len(ids) <= max_source_length:
-                return ids
-            if not turns:
-                return self.cut_question(tok, query, source_prefix, max_source_length, system)
-            turns = turns[1:]
+    def conversation_prompt(self, tok: Any, conversation: Any, cue: bool = True) -> list[int]:
+        """The conversation's ids followed (with `cue`) by the cue for a new assistant answer: the prompt of
+        every verb (eval/predict, chat, serve; training examples start with it)."""
+        raise UserError(f"{self.title} models cannot be prompted with conversations")
 
-    def cut_question(
-        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
-    ) -> list[int]:
-        """The prompt without history, the question cut from the right so that it fits.
+    def history_prompt(self, tok: Any, conversation: Any) -> list[int]:
+        """The prompt of a THUDM prompt_response row (history as a column), as THUDM's scripts built it: the
+        conversation's prompt, but for ChatGLM2, which tokenized the whole [Round n] text at once."""
+        return self.conversation_prompt(tok, conversation)
+
+    def conversation_pieces(self, tok: Any, conversation: Any) -> Any:
+        """The conversation message by message (`ptune.families.chatglm3.ConversationPieces`), or None when
+        this family encodes only whole conversations (a message's ids depend on the others: ChatGLM2's round
+        numbers, a native chat template); truncation then encodes shorter conversations whole."""
+        return None
+
+    def cut_question(self, tok: Any, conversation: Any, max_length: int, history: bool = False) -> list[int]:
+        """The prompt of a one-turn `conversation` (system prompt, one question) with the question's end cut
+        so that it has at most `max_length` ids (`history`: as `history_prompt`).
 
         Here for prompts encoded as one text: the question is cut by characters (the most that fit, found by
         bisection) and the text re-encoded, so the template's closing part stays intact and tokenized as
         usual.  UserError when not even an empty question fits.
         """
+        *head, question = conversation.messages
+        prompt = self.history_prompt if history else self.conversation_prompt
 
         def build(k: int) -> list[int]:
-            return self.prompt_ids(tok, query[:k], (), source_prefix, system)
+            cut = {**question, "content": question["content"][:k]}
+            return prompt(tok, replace(conversation, messages=(*head, cut)))
 
         best = build(0)
-        if len(best) > max_source_length:
-            raise too_small(max_source_length, len(best))
-        lo, hi = 0, len(query)  # invariant: build(lo) fits; build(hi) does not (the caller saw it overflow)
+        if len(best) > max_length:
+            raise too_small(max_length, len(best))
+        lo, hi = 0, len(question["content"])  # build(lo) fits; build(hi) does not (the caller saw that)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             ids = build(mid)
-            if len(ids) <= max_source_length:
+            if len(ids) <= max_length:
                 lo, best = mid, ids
             else:
                 hi = mid
         return best
-
-    # -- conversations (ptune.data.conversations.Conversation: system / user / assistant / observation) ------
-
-    def conversation_ids(self, tok: Any, conversation: Any) -> tuple[list[int], list[bool]]:
-        """The whole conversation as ids, and per id whether it is learned (every assistant turn's text and
-        the end marker that follows it); no truncation (ptune.data.chat_format.encode_conversation cuts)."""
-        raise UserError(f"{self.title} models cannot be trained on conversations")
-
-    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
-        """The conversation's ids followed by the cue for a new assistant answer (predict, chat)."""
-        raise UserError(f"{self.title} models cannot be prompted with conversations")
-
-    def conversation_pieces(self, tok: Any, conversation: Any) -> Any:
-        """The conversation message by message (`ptune.families.chatglm3.ConversationPieces`), or None when this family encodes only
-        whole conversations (a message's ids depend on the others: ChatGLM2's round numbers, a native chat
-        template); truncation then re-encodes each shorter conversation."""
-        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -384,10 +349,8 @@ class OriginalFamily(Family):
         found = folder.tokenizer_format()
         if found == self.tokenizer_format:
             return None
-        from ptune.families.registry import FAMILIES
-
         model = folder.require("tokenizer.model")
-        fits = [f for f in FAMILIES if f.model_type == self.model_type and f.tokenizer_format == found]
+        fits = [f for f in folder.families if f.model_type == self.model_type and f.tokenizer_format == found]
         if not fits:
             return f"{model} is a {found} tokenizer, which no {self.model_type} family reads"
         return f"{model} is {fits[0].tokenizer_description}; use {or_list([f.name for f in fits])}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptune.families.base import Message, ModelFolder, OriginalFamily, too_small
-from ptune.families.chatglm2 import CHATGLM_SPECIALS, ChatGLMTokenizer
+from ptune.families.chatglm2 import CHATGLM_SPECIALS, SENTENCEPIECE_FAMILIES, ChatGLMTokenizer
 from ptune.io.errors import UserError
 
 CHATGLM3_ROLE_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -86,14 +86,18 @@ class ConversationPieces:
         """The ids of a conversation holding `turns` (some of `self.turns`), and which are learned."""
         return learned_mask(self.head, self.system + [p for t in turns for p in t], self.end_id)
 
-    def prompt(self, turns: Sequence[Sequence[Piece]]) -> list[int]:
-        """The ids of a conversation holding `turns`, then the cue for a new answer."""
+    def prompt(self, turns: Sequence[Sequence[Piece]], cue: bool = True) -> list[int]:
+        """The ids of a conversation holding `turns`, then (with `cue`) the cue for a new answer."""
         return (
             self.head
             + [i for p, _ in self.system for i in p]
             + [i for t in turns for p, _ in t for i in p]
-            + self.cue
+            + (self.cue if cue else [])
         )
+
+    def prompt_length(self, turns: Sequence[Sequence[Piece]]) -> int:
+        """len(prompt(turns)), without building it."""
+        return self.length(turns) - 1 + len(self.cue)
 
 
 def tool_call_code(name: str, arguments: dict) -> str:
@@ -108,6 +112,8 @@ class ChatGLM3(OriginalFamily):
     """ChatGLM3-6B (module docstring); GLM-4 (glm4.py) reuses its role-token prompt."""
 
     name = "chatglm3"
+    call_format = "name+python"
+    bare_tools = True
     title = "ChatGLM3"
     tokenizer_format = "sentencepiece"
     tokenizer_description = "a SentencePiece model"
@@ -119,9 +125,7 @@ class ChatGLM3(OriginalFamily):
         return "<|user|>" in code  # ChatGLM3's tokenizer defines the role tokens
 
     def load_tokenizer(self, folder: ModelFolder) -> Any:
-        return ChatGLMTokenizer(
-            folder.require("tokenizer.model"), self.name, folder.present(self.tokenizer_files)
-        )
+        return ChatGLMTokenizer(folder.require("tokenizer.model"), self, folder.present(self.tokenizer_files))
 
     def stop_token_ids(self, tok: Any) -> list[int]:
         return [tok.eos_token_id, tok.special_ids["<|user|>"], tok.special_ids["<|observation|>"]]
@@ -141,14 +145,6 @@ class ChatGLM3(OriginalFamily):
     def message_ids(self, tok: Any, message: Message) -> list[int]:
         opening, body = self.message_parts(tok, message)
         return opening + body
-
-    def encode_messages(
-        self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
-    ) -> list[int]:
-        ids = [tok.special_ids[name] for name in self.begin_tokens]
-        for message in messages:
-            ids += self.message_ids(tok, message)
-        return ids + ([self.role_id(tok, "assistant")] if add_generation_prompt else [])
 
     def answer_ids(self, tok: Any, response: str) -> list[int]:
         return tok.encode("\n") + tok.encode(response)
@@ -190,25 +186,23 @@ class ChatGLM3(OriginalFamily):
         pieces = self.conversation_pieces(tok, conversation)
         return pieces.ids(pieces.turns)
 
-    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
+    def conversation_prompt(self, tok: Any, conversation: Any, cue: bool = True) -> list[int]:
         pieces = self.conversation_pieces(tok, conversation)
-        return pieces.prompt(pieces.turns)
+        return pieces.prompt(pieces.turns, cue)
 
-    def cut_question(
-        self, tok: Any, query: str, source_prefix: str, max_source_length: int, system: str = ""
-    ) -> list[int]:
+    def cut_question(self, tok: Any, conversation: Any, max_length: int, history: bool = False) -> list[int]:
         """The prompt is a concatenation of separately encoded pieces, so the question's own tokens are cut;
-        the opening (begin tokens, <|user|>, newline) and the closing <|assistant|> stay."""
-        opening, question = self.message_parts(tok, {"role": "user", "content": source_prefix + query})
+        the opening (begin tokens, system message, <|user|>, newline) and the closing <|assistant|> stay."""
+        messages = self.family_messages(conversation)
+        opening, question = self.message_parts(tok, messages[-1])
         head = [tok.special_ids[name] for name in self.begin_tokens]
-        if system:
-            head += self.message_ids(tok, {"role": "system", "content": system})
-        head += opening
+        head += [i for m in messages[:-1] for i in self.piece_ids(tok, m)] + opening
         tail = [self.role_id(tok, "assistant")]
-        room = max_source_length - len(head) - len(tail)
+        room = max_length - len(head) - len(tail)
         if room < 0:
-            raise too_small(max_source_length, len(head) + len(tail))
+            raise too_small(max_length, len(head) + len(tail))
         return head + question[:room] + tail
 
 
 FAMILY = ChatGLM3()
+SENTENCEPIECE_FAMILIES[FAMILY.name] = FAMILY

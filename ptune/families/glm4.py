@@ -4,17 +4,17 @@ Tokenizer: ``tokenizer.model`` = tiktoken ranks, lines "base64(token) rank", tur
 ``PreTrainedTokenizerFast``; 14 specials follow the last rank (real: ``<|endoftext|>`` = 151329 .. 151342).
 pad = eos = ``<|endoftext|>``; a turn ends at ``<|endoftext|>``, ``<|user|>`` or ``<|observation|>``.
 
-Prompt: ``[gMASK, <sop>]``, then per message ``[<|role|>] + encode(metadata + "\\n" + content)``, then
-``[<|assistant|>]``: what GLM-4's chat template renders, tokenized between the specials as the tokenizer does;
-messages with empty content are left out, as the template does.  The answer is ``encode("\\n" + response)``.
-
-Conversations (THUDM's GLM-4 finetune.py process_batch, token for token): ``[gMASK, <sop>]``, then each
-message rendered alone by the folder's chat template through transformers (``apply_chat_template([message])``
-without its leading ``[gMASK]<sop>``, tokenized with the specials in it), then ``<|user|>`` (THUDM's "EOS for
-chat"); learned: each assistant message after its role token and the id after it.  The tools go on the system
-message, where the template writes GLM-4's tools prompt; a tool call is an assistant message with the tool's
-name as metadata and its arguments as JSON (GLM-4's own convention).  A folder without a chat template gets
-GLM-4-9B-chat's (ptune/assets/glm4_chat_template.jinja, copied from its tokenizer_config.json).
+Prompt (every verb): ``[gMASK, <sop>]``, then per message ``[<|role|>] + encode(metadata + "\\n" + content)``,
+each message encoded alone: what GLM-4's chat template writes for one message (messages with empty content
+are left out, as the template does), so every id is the template's as THUDM's GLM-4 finetune.py encodes it
+(``apply_chat_template([message])`` without its leading ``[gMASK]<sop>``); a system message with tools is
+rendered by the folder's chat template itself (it holds GLM-4's tools prompt; transformers renders it, never
+remote code).  Then ``[<|assistant|>]`` for a new answer.  The answer is ``encode("\\n" + response)``.
+Conversations (THUDM's finetune.py process_batch, token for token) end with ``<|user|>`` (THUDM's "EOS for
+chat"); learned: each assistant message after its role token and the id after it.  A tool call is an
+assistant message with the tool's name as metadata and its arguments as JSON (GLM-4's own convention).  A
+folder without a chat template gets GLM-4-9B-chat's (ptune/assets/glm4_chat_template.jinja, copied from its
+tokenizer_config.json).
 
 Checkpoint: model_type ``chatglm`` like ChatGLM2/3, told apart by `is_glm4_checkpoint` (the one place that
 does); rope_ratio multiplies the RoPE base; THUDM's code has no PrefixEncoder for GLM-4.
@@ -227,6 +227,8 @@ class GLM4(ChatGLM3):
     """GLM-4-9B-chat (module docstring): ChatGLM3's prompt mechanics with its own tokenizer and pieces."""
 
     name = "glm4"
+    call_format = "name+json"
+    bare_tools = False
     title = "GLM-4"
     tokenizer_format = "tiktoken"
     tokenizer_description = "a GLM-4 (tiktoken) tokenizer"
@@ -270,7 +272,10 @@ class GLM4(ChatGLM3):
         return tok.special_ids["<|user|>"]  # THUDM's finetune.py appends 151336, <|user|>
 
     def piece_ids(self, tok: Any, message: Message) -> list[int]:
-        """`apply_chat_template([message])[2:]`: the message rendered alone, [gMASK]<sop> left out."""
+        """`apply_chat_template([message])[2:]`: the message rendered alone, [gMASK]<sop> left out (the
+        template's rule for a message is `message_ids`; only tool definitions need the template itself)."""
+        if message.get("tools") is None:
+            return self.message_ids(tok, message)
         text = tok.render_chat([message])
         start = "[gMASK]<sop>"
         if not text.startswith(start):

@@ -4,15 +4,16 @@ Tokenizer: whatever ``AutoTokenizer`` loads from the folder, never with remote c
 tokenizer; a turn also ends at the eos ids of generation_config.json / config.json (e.g. a converted GLM-4
 lists <|user|> and <|observation|> there); pad falls back to eos when the tokenizer has none.
 
-Prompt: the tokenizer's chat template with ``add_generation_prompt``, tokenized without adding specials (the
-template writes them).  Without a chat template: plain text, each message's content then ``"\\n"``, tokenized
-with the tokenizer's own specials (e.g. a bos).  The answer is ``encode(response)``.
+Prompt (every verb): the tokenizer's chat template with ``add_generation_prompt`` (tools passed as ``tools=``, a
+tool call as an OpenAI-style ``tool_calls`` entry, an observation as a ``tool`` message), tokenized without
+adding specials (the template writes them).  Without a chat template: plain text, each message's content then
+``"\\n"``, tokenized with the tokenizer's own specials (e.g. a bos); conversations with tools need a template.
+The answer is ``encode(response)``.
 
-Conversations need a chat template (tools are passed to it as ``tools=``; a tool call as an OpenAI-style
-``tool_calls`` entry, an observation as a ``tool`` message).  The template is rendered for ever longer prefixes
-of the conversation and each new piece of text tokenized on its own (the way LLaMA-Factory encodes turns); an
-assistant message's piece is what the template adds after the generation prompt: learned up to and including
-its first stop id (e.g. ``<|im_end|>``), anything after that (a newline) not.
+Training needs a chat template: it is rendered for ever longer prefixes of the conversation and each new piece
+of text tokenized on its own (the way LLaMA-Factory encodes turns); an assistant message's piece is what the
+template adds after the generation prompt: learned up to and including its first stop id (e.g.
+``<|im_end|>``), anything after that (a newline) not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, or_list
+from ptune.families.base import ChatTokenizer, Family, Message, ModelFolder, OriginalFamily, or_list
 from ptune.io.errors import UserError
 from ptune.io.files import read_json
 
@@ -97,6 +98,7 @@ class Native(Family):
     """Models transformers loads natively (module docstring)."""
 
     name = "native"
+    call_format = "template"
     title = "native"
     tokenizer_format = "transformers"
     tokenizer_files = NATIVE_TOKENIZER_FILES
@@ -105,9 +107,7 @@ class Native(Family):
     def refusal(self, folder: ModelFolder) -> str | None:
         if not folder.original:
             return None
-        from ptune.families.registry import FAMILIES
-
-        originals = [f.name for f in FAMILIES if f.model_type is not None]
+        originals = [f.name for f in folder.families if f.model_type is not None]
         return (
             f"{folder.path} holds a ChatGLM-format tokenizer, which transformers cannot load without remote "
             f"code; use {or_list(originals)}"
@@ -129,15 +129,6 @@ class Native(Family):
 
     def stop_token_ids(self, tok: Any) -> list[int]:
         return list(dict.fromkeys([tok.eos_token_id, *getattr(tok, "extra_stop_ids", ())]))
-
-    def encode_messages(
-        self, tok: Any, messages: Sequence[Message], add_generation_prompt: bool = True
-    ) -> list[int]:
-        if tok.has_chat_template:
-            if add_generation_prompt:
-                return tok.encode(tok.render_chat(messages))
-            return tok.encode(tok.render_chat(messages, add_generation_prompt=False))
-        return tok.encode("".join(f"{m['content']}\n" for m in messages), add_special_tokens=True)
 
     # -- conversations ------------------------------------------------------------------------------
 
@@ -194,22 +185,26 @@ class Native(Family):
             done = text
         return ids, learned
 
-    def conversation_prompt(self, tok: Any, conversation: Any) -> list[int]:
-        return tok.encode(self._render(tok, self.template_messages(conversation), True, conversation.tools))
+    def conversation_prompt(self, tok: Any, conversation: Any, cue: bool = True) -> list[int]:
+        messages = self.template_messages(conversation)
+        if not tok.has_chat_template and conversation.tools is None and not _calls(conversation):
+            return tok.encode("".join(f"{m['content']}\n" for m in messages), add_special_tokens=True)
+        return tok.encode(self._render(tok, messages, cue, conversation.tools))
 
     def is_checkpoint(self, config: dict, tokenizer_config: dict, recorded_family: str | None = None) -> bool:
         """A model_type no original family has (config.json alone says so)."""
-        from ptune.families.registry import FAMILIES
-
         model_type = config.get("model_type")
-        originals = {f.model_type for f in FAMILIES if f.model_type}
-        return bool(config) and not (isinstance(model_type, str) and model_type in originals)
+        return bool(config) and model_type != OriginalFamily.model_type
 
     def thudm_prefix_problem(self, config: dict) -> str | None:
         return (
             f"the base model is {config.get('model_type')!r}, not ChatGLM2/3: THUDM's code cannot load this "
             "prefix (ptune can: --ptuning_checkpoint)"
         )
+
+
+def _calls(conversation: Any) -> bool:
+    return any("tool_call" in m or m["role"] == "observation" for m in conversation.messages)
 
 
 def _folder(tok: Any) -> str:

@@ -91,6 +91,7 @@ def detect_family(
     folder = ModelFolder.read(model_name_or_path)
     chosen = _BY_NAME.get(chat_format) if chat_format is not None else None
     folder.tokenizer_formats = {c: f.tokenizer_format for f in FAMILIES for c in f.tokenizer_classes}
+    folder.families = FAMILIES
     model_type, tokenizer_class = folder.config.get("model_type"), folder.tokenizer_class
     folder.original = (
         (isinstance(model_type, str) and model_type in {f.model_type for f in FAMILIES if f.model_type})

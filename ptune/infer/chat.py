@@ -4,7 +4,8 @@
                [--tools FILE.json]
 
 Reads one question per line from stdin (a terminal or a pipe; no readline needed) and streams the answer to
-stdout token by token, in the family's chat format (`chat_format.encode_prompt`). `clear` forgets the
+stdout token by token, in the family's chat format (`chat_format.conversation_prompt`, the prompt eval, predict and
+`ptune serve` build for the same conversation; turns fitted by `ptune.data.truncation.fit_prompt`). `clear` forgets the
 history, `exit` / `quit` / end of input (Ctrl-D) ends the chat (exit code 0), Ctrl-C stops the answer
 being written (Ctrl-C at the prompt ends ptune: `ptune.cli` prints "interrupted" and exits 130).
 
@@ -32,7 +33,7 @@ from ptune.config.fields import (
 )
 from ptune.config.generation import GenerationArguments
 from ptune.config.parser import Command, parse_command
-from ptune.data.chat_format import decode_response, encode_prompt, prompt_ids
+from ptune.data.chat_format import conversation_prompt, decode_response, fit_prompt, thudm_conversation
 from ptune.infer.generate import GenerationSettings, stream_generate
 from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError
@@ -59,23 +60,28 @@ class ChatSession:
     def prompt(self, query: str) -> tuple[list[int], list[str]]:
         """The prompt ids for `query` and the notes to show the user (dropped turns, a cut question).
 
-        Turns are dropped oldest first until the prompt fits, by the same rule as `encode_prompt`, and the
-        dropped ones are removed from the history for good.
+        The conversation (the system prompt, the history, the question with --source_prefix in front) loses
+        its oldest turns until it fits (`fit_prompt`, as eval and predict), and the dropped ones are removed
+        from the history for good; a question too long alone is cut.
         """
         tok, limit, notes = self.tokenizer, self.max_source_length, []
-        kept = list(self.history)
-        while kept and len(prompt_ids(tok, query, kept, self.source_prefix, self.system)) > limit:
-            kept = kept[1:]
-        if len(kept) < len(self.history) and not self.told_about_dropping:
+        conversation = thudm_conversation(tok, query, self.history, self.source_prefix, self.system)
+        fitted = fit_prompt(tok, conversation, limit, cut_question=True)
+        if fitted.lost and not self.told_about_dropping:
             notes.append(
                 f"(the conversation no longer fits in --max_length - --max_new_tokens = {limit} tokens: "
                 "the oldest turns are forgotten from now on)"
             )
             self.told_about_dropping = True
-        self.history = kept
-        if not kept and len(prompt_ids(tok, query, [], self.source_prefix, self.system)) > limit:
+        self.history = self.history[fitted.lost :]
+        if fitted.cut:
             notes.append(f"(the question is longer than {limit} tokens: only its beginning is used)")
-        return encode_prompt(tok, query, kept, limit, self.source_prefix, self.system), notes
+        return fitted.ids, notes
+
+    def bare_length(self) -> int:
+        """The length of the prompt of an empty question: the template, --system and --source_prefix."""
+        tok = self.tokenizer
+        return len(conversation_prompt(tok, thudm_conversation(tok, "", [], self.source_prefix, self.system)))
 
 
 def _write(text: str) -> None:
@@ -182,7 +188,7 @@ def main(argv: list[str]) -> int:
     tok = load_tokenizer(args.model_name_or_path, args.chat_format)
     session = ChatSession(tok, args.max_length - settings.max_new_tokens, args.source_prefix, args.system)
     tool_chat = _tool_chat(tok, tools, session) if tools is not None else None
-    bare = len(prompt_ids(tok, "", [], args.source_prefix, args.system))
+    bare = session.bare_length()
     if bare > session.max_source_length:  # fail now, not at the first question
         raise UserError(
             f"--max_length {args.max_length} is too small: minus --max_new_tokens {settings.max_new_tokens} it "

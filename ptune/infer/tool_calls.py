@@ -54,8 +54,9 @@ def tool_names(tools: Sequence[dict] | None) -> list[str]:
 
 
 def family_tools(tok: Any, tools: list[dict] | None) -> list[dict] | None:
-    """OpenAI tool definitions as the family's training data has them: ChatGLM3's the bare functions."""
-    if tools is None or tok.family != "chatglm3":
+    """OpenAI tool definitions as the family's training data has them: ChatGLM3's the bare functions
+    (`Family.bare_tools`)."""
+    if tools is None or not family_of(tok).bare_tools:
         return tools
     return [t["function"] if isinstance(t.get("function"), dict) else t for t in tools]
 
@@ -160,11 +161,11 @@ class JsonReader:
 def call_reader(tok: Any, tools: list[dict]) -> NameLineReader | JsonReader:
     """How the tokenizer's family writes a call to one of `tools` (module docstring); UserError when a
     native chat template writes calls in a form ptune cannot read back."""
-    names = tool_names(tools)
-    if tok.family in ("chatglm3", "glm4"):
-        return NameLineReader(names, python_call=tok.family == "chatglm3")
-    if tok.family != "native":
-        raise UserError(f"{family_of(tok).title} has no tool format: tools are for chatglm3 / glm4 models")
+    names, family = tool_names(tools), family_of(tok)
+    if family.call_format in ("name+python", "name+json"):
+        return NameLineReader(names, python_call=family.call_format == "name+python")
+    if family.call_format != "template":
+        raise UserError(f"{family.title} has no tool format: tools are for chatglm3 / glm4 models")
     text = probe_call_text(tok)
     start = text.find('"' + PROBE_NAME + '"')
     if start < 0 and text.startswith(PROBE_NAME + "\n"):

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptune.data.chat_format import conversation_prompt, fit_prompt
 from ptune.data.conversations import Conversation
-from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, family_tools
 from ptune.io.errors import UserError
 from ptune.io.files import json_error, read_text
@@ -70,22 +70,24 @@ class ToolChat:
         return Conversation(tuple(head + self.messages), family_tools(self.tokenizer, self.tools))
 
     def prompt(self) -> tuple[list[int], list[str]]:
-        """The prompt for the next answer and notes for the user; the oldest turns go when it is too long."""
-        family, notes = family_of(self.tokenizer), []
-        ids = family.conversation_prompt(self.tokenizer, self.conversation())
-        while len(ids) > self.max_source_length and len(self.conversation().turns()) > 1:
-            turns = self.conversation().turns()[1:]
-            self.messages = [m for turn in turns for m in turn]
-            ids = family.conversation_prompt(self.tokenizer, self.conversation())
+        """The prompt for the next answer and notes for the user; the oldest turns go when it is too long
+        (for good: `messages` keeps what is left), and a last turn too long alone is an error."""
+        conversation, notes = self.conversation(), []
+        turns = conversation.turns()
+        fitted = fit_prompt(self.tokenizer, conversation, self.max_source_length)
+        lost = fitted.lost if fitted is not None else len(turns) - 1
+        if lost:
+            self.messages = [m for turn in turns[lost:] for m in turn]
             if not self.told_about_dropping:
                 notes.append(
                     "(the conversation no longer fits in --max_length - --max_new_tokens = "
                     f"{self.max_source_length} tokens: the oldest turns are forgotten from now on)"
                 )
                 self.told_about_dropping = True
-        if len(ids) > self.max_source_length:
-            raise UserError(f"the prompt ({len(ids)} tokens) is longer than --max_length - --max_new_tokens")
-        return ids, notes
+        if fitted is None:
+            size = len(conversation_prompt(self.tokenizer, self.conversation()))
+            raise UserError(f"the prompt ({size} tokens) is longer than --max_length - --max_new_tokens")
+        return fitted.ids, notes
 
     def add_calls(self, calls: list[Call]) -> None:
         for call in calls:

@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI's `/v1/models` and `/v1/chat/completions`, `/health`, and the chat page at `/`.
 
-Requests are turned into prompt ids with the family's chat format (`chat_format.encode_messages`, the very
-function training and `ptune predict` build prompts with; a request with tools: `serve.tools.plan_request`)
+Requests are turned into prompt ids with the family's chat format (`chat_format.encode_messages`: the family's
+`conversation_prompt`, the very function training, `ptune predict` and `ptune chat` build prompts with; a request
+with tools: `serve.tools.plan_request`, the same function)
 and handed to the scheduler thread; its events come back through an asyncio queue, as one JSON body or as
 server-sent events ending in `data: [DONE]`.
 
@@ -218,7 +219,7 @@ async def chat_completions(request: Request) -> Response:
         return Response(status_code=499)
     # Parsing and tokenizing take a while for a long prompt: in a worker thread, so that the event loop
     # goes on answering (and streaming to) every other client meanwhile.
-    chat, prompt, plan = await run_in_threadpool(_parse_and_encode, body, served)
+    chat, prompt, plan = await run_in_threadpool(parse_and_encode, body, served)
     job, events = _job(chat, prompt, served)
     try:
         accepted = scheduler.submit(job)
@@ -257,7 +258,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_and_encode(body: bytes, served: Served) -> tuple[ChatRequest, list[int], ToolPlan | None]:
+def parse_and_encode(body: bytes, served: Served) -> tuple[ChatRequest, list[int], ToolPlan | None]:
     """The checked request, its prompt ids and (with tools) how its answer is read (run in a worker thread:
     see chat_completions)."""
     chat = parse_chat_request(body)

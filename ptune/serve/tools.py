@@ -3,8 +3,8 @@
 A request with `tools`, an assistant message with `tool_calls` or a `tool` message is turned into ptune's
 `Conversation` (ptune.data.conversations: a call becomes an assistant message with ``tool_call``, a tool result an
 ``observation``; the tools go on the conversation as the family's data holds them) and its prompt is
-`family.conversation_prompt`, the function `ptune predict` builds a conversation's prompt with, so the served
-prompt is the training prompt of the same conversation. `tool_choice`:
+`chat_format.conversation_prompt`, the function `ptune predict` and `ptune chat` build a conversation's prompt
+with, so the served prompt is the training prompt of the same conversation. `tool_choice`:
 
 - ``auto`` (the default with tools): the model decides; ``none``: the tools are left out of the prompt;
 - a named function: the server writes the start of the call (`ptune.infer.tool_calls.call_start_ids`: GLM-4 and
@@ -26,8 +26,8 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from ptune.data.chat_format import conversation_prompt
 from ptune.data.conversations import Conversation
-from ptune.families.registry import family_of
 from ptune.infer.tool_calls import Call, call_reader, call_start_ids, family_tools, tool_names
 from ptune.io.errors import UserError
 from ptune.serve.protocol import ApiError, ChatRequest
@@ -128,7 +128,7 @@ def plan_request(tok, chat: ChatRequest) -> ToolPlan:
     offered = chat.raw_tools if choice != "none" else None
     conversation = conversation_of(chat, family_tools(tok, offered))
     try:
-        prompt = family_of(tok).conversation_prompt(tok, conversation)
+        prompt = conversation_prompt(tok, conversation)
         if offered is None:
             return ToolPlan(prompt)
         reader = call_reader(tok, offered)

@@ -12,15 +12,17 @@ import pytest
 
 from ptune.data.chat_format import (
     chat_messages,
-    chatglm2_prompt_text,
     decode_response,
     encode_example,
     encode_prompt,
+    encode_split_example,
     normalize_history,
     prompt_ids,
     target_ids,
+    with_source_prefix,
 )
-from ptune.families.chatglm2 import ChatGLMTokenizer
+from ptune.data.conversations import Conversation
+from ptune.families.chatglm2 import ChatGLMTokenizer, chatglm2_prompt_text
 from ptune.io.errors import UserError
 from tools.tiny_tokenizers import train_tiny_sentencepiece
 
@@ -60,7 +62,7 @@ GLM4 = FakeTok(
 class FakeNative(FakeTok):
     has_chat_template: bool = True
 
-    def render_chat(self, messages) -> str:
+    def render_chat(self, messages, add_generation_prompt=True, tools=None) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
 
@@ -178,6 +180,21 @@ def test_encode_example_labels():
     prompt = [G2, S2] + chars("P[Round 1]\n\n问：q\n\n答：")
     assert ids == prompt + [97, 98, 2]
     assert labels == [-100] * len(prompt) + [97, 98, 2]
+
+
+def test_a_conversation_under_the_prompt_response_policy():
+    # THUDM's columns as a Conversation (what a prompt_response row becomes), encoded as encode_example does.
+    conversation = Conversation(
+        ({"role": "user", "content": "q"}, {"role": "assistant", "content": "abcdef"})
+    )
+    prefixed = with_source_prefix(CHATGLM2, conversation, "P")  # ChatGLM2: in front of it all, as system text
+    assert prefixed.messages[0] == {"role": "system", "content": "P"}
+    encoded = encode_split_example(CHATGLM2, prefixed, "eval", 64, 2, "prompt_response")
+    prompt = [G2, S2] + chars("P[Round 1]\n\n问：q\n\n答：")
+    assert (encoded.input_ids, encoded.labels) == (prompt + [97, 98, 2], [-100] * len(prompt) + [97, 98, 2])
+    assert with_source_prefix(CHATGLM3, conversation, "P").messages[0]["content"] == "Pq"  # the question's
+    with pytest.raises(ValueError, match="truncation policy must be one of conversation, prompt_response"):
+        encode_split_example(CHATGLM2, conversation, "eval", 64, 2, "thudm")
 
 
 # ---------------------------------------------------------------------------------------------------------
