@@ -101,7 +101,7 @@ COMMAND = Command(
 def run(args: BenchArguments) -> tuple[list[Row], dict]:
     """Every requested configuration: for each pre_seq_len, a train row per micro-batch, then a predict row
     per generation batch. Returns the rows and a description of the run."""
-    from ptune.model.load import resolve_dtype
+    from ptune.model.devices import resolve_dtype
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":

@@ -174,7 +174,8 @@ def main(argv: list[str]) -> int:
     """`ptune chat`: load, then answer questions from stdin until exit / quit / end of input."""
     from ptune.config.parse import base_from_checkpoint
     from ptune.families.registry import load_tokenizer
-    from ptune.model.load import device_named, load_model
+    from ptune.model.devices import device_named
+    from ptune.model.load import load_model
 
     args, gen = parse_command(COMMAND, argv)
     if args.model_name_or_path is None:

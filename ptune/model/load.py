@@ -26,6 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ptune.data.labels import IGNORE_INDEX
 from ptune.io.errors import UserError
 from ptune.model.convert import PREFIX_KEY, load_glm, read_json
+from ptune.model.devices import default_device, resolve_dtype
 from ptune.model.fingerprint import base_fingerprint
 from ptune.model.prefix import (
     PrefixEncoder,
@@ -38,8 +39,6 @@ from ptune.model.prefix import (
 )
 from ptune.model.weight_files import check_native_weights
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, device) -> torch.Tensor:
     """Position ids [B, S] counting from 0 at the first real token, as the ChatGLM tokenizers return them
@@ -47,39 +46,6 @@ def positions_from_mask(attention_mask: torch.Tensor | None, seq_len: int, devic
     if attention_mask is None:
         return torch.arange(seq_len, device=device).unsqueeze(0)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """`auto`: on a GPU, bf16 where supported (fp16 overflows more easily), else fp16; on the CPU float32,
-    since half-precision CPU kernels are slow or missing. ChatGLM2/3 (fp16) and GLM-4 (bf16) load in either."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name != "auto":
-        if name not in DTYPES:
-            raise UserError(f"--dtype {name}: expected one of auto, {', '.join(DTYPES)}")
-        return DTYPES[name]
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return (
-            torch.float16
-        )  # no bf16 on this GPU (e.g. V100): half precision it has, whatever the checkpoint says
-    return torch.float32
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_named(name: str | None) -> torch.device | None:
-    """`--device NAME` (chat, serve) as a torch.device, one line for a name torch does not know; None: the
-    default device (`default_device`)."""
-    if name is None:
-        return None
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
 
 
 @dataclass

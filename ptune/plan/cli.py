@@ -102,7 +102,7 @@ def parse(argv: list[str]) -> tuple[PlanInputs, str | None]:
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
-    from ptune.model.load import DTYPES
+    from ptune.model.devices import DTYPES
 
     if name == "auto":  # as resolve_dtype decides on a bf16-capable GPU / on the CPU
         return torch.bfloat16 if device.type == "cuda" else torch.float32

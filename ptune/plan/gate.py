@@ -68,7 +68,7 @@ def check_training_plan(model_args, data_args, training_args) -> str | None:
     if model_args.ptuning_checkpoint or not model_args.pre_seq_len:
         return None  # the prefix shape comes from a checkpoint: planned by `ptune plan`, not here
     device = training_args.device
-    from ptune.model.load import resolve_dtype
+    from ptune.model.devices import resolve_dtype
 
     try:
         inputs = PlanInputs(

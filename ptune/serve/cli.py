@@ -161,7 +161,8 @@ def load(
     """(tokenizer, model without prefix, {name: PrefixEncoder}); every prefix checked against the base and
     read with its position convention as `ptune predict` reads it (`ptune.model.prefix.load_prefix`)."""
     from ptune.families.registry import load_tokenizer
-    from ptune.model.load import device_named, load_model
+    from ptune.model.devices import device_named
+    from ptune.model.load import load_model
     from ptune.model.prefix import load_prefix
 
     tok = load_tokenizer(base, chat_format)
