@@ -1,5 +1,5 @@
-"""Helpers of scripts/gpu_check.sh; no ptune import (the package is being reorganised), only the files ptune
-writes.
+"""Helpers of scripts/gpu_check.sh: they read the files ptune writes; only config6b imports ptune (the
+benchmark's config writer, at ChatGLM3-6B's dimensions).
 
     python scripts/gpu_check_report.py config6b DIR                  # ChatGLM3-6B's config.json alone in DIR
     python scripts/gpu_check_report.py e2e --train D [--train D2] [--eval D] [--predict D] [--json F]
@@ -12,48 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-# THUDM/chatglm3-6b's config.json, field for field.
-CHATGLM3_6B = {
-    "_name_or_path": "THUDM/chatglm3-6b",
-    "model_type": "chatglm",
-    "architectures": ["ChatGLMModel"],
-    "auto_map": {
-        "AutoConfig": "configuration_chatglm.ChatGLMConfig",
-        "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
-        "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-        "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-        "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
-    },
-    "add_bias_linear": False,
-    "add_qkv_bias": True,
-    "apply_query_key_layer_scaling": True,
-    "apply_residual_connection_post_layernorm": False,
-    "attention_dropout": 0.0,
-    "attention_softmax_in_fp32": True,
-    "bias_dropout_fusion": True,
-    "ffn_hidden_size": 13696,
-    "fp32_residual_connection": False,
-    "hidden_dropout": 0.0,
-    "hidden_size": 4096,
-    "kv_channels": 128,
-    "layernorm_epsilon": 1e-05,
-    "multi_query_attention": True,
-    "multi_query_group_num": 2,
-    "num_attention_heads": 32,
-    "num_layers": 28,
-    "original_rope": True,
-    "padded_vocab_size": 65024,
-    "post_layer_norm": True,
-    "rmsnorm": True,
-    "seq_length": 8192,
-    "use_cache": True,
-    "torch_dtype": "float16",
-    "transformers_version": "4.30.2",
-    "tie_word_embeddings": False,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
 
 
 def _read(path: Path) -> dict | None:
@@ -152,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what == "config6b":
         Path(args.dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.dir) / "config.json").write_text(
-            json.dumps(CHATGLM3_6B, indent=2) + "\n", encoding="utf-8"
-        )
+        from ptune.bench.workload import SHAPES, chatglm_config
+
+        # THUDM/chatglm3-6b's config.json, field for field (tests/e2e/test_bench.py checks it against the real one).
+        config = {**chatglm_config("chatglm3", 65024, SHAPES["6b"]), "_name_or_path": "THUDM/chatglm3-6b"}
+        (Path(args.dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return 0
     return e2e(args) if args.what == "e2e" else gate(args)
 

@@ -77,6 +77,19 @@ def test_matmul_params_of_the_6b_shape():
     assert bench.matmul_params(model) == 5_977_245_696  # docs/workload.md §1: 5.98e9
 
 
+def test_the_6b_config_is_chatglm3_6b_field_for_field():
+    """scripts/gpu_check_report.py writes this as THUDM/chatglm3-6b's config.json for the plan gate's check."""
+    from ptune.bench.workload import chatglm_config
+
+    real = (
+        bench.Path(__file__).resolve().parents[2].parent / "shared/reference/formats/chatglm3-6b/config.json"
+    )
+    if not real.is_file():
+        pytest.skip("shared/reference/formats is not beside this checkout")
+    ours = {**chatglm_config("chatglm3", 65024, bench.SHAPES["6b"]), "_name_or_path": "THUDM/chatglm3-6b"}
+    assert ours == json.loads(real.read_text())
+
+
 def test_tiny_shape_is_the_test_models_shape():
     from tools.tiny import TINY_DIMS
 
