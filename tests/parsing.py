@@ -14,9 +14,13 @@ BASE = ["--model_name_or_path", "m", "--output_dir", "out", "--train_file", "tra
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
+# The demo data's columns (data/demo/*.json rows are {"content": ..., "summary": ...}, THUDM's ADGEN names).
+DEMO_COLUMNS = ("--prompt_column", "content", "--response_column", "summary")
+
+
 def demo_train_argv(model: Path, out: Path, *flags: str) -> list[str]:
-    """`ptune train` argv of `model` on the demo data (data/demo/train.json) into `out`, then `flags` (a flag
-    given again wins): the minimal training command line, runnable."""
+    """`ptune train` argv of `model` on the demo data (data/demo/train.json, its columns) into `out`, then
+    `flags` (a flag given again wins): the minimal training command line, runnable."""
     return [
         "train",
         "--model_name_or_path",
@@ -25,6 +29,7 @@ def demo_train_argv(model: Path, out: Path, *flags: str) -> list[str]:
         str(DEMO / "train.json"),
         "--output_dir",
         str(out),
+        *DEMO_COLUMNS,
         *flags,
     ]
 

@@ -12,15 +12,12 @@ from safetensors.torch import load_file
 
 from ptune.cli import main
 from ptune.score.metrics import compute_metrics
-from tests.parsing import demo_train_argv
+from tests.parsing import DEMO_COLUMNS, demo_train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
-COMMON = [
-    "--prompt_column",
-    "content",
-    "--response_column",
-    "summary",
+COMMON = [  # every verb here reads the demo data
+    *DEMO_COLUMNS,
     "--max_source_length",
     "48",
     "--disable_tqdm",

@@ -60,10 +60,6 @@ def train_argv(tiny: Path, out: Path, batch: int) -> list[str]:
     return demo_train_argv(
         tiny,
         out,
-        "--prompt_column",
-        "content",
-        "--response_column",
-        "summary",
         "--max_source_length",
         "32",
         "--max_target_length",

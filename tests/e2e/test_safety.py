@@ -26,10 +26,6 @@ def train_argv(model: Path, out: Path, *extra: str, steps: int = 4) -> list[str]
     return demo_train_argv(
         model,
         out,
-        "--prompt_column",
-        "content",
-        "--response_column",
-        "summary",
         "--max_source_length",
         "32",
         "--max_target_length",
