@@ -13,8 +13,8 @@ import argparse
 import tempfile
 import time
 
-from ptune.data.chat_format import encode_conversation, encode_last_answer
 from ptune.data.conversation import Conversation
+from ptune.data.truncation import encode_conversation, encode_last_answer
 from ptune.families.registry import load_tokenizer
 from tools.tiny_tokenizers import write_tiny_tokenizer
 

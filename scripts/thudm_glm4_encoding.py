@@ -17,9 +17,9 @@ from pathlib import Path
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ptune.data.chat_format import encode_conversation
 from ptune.data.formats import parse_row
 from ptune.data.rows import read_rows
+from ptune.data.truncation import encode_conversation
 from ptune.families.glm4 import GLM4_PATTERN, GLM4_SPECIALS
 from ptune.families.registry import load_tokenizer
 

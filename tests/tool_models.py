@@ -191,10 +191,10 @@ def plain_rows(family: str) -> tuple[str, list[dict]]:
 
 
 def examples(folder: Path, family: str, data: tuple[str, list[dict]] | None = None) -> list:
-    """The training encoder's examples (`ptune.data.chat_format.encode_conversation`) of `data` (default: the
+    """The training encoder's examples (`ptune.data.truncation.encode_conversation`) of `data` (default: the
     family's `rows`, what the prefix is trained on)."""
-    from ptune.data.chat_format import encode_conversation
     from ptune.data.formats import parse_row
+    from ptune.data.truncation import encode_conversation
     from ptune.families.registry import load_tokenizer
 
     tok = load_tokenizer(folder)

@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptune.data import formats
-from ptune.data.chat_format import Encoded, encode_split_example, last_span, with_source_prefix
+from ptune.data.chat_format import encode_split_example, with_source_prefix
 from ptune.data.collate import prompt_length
 from ptune.data.conversation import Conversation, empty_answer, is_tool_call
 from ptune.data.formats.base import Format
 from ptune.data.rows import file_kind, generated_dataset, progress_bars
+from ptune.data.truncation import Encoded, last_span
 from ptune.families.registry import family_of
 from ptune.io.errors import UserError
 

@@ -33,7 +33,8 @@ from ptune.config.fields import (
 )
 from ptune.config.generation import GenerationArguments
 from ptune.config.parser import Command, parse_command
-from ptune.data.chat_format import conversation_prompt, decode_response, fit_prompt, thudm_conversation
+from ptune.data.chat_format import conversation_prompt, decode_response, thudm_conversation
+from ptune.data.truncation import fit_prompt
 from ptune.infer.generate import GenerationSettings, stream_generate
 from ptune.infer.text_stream import stream_answer
 from ptune.io.errors import UserError

@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptune.data.chat_format import conversation_prompt, fit_prompt
+from ptune.data.chat_format import conversation_prompt
 from ptune.data.conversation import Conversation
+from ptune.data.truncation import fit_prompt
 from ptune.infer.tool_calls import Call, call_reader, family_tools
 from ptune.io.errors import UserError
 from ptune.io.files import json_error, read_text

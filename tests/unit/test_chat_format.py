@@ -16,12 +16,12 @@ from ptune.data.chat_format import (
     encode_example,
     encode_prompt,
     encode_split_example,
-    normalize_history,
     prompt_ids,
     target_ids,
     with_source_prefix,
 )
 from ptune.data.conversation import Conversation
+from ptune.families.base import normalize_history
 from ptune.families.chatglm2 import ChatGLMTokenizer, chatglm2_prompt_text
 from ptune.io.errors import UserError
 from tools.tiny_tokenizers import train_tiny_sentencepiece

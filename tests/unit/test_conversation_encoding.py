@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ptune.data.chat_format import encode_conversation, encode_last_answer, end_as_in_full
 from ptune.data.formats import parse_row
+from ptune.data.truncation import encode_conversation, encode_last_answer, end_as_in_full
 from ptune.io.errors import UserError
 
 GLM4_TEMPLATE = (Path(__file__).parents[2] / "ptune" / "assets" / "glm4_chat_template.jinja").read_text(
